@@ -1,0 +1,1 @@
+"""Envtest-style local control plane: build, start and stop kube-apiserver + etcd."""

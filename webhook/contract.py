@@ -1,0 +1,285 @@
+"""The annotation contract between webhook and enforcer: keys, schema, canonical JSON, HMAC (pure, stdlib only).
+
+This module is the only owner of the annotation format. The webhook encodes and signs; the
+enforcer decodes and verifies, treating the annotation as untrusted input. See docs/annotation.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+ANNOTATION_PREFIX = "nodeport-guard.io/"
+NODEPORTS_KEY = ANNOTATION_PREFIX + "nodeports"
+SIGNATURE_KEY = ANNOTATION_PREFIX + "signature"
+CONTRACT_VERSION = 1
+SIGNATURE_SCHEME = "hmac-sha256"
+# Upper bound on what the enforcer will accept from one annotation (the webhook's own,
+# configurable limits are lower); protects the node from a huge or hostile value.
+MAX_ANNOTATION_BYTES = 256 * 1024
+
+Protocol = Literal["TCP", "UDP", "SCTP"]
+IPFamily = Literal["IPv4", "IPv6"]
+PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
+IP_FAMILIES: tuple[IPFamily, ...] = get_args(IPFamily)
+
+
+class ContractError(ValueError):
+    """The annotation violates the contract; `field` is a JSON path inside it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class CidrRule:
+    """Sources inside `cidr` but not inside any of `excepts` (NetworkPolicy ipBlock semantics)."""
+
+    cidr: str
+    excepts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSet:
+    """Allowed sources: every source (`all_sources`), else the union of `cidrs` (empty = none)."""
+
+    all_sources: bool
+    cidrs: tuple[CidrRule, ...] = ()
+
+    @staticmethod
+    def everyone() -> SourceSet:
+        return SourceSet(all_sources=True)
+
+    @staticmethod
+    def nobody() -> SourceSet:
+        return SourceSet(all_sources=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NodePortVerdict:
+    """The namespace-wide verdict for one NodePort of one Service port."""
+
+    node_port: int
+    protocol: Protocol
+    service: str
+    service_port: int
+    ip_families: tuple[IPFamily, ...]
+    allow: SourceSet
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRef:
+    namespace: str
+    name: str
+    # Empty while a policy is being created (the apiserver assigns the uid after mutating
+    # admission); the reconciler re-signs with the real uid right after creation.
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    policy: PolicyRef
+    node_ports: tuple[NodePortVerdict, ...]
+    version: int = CONTRACT_VERSION
+
+
+def _sort_key(v: NodePortVerdict) -> tuple[int, str, str, int]:
+    return (v.node_port, v.protocol, v.service, v.service_port)
+
+
+def _to_json(annotation: Annotation) -> dict[str, Any]:
+    ports = []
+    for v in sorted(annotation.node_ports, key=_sort_key):
+        allow: dict[str, Any] = {"all": v.allow.all_sources}
+        if not v.allow.all_sources:
+            allow["cidrs"] = [
+                {"cidr": c.cidr, "except": sorted(c.excepts)} for c in sorted(v.allow.cidrs)
+            ]
+        ports.append(
+            {
+                "nodePort": v.node_port,
+                "protocol": v.protocol,
+                "service": v.service,
+                "servicePort": v.service_port,
+                "ipFamilies": sorted(v.ip_families),
+                "allow": allow,
+            }
+        )
+    return {
+        "version": annotation.version,
+        "policy": {
+            "namespace": annotation.policy.namespace,
+            "name": annotation.policy.name,
+            "uid": annotation.policy.uid,
+        },
+        "nodePorts": ports,
+    }
+
+
+def encode(annotation: Annotation) -> str:
+    """Canonical JSON: sorted keys and lists, no whitespace; equal annotations give equal strings."""
+    return json.dumps(_to_json(annotation), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def sign(value: str, key: bytes) -> str:
+    digest = hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_SCHEME}:{digest}"
+
+
+def verify(value: str, signature: str, key: bytes) -> bool:
+    return hmac.compare_digest(sign(value, key), signature)
+
+
+def render_annotations(annotation: Annotation, key: bytes) -> dict[str, str]:
+    """The two annotation values the webhook writes onto a NetworkPolicy."""
+    value = encode(annotation)
+    return {NODEPORTS_KEY: value, SIGNATURE_KEY: sign(value, key)}
+
+
+def owned_keys(annotations: Mapping[str, str] | None) -> list[str]:
+    return sorted(k for k in (annotations or {}) if k.startswith(ANNOTATION_PREFIX))
+
+
+# --- decoding untrusted input -------------------------------------------------------------
+
+
+def _expect(obj: Any, typ: type, field: str) -> Any:
+    # bool is an int in Python; the contract never accepts one where a number is expected.
+    if not isinstance(obj, typ) or (typ is int and isinstance(obj, bool)):
+        raise ContractError(field, f"expected {typ.__name__}, got {type(obj).__name__}")
+    return obj
+
+
+def _exact_keys(obj: Mapping[str, Any], required: set[str], field: str) -> None:
+    missing = required - obj.keys()
+    extra = obj.keys() - required
+    if missing:
+        raise ContractError(field, f"missing key(s) {sorted(missing)}")
+    if extra:
+        raise ContractError(field, f"unknown key(s) {sorted(extra)}")
+
+
+def parse_network(text: str, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR with no host bits set (what the webhook guarantees it writes)."""
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ContractError(field, f"invalid CIDR {text!r}: {exc}") from exc
+
+
+def _decode_cidr_rule(obj: Any, field: str) -> CidrRule:
+    _expect(obj, dict, field)
+    _exact_keys(obj, {"cidr", "except"}, field)
+    cidr = _expect(obj["cidr"], str, f"{field}.cidr")
+    net = parse_network(cidr, f"{field}.cidr")
+    excepts = _expect(obj["except"], list, f"{field}.except")
+    parsed: list[str] = []
+    for i, e in enumerate(excepts):
+        efield = f"{field}.except[{i}]"
+        enet = parse_network(_expect(e, str, efield), efield)
+        if enet.version != net.version or not enet.subnet_of(net):  # type: ignore[arg-type]
+            raise ContractError(efield, f"{e} is not inside {cidr}")
+        parsed.append(e)
+    return CidrRule(cidr=cidr, excepts=tuple(parsed))
+
+
+def _decode_verdict(obj: Any, field: str) -> NodePortVerdict:
+    _expect(obj, dict, field)
+    _exact_keys(obj, {"nodePort", "protocol", "service", "servicePort", "ipFamilies", "allow"}, field)
+    node_port = _expect(obj["nodePort"], int, f"{field}.nodePort")
+    if not 1 <= node_port <= 65535:
+        raise ContractError(f"{field}.nodePort", f"{node_port} is not a port number")
+    protocol = _expect(obj["protocol"], str, f"{field}.protocol")
+    if protocol not in PROTOCOLS:
+        raise ContractError(f"{field}.protocol", f"{protocol!r} is not one of {list(PROTOCOLS)}")
+    service = _expect(obj["service"], str, f"{field}.service")
+    service_port = _expect(obj["servicePort"], int, f"{field}.servicePort")
+    families = _expect(obj["ipFamilies"], list, f"{field}.ipFamilies")
+    if not families or any(f not in IP_FAMILIES for f in families) or len(set(families)) != len(families):
+        raise ContractError(f"{field}.ipFamilies", f"{families!r} must be a non-empty subset of {list(IP_FAMILIES)}")
+    allow = _expect(obj["allow"], dict, f"{field}.allow")
+    all_sources = _expect(allow.get("all"), bool, f"{field}.allow.all")
+    if all_sources:
+        _exact_keys(allow, {"all"}, f"{field}.allow")
+        source_set = SourceSet.everyone()
+    else:
+        _exact_keys(allow, {"all", "cidrs"}, f"{field}.allow")
+        cidrs = _expect(allow["cidrs"], list, f"{field}.allow.cidrs")
+        source_set = SourceSet(
+            all_sources=False,
+            cidrs=tuple(_decode_cidr_rule(c, f"{field}.allow.cidrs[{i}]") for i, c in enumerate(cidrs)),
+        )
+    return NodePortVerdict(
+        node_port=node_port,
+        protocol=protocol,
+        service=service,
+        service_port=service_port,
+        ip_families=tuple(families),
+        allow=source_set,
+    )
+
+
+def decode(value: str) -> Annotation:
+    """Parse and schema-check an annotation value; raises ContractError naming the field."""
+    if len(value) > MAX_ANNOTATION_BYTES:
+        raise ContractError("$", f"annotation is {len(value)} bytes, more than {MAX_ANNOTATION_BYTES}")
+    try:
+        obj = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ContractError("$", f"not JSON: {exc}") from exc
+    _expect(obj, dict, "$")
+    _exact_keys(obj, {"version", "policy", "nodePorts"}, "$")
+    version = _expect(obj["version"], int, "$.version")
+    if version != CONTRACT_VERSION:
+        raise ContractError("$.version", f"unsupported version {version}; this build reads {CONTRACT_VERSION}")
+    policy = _expect(obj["policy"], dict, "$.policy")
+    _exact_keys(policy, {"namespace", "name", "uid"}, "$.policy")
+    ref = PolicyRef(
+        namespace=_expect(policy["namespace"], str, "$.policy.namespace"),
+        name=_expect(policy["name"], str, "$.policy.name"),
+        uid=_expect(policy["uid"], str, "$.policy.uid"),
+    )
+    ports = _expect(obj["nodePorts"], list, "$.nodePorts")
+    verdicts = tuple(_decode_verdict(p, f"$.nodePorts[{i}]") for i, p in enumerate(ports))
+    seen: set[tuple[int, str]] = set()
+    for i, v in enumerate(verdicts):
+        if (v.node_port, v.protocol) in seen:
+            raise ContractError(f"$.nodePorts[{i}]", f"duplicate {v.protocol} nodePort {v.node_port}")
+        seen.add((v.node_port, v.protocol))
+    return Annotation(policy=ref, node_ports=verdicts, version=version)
+
+
+def read_signed(
+    annotations: Mapping[str, str] | None, namespace: str, name: str, uid: str, key: bytes
+) -> Annotation | None:
+    """The verified annotation of a stored policy, or None when it carries none.
+
+    Raises ContractError when an annotation is present but forged, stale, malformed or
+    bound to another object. A signature made before the uid existed (uid "") is accepted.
+    """
+    annotations = annotations or {}
+    value = annotations.get(NODEPORTS_KEY)
+    signature = annotations.get(SIGNATURE_KEY)
+    if value is None and signature is None:
+        return None
+    if value is None or signature is None:
+        missing = NODEPORTS_KEY if value is None else SIGNATURE_KEY
+        raise ContractError(missing, "annotation missing (the pair must be written together by the webhook)")
+    if not verify(value, signature, key):
+        raise ContractError(SIGNATURE_KEY, "signature does not match (forged, edited, or signed with another key)")
+    annotation = decode(value)
+    ref = annotation.policy
+    if (ref.namespace, ref.name) != (namespace, name):
+        raise ContractError("$.policy", f"bound to {ref.namespace}/{ref.name}, not {namespace}/{name}")
+    if ref.uid and ref.uid != uid:
+        raise ContractError("$.policy.uid", f"bound to uid {ref.uid}, not {uid} (stale copy)")
+    if encode(annotation) != value:
+        raise ContractError("$", "not in canonical form")
+    return annotation
