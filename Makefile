@@ -1,0 +1,52 @@
+# nodeport-guard: `make demo` runs the whole mission on a local control plane; `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEBIAN_PACKAGES := iptables ipset iproute2 conntrack kmod
+PYTEST_ARGS ?=
+
+.PHONY: help install install-system install-python controlplane lint test unit integration demo bench deploy undeploy clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+install: install-system install-python controlplane ## everything needed on a fresh machine (root): packages, venv, control plane binaries
+
+install-system: ## Debian packages for the dataplane (iptables legacy+nft, ipset, iproute2, conntrack)
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "==> Debian packages present"; fi
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> creating $(VENV) and installing Python dependencies"
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install-python: $(VENV)/.installed ## Python venv with runtime and dev dependencies
+
+controlplane: $(VENV)/.installed ## build (or reuse from ~/.cache/nodeport-guard) kube-apiserver, kubectl and etcd
+	$(PY) -m tests.controlplane.build
+
+lint: $(VENV)/.installed ## ruff + mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict
+
+test: install lint ## lint, then unit, integration and end-to-end tests (real apiserver, real netns + iptables)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+unit: $(VENV)/.installed ## only the pure unit tests (fast)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: install ## the whole mission end to end on the local control plane
+	$(PY) -m tests.demo
+
+bench: install ## benchmarks; writes bench/results.json and bench/RESULTS.md (ONLY=name for one)
+	@echo "make bench: not yet (see the bench issue)"
+
+clean: ## remove the venv and caches in the repo (the control plane cache in ~/.cache stays)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,30 @@
+"""Shared pytest fixtures: one real control plane per session, a fresh namespace per test."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from tests.controlplane.harness import ControlPlane, running_control_plane
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    with running_control_plane() as plane:
+        yield plane
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane) -> Iterator[str]:
+    # Without a namespace controller, deleted namespaces never finish terminating: use fresh names.
+    name = f"t-{secrets.token_hex(4)}"
+    control_plane.kubectl("create", "namespace", name)
+    yield name
+    # Services hold ClusterIPs from a small documentation range: free them explicitly.
+    control_plane.kubectl(
+        "delete", "services,networkpolicies,pods", "--all", "-n", name, "--wait=false", "--grace-period=0",
+        "--force", check=False,
+    )
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
