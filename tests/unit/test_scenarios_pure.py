@@ -1,0 +1,80 @@
+"""Acceptance scenarios from ../shared/scenarios resolved through the pure core (no apiserver)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from webhook.contract import NodePortVerdict
+from webhook.semantics import resolve_namespace, source_set_contains
+from webhook.snapshot import StaticClusterView
+
+CASES_PATH = Path(__file__).parents[2].parent / "shared" / "scenarios" / "cases.json"
+
+
+def _load_cases() -> list[dict[str, Any]]:
+    if not CASES_PATH.is_file():
+        pytest.fail(
+            f"scenario file {CASES_PATH} is missing: the shared scenarios must sit beside the repo "
+            "as ../shared (CI provides them)",
+            pytrace=False,
+        )
+    cases: list[dict[str, Any]] = json.loads(CASES_PATH.read_text())
+    return cases
+
+
+def _pod(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": spec["name"],
+            "namespace": spec.get("namespace", "default"),
+            "labels": spec.get("labels", {}),
+        },
+        "spec": {
+            "containers": [{"name": "main", "image": "example", "ports": spec.get("containerPorts", [])}]
+        },
+    }
+
+
+def _namespace(obj: dict[str, Any]) -> str:
+    ns: str = obj.get("metadata", {}).get("namespace", "default")
+    return ns
+
+
+def _case_ids() -> list[str]:
+    try:
+        return [c["name"] for c in json.loads(CASES_PATH.read_text())]
+    except OSError:
+        return ["missing-shared-scenarios"]
+
+
+@pytest.mark.parametrize("name", _case_ids())
+def test_scenario(name: str) -> None:
+    case = next(c for c in _load_cases() if c["name"] == name)
+    view = StaticClusterView(
+        services=case["services"], pods=[_pod(p) for p in case["pods"]], policies=case["policies"]
+    )
+    namespaces = sorted({_namespace(o) for o in case["services"] + case["policies"]} | {"default"})
+    verdicts: dict[tuple[int, str], NodePortVerdict] = {}
+    for ns in namespaces:
+        resolution = resolve_namespace(ns, view)
+        for policy in resolution.policies:
+            for v in resolution.verdicts_for(policy):
+                previous = verdicts.setdefault((v.node_port, v.protocol), v)
+                assert previous == v, f"policies disagree on NodePort {v.node_port}/{v.protocol}"
+    for expect in case["expect"]:
+        verdict = verdicts.get((expect["nodePort"], expect["protocol"]))
+        allowed = True if verdict is None else source_set_contains(verdict.allow, expect["source"])
+        assert allowed == expect["allowed"], (
+            f"{name}: NodePort {expect['nodePort']}/{expect['protocol']} from {expect['source']}: "
+            f"expected allowed={expect['allowed']}, verdict {verdict}; note: {case['note']}"
+        )
+
+
+def test_all_scenarios_are_loaded() -> None:
+    assert len(_load_cases()) >= 36

@@ -1,0 +1,768 @@
+"""NetworkPolicy semantics for NodePorts: selectors, ports, source sets, namespace verdicts (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from webhook import contract
+from webhook.contract import CidrRule, IPFamily, NodePortVerdict, SourceSet
+
+if TYPE_CHECKING:
+    from webhook.snapshot import ClusterView
+
+logger = logging.getLogger(__name__)
+
+KubeObject = dict[str, Any]
+Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
+OPERATORS: tuple[Operator, ...] = get_args(Operator)
+PolicyType = Literal["Ingress", "Egress"]
+NODEPORT_SERVICE_TYPES = frozenset({"NodePort", "LoadBalancer"})
+# Pods in a terminal phase are never endpoints, so they do not constrain a NodePort.
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+V4_MAX = 2**32 - 1
+V6_MAX = 2**128 - 1
+
+
+class SemanticsError(ValueError):
+    """An object cannot be interpreted; `field` is the path inside it (e.g. spec.podSelector)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+# --- exact address-set arithmetic -----------------------------------------------------------
+
+Intervals = tuple[tuple[int, int], ...]
+
+
+def _merge(intervals: Iterable[tuple[int, int]]) -> Intervals:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(intervals):
+        if out and start <= out[-1][1] + 1:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return tuple(out)
+
+
+def _intersect(a: Intervals, b: Intervals) -> Intervals:
+    out: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        start = max(a[i][0], b[j][0])
+        end = min(a[i][1], b[j][1])
+        if start <= end:
+            out.append((start, end))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
+
+
+def _subtract(a: Intervals, b: Intervals) -> Intervals:
+    out: list[tuple[int, int]] = []
+    j = 0
+    for start, end in a:
+        cur = start
+        while j < len(b) and b[j][1] < cur:
+            j += 1
+        k = j
+        while k < len(b) and b[k][0] <= end:
+            if b[k][0] > cur:
+                out.append((cur, b[k][0] - 1))
+            cur = max(cur, b[k][1] + 1)
+            k += 1
+        if cur <= end:
+            out.append((cur, end))
+    return tuple(out)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _interval(net: Network) -> tuple[int, int]:
+    return int(net.network_address), int(net.broadcast_address)
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    """A set of IPv4 and IPv6 addresses as sorted, disjoint, non-adjacent inclusive intervals."""
+
+    v4: Intervals = ()
+    v6: Intervals = ()
+
+    @staticmethod
+    def everyone() -> Addresses:
+        return _EVERYONE
+
+    @staticmethod
+    def nobody() -> Addresses:
+        return _NOBODY
+
+    @staticmethod
+    def of_networks(networks: Iterable[Network]) -> Addresses:
+        nets = list(networks)
+        return Addresses(
+            v4=_merge(_interval(n) for n in nets if n.version == 4),
+            v6=_merge(_interval(n) for n in nets if n.version == 6),
+        )
+
+    def is_empty(self) -> bool:
+        return not self.v4 and not self.v6
+
+    def is_everyone(self) -> bool:
+        return self.v4 == ((0, V4_MAX),) and self.v6 == ((0, V6_MAX),)
+
+    def union(self, other: Addresses) -> Addresses:
+        if other.is_empty() or self.is_everyone():
+            return self
+        if self.is_empty() or other.is_everyone():
+            return other
+        return Addresses(v4=_merge(self.v4 + other.v4), v6=_merge(self.v6 + other.v6))
+
+    def intersection(self, other: Addresses) -> Addresses:
+        if self.is_everyone() or other.is_empty():
+            return other
+        if other.is_everyone() or self.is_empty():
+            return self
+        return Addresses(v4=_intersect(self.v4, other.v4), v6=_intersect(self.v6, other.v6))
+
+    def difference(self, other: Addresses) -> Addresses:
+        return Addresses(v4=_subtract(self.v4, other.v4), v6=_subtract(self.v6, other.v6))
+
+    def contains(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+        value = int(ip)
+        return any(s <= value <= e for s, e in (self.v4 if ip.version == 4 else self.v6))
+
+
+_EVERYONE = Addresses(v4=((0, V4_MAX),), v6=((0, V6_MAX),))
+_NOBODY = Addresses()
+
+
+def _prefixes(intervals: Intervals, version: int) -> list[Network]:
+    make: Any = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    out: list[Network] = []
+    for start, end in intervals:
+        out.extend(ipaddress.summarize_address_range(make(start), make(end)))
+    return out
+
+
+# --- label selectors ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    key: str
+    operator: Operator
+    values: frozenset[str]
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "In":
+            return self.key in labels and labels[self.key] in self.values
+        if self.operator == "NotIn":
+            # Objects lacking the key match NotIn (Kubernetes labels.Selector semantics).
+            return self.key not in labels or labels[self.key] not in self.values
+        if self.operator == "Exists":
+            return self.key in labels
+        return self.key not in labels
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """A compiled LabelSelector; the empty selector matches everything."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    requirements: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        for key, value in self.match_labels:
+            if labels.get(key) != value:
+                return False
+        return all(r.matches(labels) for r in self.requirements)
+
+
+def compile_selector(selector: object, where: str) -> Selector:
+    """Compile a LabelSelector dict; None or {} match everything. Raises SemanticsError."""
+    if selector is None:
+        return Selector()
+    if not isinstance(selector, Mapping):
+        raise SemanticsError(where, f"expected a LabelSelector object, got {type(selector).__name__}")
+    match_labels = selector.get("matchLabels") or {}
+    if not isinstance(match_labels, Mapping):
+        raise SemanticsError(f"{where}.matchLabels", "expected a map of label key to value")
+    for key, value in match_labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise SemanticsError(f"{where}.matchLabels", f"{key!r}: {value!r} is not a string pair")
+    expressions = selector.get("matchExpressions") or []
+    if not isinstance(expressions, list):
+        raise SemanticsError(f"{where}.matchExpressions", "expected a list")
+    requirements: list[Requirement] = []
+    for i, expr in enumerate(expressions):
+        path = f"{where}.matchExpressions[{i}]"
+        if not isinstance(expr, Mapping):
+            raise SemanticsError(path, "expected an object with key, operator and values")
+        key = expr.get("key")
+        operator = expr.get("operator")
+        values = expr.get("values") or []
+        if not isinstance(key, str) or not key:
+            raise SemanticsError(f"{path}.key", "a non-empty label key is required")
+        if operator not in OPERATORS:
+            raise SemanticsError(
+                f"{path}.operator", f"{operator!r} is not a valid operator; use one of {list(OPERATORS)}"
+            )
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise SemanticsError(f"{path}.values", "expected a list of strings")
+        if operator in ("In", "NotIn") and not values:
+            raise SemanticsError(f"{path}.values", f"operator {operator} needs at least one value")
+        if operator in ("Exists", "DoesNotExist") and values:
+            raise SemanticsError(f"{path}.values", f"operator {operator} takes no values; remove them")
+        requirements.append(Requirement(key=key, operator=operator, values=frozenset(values)))
+    return Selector(
+        match_labels=tuple(sorted(match_labels.items())),
+        requirements=tuple(sorted(requirements, key=lambda r: (r.key, r.operator, sorted(r.values)))),
+    )
+
+
+def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str] | None) -> bool:
+    """Whether a LabelSelector dict matches a label map."""
+    return compile_selector(selector, "selector").matches(labels or {})
+
+
+def labels_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") if isinstance(meta, Mapping) else None
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def _meta(obj: Mapping[str, Any], key: str) -> str:
+    meta = obj.get("metadata") or {}
+    value = meta.get(key) if isinstance(meta, Mapping) else None
+    return value if isinstance(value, str) else ""
+
+
+# --- pods -----------------------------------------------------------------------------------
+
+# (port name, protocol) -> containerPort number
+NamedPorts = Mapping[tuple[str, str], int]
+
+
+def pod_named_ports(pod: Mapping[str, Any]) -> dict[tuple[str, str], int]:
+    """Named containerPorts of a pod (containers and restartable init containers)."""
+    spec = pod.get("spec") or {}
+    out: dict[tuple[str, str], int] = {}
+    containers = list(spec.get("containers") or [])
+    containers += [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
+    for container in containers:
+        for port in container.get("ports") or []:
+            name = port.get("name")
+            number = port.get("containerPort")
+            if isinstance(name, str) and name and isinstance(number, int):
+                out.setdefault((name, port.get("protocol") or "TCP"), number)
+    return out
+
+
+def resolve_target_port(target: int | str, protocol: str, named: NamedPorts) -> int | None:
+    """The pod port a Service port forwards to, or None when a named targetPort does not resolve."""
+    if isinstance(target, int):
+        return target
+    if target.isdigit():
+        return int(target)
+    return named.get((target, protocol))
+
+
+# --- policies -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPort:
+    """One NetworkPolicyPort: protocol (default TCP), a number, a name or none (= all ports)."""
+
+    protocol: str
+    port: int | str | None
+    end_port: int | None
+
+    def covers(self, number: int, protocol: str, named: NamedPorts) -> bool:
+        if protocol != self.protocol:
+            return False
+        if self.port is None:
+            return True
+        if isinstance(self.port, int):
+            return self.port <= number <= (self.end_port if self.end_port is not None else self.port)
+        return named.get((self.port, self.protocol)) == number
+
+
+@dataclass(frozen=True, slots=True)
+class IpBlock:
+    """An ipBlock peer: `cidr` and `excepts` normalised, `addresses` = cidr minus excepts."""
+
+    cidr: str
+    excepts: tuple[str, ...]
+    version: int
+    addresses: Addresses
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class IngressRule:
+    path: str
+    ports: tuple[PolicyPort, ...]  # empty = every port
+    sources: Addresses
+    ip_blocks: tuple[IpBlock, ...]
+    selector_peers: bool  # has podSelector/namespaceSelector peers (never external clients)
+
+    def covers(self, number: int, protocol: str, named: NamedPorts) -> bool:
+        return not self.ports or any(p.covers(number, protocol, named) for p in self.ports)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    namespace: str
+    name: str
+    uid: str
+    selector: Selector
+    affects_ingress: bool
+    rules: tuple[IngressRule, ...]
+
+    def selects(self, pod: Mapping[str, Any]) -> bool:
+        return self.selector.matches(labels_of(pod))
+
+
+def policy_types(policy: Mapping[str, Any]) -> tuple[PolicyType, ...]:
+    """spec.policyTypes with API defaulting: Ingress always, Egress when spec.egress is non-empty."""
+    spec = policy.get("spec") or {}
+    explicit = spec.get("policyTypes")
+    if explicit:
+        return tuple(sorted(t for t in set(explicit) if t in ("Ingress", "Egress")))
+    return ("Egress", "Ingress") if spec.get("egress") else ("Ingress",)
+
+
+def parse_cidr(text: object, path: str, *, strict: bool) -> Network:
+    if not isinstance(text, str):
+        raise SemanticsError(path, f"expected a CIDR string, got {type(text).__name__}")
+    try:
+        return ipaddress.ip_network(text, strict=strict)
+    except ValueError as exc:
+        if strict and "/" in text:
+            try:
+                fixed = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                pass
+            else:
+                raise SemanticsError(path, f"{text} has host bits set; did you mean {fixed}?") from exc
+        raise SemanticsError(path, f"{text!r} is not a valid CIDR (e.g. 192.0.2.0/24): {exc}") from exc
+
+
+def compile_ip_block(block: Mapping[str, Any], path: str, *, strict: bool) -> IpBlock:
+    """An ipBlock peer. strict=True rejects host bits and excepts outside the cidr (admission);
+    strict=False reads stored objects the way the dataplane does (host bits masked)."""
+    net = parse_cidr(block.get("cidr"), f"{path}.cidr", strict=strict)
+    excepts: list[Network] = []
+    raw_excepts = block.get("except") or []
+    if not isinstance(raw_excepts, list):
+        raise SemanticsError(f"{path}.except", "expected a list of CIDRs")
+    for i, raw in enumerate(raw_excepts):
+        epath = f"{path}.except[{i}]"
+        enet = parse_cidr(raw, epath, strict=strict)
+        inside = enet.version == net.version and enet.subnet_of(net) and enet.prefixlen > net.prefixlen  # type: ignore[arg-type]
+        if strict and not inside:
+            raise SemanticsError(
+                epath,
+                f"{raw} is not strictly inside the cidr {net}; use a smaller range inside it or drop it",
+            )
+        excepts.append(enet)
+    addresses = Addresses.of_networks([net]).difference(Addresses.of_networks(excepts))
+    return IpBlock(
+        cidr=str(net),
+        excepts=tuple(sorted({str(e) for e in excepts})),
+        version=net.version,
+        addresses=addresses,
+        path=path,
+    )
+
+
+def _compile_port(entry: object, path: str) -> PolicyPort:
+    if not isinstance(entry, Mapping):
+        raise SemanticsError(path, "expected a NetworkPolicyPort object")
+    protocol = entry.get("protocol") or "TCP"
+    if protocol not in contract.PROTOCOLS:
+        raise SemanticsError(f"{path}.protocol", f"{protocol!r} is not one of {list(contract.PROTOCOLS)}")
+    port = entry.get("port")
+    end_port = entry.get("endPort")
+    if port is not None and not isinstance(port, int | str):
+        raise SemanticsError(f"{path}.port", f"expected a number or a port name, got {port!r}")
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    if end_port is not None and (not isinstance(end_port, int) or not isinstance(port, int)):
+        raise SemanticsError(f"{path}.endPort", "endPort needs a numeric port and must be a number")
+    return PolicyPort(protocol=protocol, port=port, end_port=end_port)
+
+
+def _compile_rule(rule: object, path: str, *, strict: bool) -> IngressRule:
+    if not isinstance(rule, Mapping):
+        raise SemanticsError(path, "expected a NetworkPolicyIngressRule object")
+    ports = tuple(_compile_port(p, f"{path}.ports[{i}]") for i, p in enumerate(rule.get("ports") or []))
+    peers = rule.get("from") or []
+    if not isinstance(peers, list):
+        raise SemanticsError(f"{path}.from", "expected a list of peers")
+    if not peers:
+        return IngressRule(path=path, ports=ports, sources=_EVERYONE, ip_blocks=(), selector_peers=False)
+    blocks: list[IpBlock] = []
+    selector_peers = False
+    for i, peer in enumerate(peers):
+        ppath = f"{path}.from[{i}]"
+        if not isinstance(peer, Mapping):
+            raise SemanticsError(ppath, "expected a NetworkPolicyPeer object")
+        if peer.get("ipBlock") is not None:
+            block = peer["ipBlock"]
+            if not isinstance(block, Mapping):
+                raise SemanticsError(f"{ppath}.ipBlock", "expected an object with cidr and except")
+            try:
+                blocks.append(compile_ip_block(block, f"{ppath}.ipBlock", strict=strict))
+            except SemanticsError:
+                if strict:
+                    raise
+                # A stored, unreadable block allows nobody: fail closed rather than fail the namespace.
+                logger.warning("ignoring unreadable ipBlock", extra={"field": ppath})
+        for key in ("podSelector", "namespaceSelector"):
+            if peer.get(key) is not None:
+                compile_selector(peer[key], f"{ppath}.{key}")
+                selector_peers = True
+    sources = _NOBODY
+    for b in blocks:
+        sources = sources.union(b.addresses)
+    return IngressRule(
+        path=path, ports=ports, sources=sources, ip_blocks=tuple(blocks), selector_peers=selector_peers
+    )
+
+
+def compile_policy(policy: Mapping[str, Any], *, strict: bool = False) -> Policy:
+    """Interpret a NetworkPolicy dict (un-defaulted allowed). Raises SemanticsError naming the field."""
+    spec = policy.get("spec") or {}
+    if not isinstance(spec, Mapping):
+        raise SemanticsError("spec", "expected an object")
+    affects_ingress = "Ingress" in policy_types(policy)
+    rules: tuple[IngressRule, ...] = ()
+    raw_rules = spec.get("ingress") or []
+    if not isinstance(raw_rules, list):
+        raise SemanticsError("spec.ingress", "expected a list of rules")
+    # Rules of a policy that does not apply to ingress are still checked in strict mode.
+    if affects_ingress or strict:
+        rules = tuple(
+            _compile_rule(r, f"spec.ingress[{i}]", strict=strict) for i, r in enumerate(raw_rules)
+        )
+    return Policy(
+        namespace=_meta(policy, "namespace"),
+        name=_meta(policy, "name"),
+        uid=_meta(policy, "uid"),
+        selector=compile_selector(spec.get("podSelector"), "spec.podSelector"),
+        affects_ingress=affects_ingress,
+        rules=rules if affects_ingress else (),
+    )
+
+
+def pod_accepts(
+    policies: Sequence[Policy], number: int, protocol: str, named: NamedPorts
+) -> tuple[Addresses, list[IngressRule]]:
+    """Sources the pod accepts on (number, protocol) given the ingress policies selecting it,
+    and the rules that cover that port. With no policy the pod is not isolated."""
+    if not policies:
+        return _EVERYONE, []
+    accepted = _NOBODY
+    covering: list[IngressRule] = []
+    for policy in policies:
+        for rule in policy.rules:
+            if rule.covers(number, protocol, named):
+                covering.append(rule)
+                accepted = accepted.union(rule.sources)
+    return accepted, covering
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def render_source_set(addresses: Addresses, blocks: Iterable[IpBlock] = ()) -> SourceSet:
+    """The contract form of an address set. A family whose part is exactly one of `blocks` keeps
+    that block's cidr/except form (what the user wrote); otherwise disjoint collapsed prefixes."""
+    if addresses.is_everyone():
+        return SourceSet.everyone()
+    rules: list[CidrRule] = []
+    for version, part in ((4, addresses.v4), (6, addresses.v6)):
+        if not part:
+            continue
+        same = next(
+            (
+                b
+                for b in sorted(blocks, key=lambda b: (len(b.excepts), b.cidr, b.excepts))
+                if b.version == version and (b.addresses.v4 if version == 4 else b.addresses.v6) == part
+            ),
+            None,
+        )
+        if same is not None:
+            rules.append(CidrRule(cidr=same.cidr, excepts=same.excepts))
+        else:
+            rules.extend(CidrRule(cidr=str(n)) for n in _prefixes(part, version))
+    return SourceSet(all_sources=False, cidrs=tuple(sorted(rules)))
+
+
+def source_set_contains(sources: SourceSet, address: str) -> bool:
+    """Whether a client address is allowed by a contract SourceSet (families never mix)."""
+    if sources.all_sources:
+        return True
+    ip = ipaddress.ip_address(address)
+    for rule in sources.cidrs:
+        net = ipaddress.ip_network(rule.cidr)
+        if (
+            ip.version == net.version
+            and ip in net
+            and not any(ip in ipaddress.ip_network(e) for e in rule.excepts)
+        ):
+            return True
+    return False
+
+
+# --- namespace resolution -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceResolution:
+    """Per policy of a namespace: the verdicts for its annotation and its warnings (sorted)."""
+
+    namespace: str
+    policies: tuple[str, ...]
+    uids: Mapping[str, str] = field(default_factory=dict)
+    verdicts: Mapping[str, tuple[NodePortVerdict, ...]] = field(default_factory=dict)
+    warnings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def verdicts_for(self, name: str) -> tuple[NodePortVerdict, ...]:
+        return self.verdicts.get(name, ())
+
+    def warnings_for(self, name: str) -> tuple[str, ...]:
+        return self.warnings.get(name, ())
+
+
+def _ip_families(service: Mapping[str, Any]) -> tuple[IPFamily, ...]:
+    families = (service.get("spec") or {}).get("ipFamilies") or ["IPv4"]
+    return tuple(sorted({f for f in families if f in contract.IP_FAMILIES})) or ("IPv4",)
+
+
+def _effective_policies(
+    namespace: str,
+    view: ClusterView,
+    replace: Mapping[str, Any] | None,
+    remove: tuple[str, str] | None,
+) -> list[Mapping[str, Any]]:
+    replace_name = _meta(replace, "name") if replace is not None else None
+    removed = remove[1] if remove is not None and remove[0] == namespace else None
+    out: list[Mapping[str, Any]] = []
+    for obj in view.policies_in(namespace):
+        name = _meta(obj, "name")
+        if name in (removed, replace_name):
+            continue
+        out.append(obj)
+    if replace is not None and replace_name != removed:
+        out.append(replace)
+    return sorted(out, key=lambda o: _meta(o, "name"))
+
+
+def _family_name(version: int) -> str:
+    return "IPv4" if version == 4 else "IPv6"
+
+
+class _Collector:
+    """Accumulates verdicts and warnings per policy during one resolution (local to a call)."""
+
+    __slots__ = ("verdicts", "warnings")
+
+    def __init__(self) -> None:
+        self.verdicts: dict[str, list[NodePortVerdict]] = {}
+        self.warnings: dict[str, set[str]] = {}
+
+    def warn(self, policy: str, message: str) -> None:
+        self.warnings.setdefault(policy, set()).add(message)
+
+
+def _resolve_service(
+    service: Mapping[str, Any],
+    backing: Sequence[Mapping[str, Any]],
+    policies: Sequence[Policy],
+    out: _Collector,
+) -> None:
+    spec = service.get("spec") or {}
+    selecting = [[p for p in policies if p.selects(pod)] for pod in backing]
+    if not any(selecting):
+        return
+    named = [pod_named_ports(pod) for pod in backing]
+    name = _meta(service, "name")
+    families = _ip_families(service)
+    health = spec.get("healthCheckNodePort")
+    involved = sorted({p.name: p for sel in selecting for p in sel}.values(), key=lambda p: p.name)
+    for port in spec.get("ports") or []:
+        node_port = port.get("nodePort")
+        if not isinstance(node_port, int) or isinstance(node_port, bool) or node_port == health:
+            continue
+        protocol = port.get("protocol") or "TCP"
+        service_port = port.get("port")
+        if protocol not in contract.PROTOCOLS or not isinstance(service_port, int):
+            continue
+        target = port.get("targetPort")
+        target = service_port if target in (None, "", 0) else target
+        prefix = f"Service {name} port {service_port} (NodePort {node_port}/{protocol})"
+        result = _EVERYONE
+        resolved_any = False
+        blocks: list[IpBlock] = []
+        per_policy: dict[str, tuple[Addresses, bool, list[IpBlock]]] = {}
+        for pod_named, pols in zip(named, selecting, strict=True):
+            number = resolve_target_port(target, protocol, pod_named)
+            if number is None:
+                continue  # not an endpoint of this port: it receives no NodePort traffic
+            resolved_any = True
+            if not pols:
+                continue
+            accepted, covering = pod_accepts(pols, number, protocol, pod_named)
+            result = result.intersection(accepted)
+            for rule in covering:
+                blocks.extend(rule.ip_blocks)
+            for p in pols:
+                mine = [r for r in covering if any(r is q for q in p.rules)]
+                srcs, sel, blks = per_policy.get(p.name, (_NOBODY, False, []))
+                for r in mine:
+                    srcs = srcs.union(r.sources)
+                    sel = sel or r.selector_peers
+                    blks = blks + list(r.ip_blocks)
+                per_policy[p.name] = (srcs, sel, blks)
+        if not resolved_any:
+            result = _NOBODY  # fail closed: no pod resolves the target port
+        verdict = NodePortVerdict(
+            node_port=node_port,
+            protocol=protocol,
+            service=name,
+            service_port=service_port,
+            ip_families=families,
+            allow=render_source_set(result, blocks),
+        )
+        for policy in involved:
+            out.verdicts.setdefault(policy.name, []).append(verdict)
+            if result.is_empty():
+                out.warn(
+                    policy.name,
+                    f"{prefix}: all external traffic will be dropped: no ingress rule of the policies "
+                    f"selecting its pods allows an external source on target port {target}/{protocol}; "
+                    "add an ipBlock peer (or omit 'from') on a rule covering that port to allow clients",
+                )
+            chosen = sum(1 for sel in selecting if any(q is policy for q in sel))
+            if chosen < len(backing):
+                out.warn(
+                    policy.name,
+                    f"{prefix}: this policy selects {chosen} of the {len(backing)} pods behind the "
+                    "Service (partial coverage fails closed: a source is allowed on the NodePort only if "
+                    "every pod accepts it); select all of its pods to make the intent explicit",
+                )
+            srcs, sel, blks = per_policy.get(policy.name, (_NOBODY, False, []))
+            if sel and srcs.is_empty():
+                out.warn(
+                    policy.name,
+                    f"{prefix}: podSelector/namespaceSelector peers are this policy's only sources for "
+                    "the NodePort, and they never match external clients; add an ipBlock peer to allow them",
+                )
+            for b in sorted({(b.version, b.cidr, b.path) for b in blks}):
+                if _family_name(b[0]) not in families:
+                    out.warn(
+                        policy.name,
+                        f"{prefix}: {b[2]} {b[1]} is {_family_name(b[0])} but the Service is "
+                        f"{'/'.join(families)}-only, so it never matches NodePort traffic",
+                    )
+            mine_named = [n for n, s2 in zip(named, selecting, strict=True) if any(q is policy for q in s2)]
+            for rule in policy.rules:
+                for i, pp in enumerate(rule.ports):
+                    if isinstance(pp.port, str) and not any((pp.port, pp.protocol) in n for n in mine_named):
+                        out.warn(
+                            policy.name,
+                            f"{prefix}: {rule.path}.ports[{i}].port {pp.port!r} ({pp.protocol}) matches no "
+                            "containerPort of the selected pods behind this Service; name a containerPort "
+                            "the pods declare (with the same protocol) or use a number",
+                        )
+
+
+def _is_nodeport_service(service: Mapping[str, Any]) -> bool:
+    spec = service.get("spec") or {}
+    return spec.get("type") in NODEPORT_SERVICE_TYPES and bool(spec.get("selector"))
+
+
+def _backing_pods(namespace: str, service: Mapping[str, Any], view: ClusterView) -> list[KubeObject]:
+    selector = (service.get("spec") or {}).get("selector") or {}
+    pods = view.pods_matching(namespace, {"matchLabels": dict(selector)})
+    return sorted(
+        (p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES),
+        key=lambda p: _meta(p, "name"),
+    )
+
+
+def _resolve(
+    namespace: str,
+    view: ClusterView,
+    replace: Mapping[str, Any] | None,
+    remove: tuple[str, str] | None,
+    focus: str | None,
+) -> NamespaceResolution:
+    objs = _effective_policies(namespace, view, replace, remove)
+    compiled = [compile_policy(o) for o in objs]
+    ingress = [p for p in compiled if p.affects_ingress]
+    out = _Collector()
+    focus_policy = next((p for p in ingress if p.name == focus), None) if focus is not None else None
+    if ingress and (focus is None or focus_policy is not None):
+        services = sorted(
+            (s for s in view.services_in(namespace) if _is_nodeport_service(s)),
+            key=lambda s: _meta(s, "name"),
+        )
+        for service in services:
+            backing = _backing_pods(namespace, service, view)
+            if focus_policy is not None and not any(focus_policy.selects(pod) for pod in backing):
+                continue  # the focused policy gets no verdict from this Service
+            _resolve_service(service, backing, ingress, out)
+    names = tuple(sorted(p.name for p in compiled)) if focus is None else (focus,)
+    return NamespaceResolution(
+        namespace=namespace,
+        policies=names,
+        uids={p.name: p.uid for p in compiled if p.name in names},
+        verdicts={
+            n: tuple(sorted(v, key=lambda x: (x.node_port, x.protocol, x.service, x.service_port)))
+            for n, v in out.verdicts.items()
+            if n in names
+        },
+        warnings={n: tuple(sorted(w)) for n, w in out.warnings.items() if n in names},
+    )
+
+
+def resolve_namespace(
+    namespace: str,
+    view: ClusterView,
+    replace: Mapping[str, Any] | None = None,
+    remove: tuple[str, str] | None = None,
+) -> NamespaceResolution:
+    """The namespace-wide NodePort verdicts for every policy of `namespace`.
+
+    `replace` is a policy in its new form (replacing the stored one of the same name, or added);
+    `remove` is (namespace, name) of a policy being deleted.
+    """
+    return _resolve(namespace, view, replace, remove, focus=None)
+
+
+def resolve_policy(
+    namespace: str,
+    name: str,
+    view: ClusterView,
+    replace: Mapping[str, Any] | None = None,
+) -> NamespaceResolution:
+    """Like resolve_namespace but computes only what policy `name` needs (verdicts and warnings
+    for the NodePorts whose pods it selects); the admission path uses this."""
+    return _resolve(namespace, view, replace, None, focus=name)

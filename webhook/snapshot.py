@@ -1,0 +1,95 @@
+"""The read-only cluster view the webhook core resolves against, and an in-memory one (pure)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from webhook.semantics import compile_selector
+
+logger = logging.getLogger(__name__)
+
+KubeObject = dict[str, Any]
+
+
+class ClusterView(Protocol):
+    """What the core needs from a snapshot of Services, Pods and NetworkPolicies."""
+
+    def services_in(self, namespace: str) -> Sequence[KubeObject]: ...
+
+    def pods_in(self, namespace: str) -> Sequence[KubeObject]: ...
+
+    def policies_in(self, namespace: str) -> Sequence[KubeObject]: ...
+
+    def pods_matching(self, namespace: str, selector: KubeObject) -> Sequence[KubeObject]:
+        """Pods of `namespace` matched by a LabelSelector dict (matchLabels/matchExpressions)."""
+        ...
+
+
+def _namespace_of(obj: Mapping[str, Any], default: str) -> str:
+    meta = obj.get("metadata") or {}
+    namespace = meta.get("namespace") if isinstance(meta, Mapping) else None
+    return namespace if isinstance(namespace, str) and namespace else default
+
+
+def _labels_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") if isinstance(meta, Mapping) else None
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def _by_namespace(objs: Iterable[KubeObject], default: str) -> dict[str, list[KubeObject]]:
+    out: dict[str, list[KubeObject]] = {}
+    for obj in objs:
+        out.setdefault(_namespace_of(obj, default), []).append(obj)
+    return out
+
+
+class StaticClusterView:
+    """An immutable snapshot built from lists of API dicts, indexed by namespace and by pod label.
+
+    Objects without `metadata.namespace` belong to `default_namespace`. The indexes are built
+    once in the constructor and never change afterwards.
+    """
+
+    __slots__ = ("_label_index", "_pods", "_policies", "_services")
+
+    def __init__(
+        self,
+        services: Iterable[KubeObject] = (),
+        pods: Iterable[KubeObject] = (),
+        policies: Iterable[KubeObject] = (),
+        default_namespace: str = "default",
+    ) -> None:
+        self._services = _by_namespace(services, default_namespace)
+        self._pods = _by_namespace(pods, default_namespace)
+        self._policies = _by_namespace(policies, default_namespace)
+        # (namespace, key, value) -> pods carrying that label, in namespace order.
+        self._label_index: dict[tuple[str, str, str], list[KubeObject]] = {}
+        for namespace, ns_pods in self._pods.items():
+            for pod in ns_pods:
+                for key, value in _labels_of(pod).items():
+                    self._label_index.setdefault((namespace, key, value), []).append(pod)
+
+    def services_in(self, namespace: str) -> Sequence[KubeObject]:
+        return self._services.get(namespace, ())
+
+    def pods_in(self, namespace: str) -> Sequence[KubeObject]:
+        return self._pods.get(namespace, ())
+
+    def policies_in(self, namespace: str) -> Sequence[KubeObject]:
+        return self._policies.get(namespace, ())
+
+    def pods_matching(self, namespace: str, selector: KubeObject) -> Sequence[KubeObject]:
+        compiled = compile_selector(selector, "selector")
+        match_labels = selector.get("matchLabels") or {}
+        if match_labels:
+            # Start from the smallest posting list of the required labels instead of the namespace.
+            candidates = min(
+                (self._label_index.get((namespace, k, v), []) for k, v in match_labels.items()),
+                key=len,
+            )
+        else:
+            candidates = self._pods.get(namespace, [])
+        return [pod for pod in candidates if compiled.matches(_labels_of(pod))]
