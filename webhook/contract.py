@@ -99,9 +99,7 @@ def _to_json(annotation: Annotation) -> dict[str, Any]:
     for v in sorted(annotation.node_ports, key=_sort_key):
         allow: dict[str, Any] = {"all": v.allow.all_sources}
         if not v.allow.all_sources:
-            allow["cidrs"] = [
-                {"cidr": c.cidr, "except": sorted(c.excepts)} for c in sorted(v.allow.cidrs)
-            ]
+            allow["cidrs"] = [{"cidr": c.cidr, "except": sorted(c.excepts)} for c in sorted(v.allow.cidrs)]
         ports.append(
             {
                 "nodePort": v.node_port,

@@ -81,16 +81,12 @@ def _run(args: list[str], cwd: Path, what: str) -> str:
 def _go_build_with_progress(args: list[str], cwd: Path, what: str) -> None:
     """`go build -v` prints one line per compiled package; report a count so long builds show life."""
     started = time.monotonic()
-    proc = subprocess.Popen(
-        args, cwd=cwd, env=_go_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = subprocess.Popen(args, cwd=cwd, env=_go_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     tail: list[str] = []
-    packages = 0
     last_report = started
-    for line in proc.stdout:
-        packages += 1
-        tail = (tail + [line.rstrip()])[-40:]
+    for packages, line in enumerate(proc.stdout, start=1):
+        tail = [*tail, line.rstrip()][-40:]
         now = time.monotonic()
         if now - last_report >= 20:
             _say(f"{what}: {packages} packages compiled, {int(now - started)}s elapsed")
@@ -153,12 +149,27 @@ def build_kubernetes(root: Path, version: str = KUBERNETES_VERSION) -> None:
     _run(["go", "mod", "tidy"], work, "go mod tidy (kubernetes)")
     tmp_out = root / "build" / f"k8s-{version}.out"
     tmp_out.mkdir(parents=True, exist_ok=True)
-    for name, pkg in (("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver"), ("kubectl", "k8s.io/kubernetes/cmd/kubectl")):
+    for name, pkg in (
+        ("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver"),
+        ("kubectl", "k8s.io/kubernetes/cmd/kubectl"),
+    ):
         _say(f"building {name} {version} (the first build takes 10-20 minutes on 2 cores)")
         _go_build_with_progress(
-            ["go", "build", "-v", "-trimpath", "-tags", BUILD_TAGS, "-ldflags", _ldflags(version),
-             "-o", str(tmp_out / name), pkg],
-            work, name,
+            [
+                "go",
+                "build",
+                "-v",
+                "-trimpath",
+                "-tags",
+                BUILD_TAGS,
+                "-ldflags",
+                _ldflags(version),
+                "-o",
+                str(tmp_out / name),
+                pkg,
+            ],
+            work,
+            name,
         )
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -182,8 +193,19 @@ def build_etcd(root: Path, version: str = ETCD_VERSION) -> None:
     tmp_out.mkdir(parents=True, exist_ok=True)
     _say(f"building etcd {version}")
     _go_build_with_progress(
-        ["go", "build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp_out / "etcd"), "go.etcd.io/etcd/server/v3"],
-        work, "etcd",
+        [
+            "go",
+            "build",
+            "-v",
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(tmp_out / "etcd"),
+            "go.etcd.io/etcd/server/v3",
+        ],
+        work,
+        "etcd",
     )
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -58,7 +58,7 @@ def _wait_http(url: str, ctx: ssl.SSLContext | None, timeout: float, proc: subpr
     last = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ControlPlaneError(f"{proc.args[0]} exited with {proc.returncode}; log tail:\n{_tail(log)}")  # type: ignore[index]
+            raise ControlPlaneError(f"{log.stem} exited with {proc.returncode}; log tail:\n{_tail(log)}")
         try:
             with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:  # noqa: S310 - loopback URL we built
                 if resp.status == 200:
@@ -121,9 +121,13 @@ class ControlPlane:
     def _spawn(self, args: list[str], log_name: str) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.workdir / log_name
         with log.open("wb") as out:
-            proc = subprocess.Popen(  # noqa: S603 - argument list, binaries we built
-                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent, start_new_session=True,  # noqa: PLW1509
+            proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
             )
         self.processes.append(proc)
         return proc, log
@@ -136,12 +140,26 @@ class ControlPlane:
             client = f"http://127.0.0.1:{self.etcd_port}"
             proc, log = self._spawn(
                 [
-                    str(self.binaries.etcd), "--data-dir", str(data), "--name", "npg",
-                    "--listen-client-urls", client, "--advertise-client-urls", client,
-                    "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                    "--initial-cluster", f"npg=http://127.0.0.1:{peer}",
-                    "--unsafe-no-fsync", "--log-level", "warn", "--quota-backend-bytes", str(4 << 30),
+                    str(self.binaries.etcd),
+                    "--data-dir",
+                    str(data),
+                    "--name",
+                    "npg",
+                    "--listen-client-urls",
+                    client,
+                    "--advertise-client-urls",
+                    client,
+                    "--listen-peer-urls",
+                    f"http://127.0.0.1:{peer}",
+                    "--initial-advertise-peer-urls",
+                    f"http://127.0.0.1:{peer}",
+                    "--initial-cluster",
+                    f"npg=http://127.0.0.1:{peer}",
+                    "--unsafe-no-fsync",
+                    "--log-level",
+                    "warn",
+                    "--quota-backend-bytes",
+                    str(4 << 30),
                 ],
                 "etcd.log",
             )
@@ -163,9 +181,11 @@ class ControlPlane:
                     str(self.binaries.kube_apiserver),
                     f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
                     "--etcd-prefix=/nodeport-guard-test",
-                    "--bind-address=127.0.0.1", f"--secure-port={self.apiserver_port}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={self.apiserver_port}",
                     "--advertise-address=127.0.0.1",
-                    f"--tls-cert-file={w / 'serving.crt'}", f"--tls-private-key-file={w / 'serving.key'}",
+                    f"--tls-cert-file={w / 'serving.crt'}",
+                    f"--tls-private-key-file={w / 'serving.key'}",
                     f"--client-ca-file={w / 'ca.crt'}",
                     "--authorization-mode=RBAC",
                     f"--service-account-issuer=https://127.0.0.1:{self.apiserver_port}",
@@ -173,7 +193,8 @@ class ControlPlane:
                     f"--service-account-key-file={w / 'sa.pub'}",
                     f"--service-cluster-ip-range={SERVICE_CIDRS}",
                     f"--service-node-port-range={NODEPORT_RANGE}",
-                    "--allow-privileged=true", "--endpoint-reconciler-type=none",
+                    "--allow-privileged=true",
+                    "--endpoint-reconciler-type=none",
                     # No controller-manager creates 'default' ServiceAccounts here (as in envtest).
                     "--disable-admission-plugins=ServiceAccount",
                     "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
@@ -194,10 +215,15 @@ class ControlPlane:
         raise ControlPlaneError("kube-apiserver could not get a free port after 3 attempts")
 
     def _write_kubeconfig(self, cert: bytes, key: bytes, ca: bytes) -> None:
-        write_kubeconfig(self.kubeconfig, self.url, ca, user={
-            "client-certificate-data": base64.b64encode(cert).decode(),
-            "client-key-data": base64.b64encode(key).decode(),
-        })
+        write_kubeconfig(
+            self.kubeconfig,
+            self.url,
+            ca,
+            user={
+                "client-certificate-data": base64.b64encode(cert).decode(),
+                "client-key-data": base64.b64encode(key).decode(),
+            },
+        )
 
     @staticmethod
     def _stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -217,12 +243,20 @@ class ControlPlane:
     # --- clients -----------------------------------------------------------------------
 
     def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, kubeconfig: Path | None = None,
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(  # noqa: S603
+        proc = subprocess.run(
             [str(self.binaries.kubectl), "--kubeconfig", str(kubeconfig or self.kubeconfig), *args],
-            input=input, capture_output=True, text=True, check=False, timeout=timeout,
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
         )
         if check and proc.returncode != 0:
             raise ControlPlaneError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
@@ -234,7 +268,7 @@ class ControlPlane:
     def api_client(self, kubeconfig: Path | None = None) -> Any:
         from kubernetes import client, config
 
-        return config.new_client_from_config(
+        return config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(kubeconfig or self.kubeconfig), client_configuration=client.Configuration()
         )
 
@@ -250,8 +284,12 @@ def write_kubeconfig(path: Path, server: str, ca: bytes, user: dict[str, str]) -
     cfg = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {
-            "server": server, "certificate-authority-data": base64.b64encode(ca).decode()}}],
+        "clusters": [
+            {
+                "name": "local",
+                "cluster": {"server": server, "certificate-authority-data": base64.b64encode(ca).decode()},
+            }
+        ],
         "users": [{"name": "user", "user": user}],
         "contexts": [{"name": "local", "context": {"cluster": "local", "user": "user"}}],
         "current-context": "local",

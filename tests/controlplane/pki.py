@@ -97,7 +97,5 @@ def build_pki() -> ControlPlanePki:
         serving=Pem(serving_cert.public_bytes(pem), _key_pem(serving_key)),
         admin=Pem(admin_cert.public_bytes(pem), _key_pem(admin_key)),
         service_account_key=_key_pem(sa_key),
-        service_account_pub=sa_key.public_key().public_bytes(
-            pem, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
+        service_account_pub=sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo),
     )

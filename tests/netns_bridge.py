@@ -1,0 +1,71 @@
+"""A TCP relay from a loopback port inside a network namespace to a loopback port of the root namespace.
+
+A test node is a network namespace: an enforcer running in it (as it runs on a real node)
+must reach the local kube-apiserver, which listens on the root namespace's 127.0.0.1. The
+relay opens its listening socket inside the node namespace (sockets keep the namespace they
+were created in) and its upstream connections in the root namespace, so nothing in the root
+namespace's network configuration changes.
+
+Run: `python -m tests.netns_bridge NETNS LISTEN_PORT TARGET_PORT` (prints "ready" when listening).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import socket
+import sys
+import threading
+
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+def _serve(listener: socket.socket, target_port: int) -> None:
+    while True:
+        client, _ = listener.accept()
+        try:
+            upstream = socket.create_connection(("127.0.0.1", target_port), timeout=10)
+            upstream.settimeout(None)
+        except OSError:
+            client.close()
+            continue
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+
+def main(argv: list[str]) -> int:
+    netns, listen_port, target_port = argv[0], int(argv[1]), int(argv[2])
+    root = os.open("/proc/self/ns/net", os.O_RDONLY)
+    node = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    _setns(node)
+    listener = socket.create_server(("127.0.0.1", listen_port), backlog=64)
+    _setns(root)
+    os.close(node)
+    os.close(root)
+    print("ready", flush=True)
+    _serve(listener, target_port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

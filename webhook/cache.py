@@ -1,0 +1,178 @@
+"""In-memory, indexed cache of Services, Pods and NetworkPolicies fed by list+watch (I/O edge).
+
+Implements `snapshot.ClusterView` for the admission path (no API call per admission) and
+tells the reconciler which namespaces changed. Objects are trimmed to the fields the
+semantics use, which keeps 50,000 pods within the webhook's memory budget.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from webhook.contract import ANNOTATION_PREFIX
+from webhook.listwatch import EventType, Obj, ObjectSink
+from webhook.semantics import selector_matches
+
+KINDS = ("services", "pods", "networkpolicies")
+Key = tuple[str, str]
+
+
+def _meta(obj: Obj, *, labels: bool = False, annotations: bool = False, uid: bool = False) -> Obj:
+    src = obj.get("metadata") or {}
+    meta: Obj = {"name": src.get("name", ""), "namespace": src.get("namespace", "")}
+    if labels and src.get("labels"):
+        meta["labels"] = dict(src["labels"])
+    if annotations:
+        ours = {k: v for k, v in (src.get("annotations") or {}).items() if k.startswith(ANNOTATION_PREFIX)}
+        if ours:
+            meta["annotations"] = ours
+    if uid:
+        meta["uid"] = src.get("uid", "")
+        meta["resourceVersion"] = src.get("resourceVersion", "")
+    return meta
+
+
+def trim_pod(obj: Obj) -> Obj:
+    containers = []
+    for c in (obj.get("spec") or {}).get("containers") or []:
+        ports = c.get("ports") or []
+        if ports:
+            containers.append({"ports": [dict(p) for p in ports]})
+    return {"metadata": _meta(obj, labels=True), "spec": {"containers": containers}}
+
+
+def trim_service(obj: Obj) -> Obj:
+    spec = obj.get("spec") or {}
+    keep = ("type", "selector", "ports", "ipFamilies", "ipFamilyPolicy", "healthCheckNodePort")
+    return {"metadata": _meta(obj), "spec": {k: spec[k] for k in keep if k in spec}}
+
+
+def trim_policy(obj: Obj) -> Obj:
+    return {"metadata": _meta(obj, annotations=True, uid=True), "spec": obj.get("spec") or {}}
+
+
+TRIMMERS: dict[str, Callable[[Obj], Obj]] = {
+    "services": trim_service,
+    "pods": trim_pod,
+    "networkpolicies": trim_policy,
+}
+
+
+class ClusterCache(ObjectSink[Obj]):
+    """Thread-safe store; reads return snapshots (lists) so callers never see a dict mutate."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._objects: dict[str, dict[str, dict[str, Obj]]] = {k: defaultdict(dict) for k in KINDS}
+        # pods: namespace -> (label key, value) -> pod names, for selector lookups without a scan.
+        self._pod_labels: dict[str, dict[tuple[str, str], set[str]]] = defaultdict(lambda: defaultdict(set))
+        self._listeners: list[Callable[[str, str], None]] = []
+
+    def add_listener(self, on_change: Callable[[str, str], None]) -> None:
+        """Called with (kind, namespace) after every change, outside the cache lock."""
+        self._listeners.append(on_change)
+
+    # --- ObjectSink --------------------------------------------------------------------
+
+    def replace(self, kind: str, objects: list[Obj], resource_version: str) -> None:
+        with self._lock:
+            before = self._objects[kind]
+            after: dict[str, dict[str, Obj]] = defaultdict(dict)
+            for obj in objects:
+                ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+                after[ns][name] = obj
+            changed = {ns for ns in set(before) | set(after) if before.get(ns) != after.get(ns)}
+            self._objects[kind] = after
+            if kind == "pods":
+                self._pod_labels = defaultdict(lambda: defaultdict(set))
+                for ns, pods in after.items():
+                    for name, pod in pods.items():
+                        self._index_pod(ns, name, pod)
+        for ns in sorted(changed):
+            self._notify(kind, ns)
+
+    def apply(self, kind: str, event: EventType, obj: Obj) -> None:
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        with self._lock:
+            store = self._objects[kind][ns]
+            old = store.get(name)
+            if kind == "pods" and old is not None:
+                self._unindex_pod(ns, name, old)
+            if event == "DELETED":
+                store.pop(name, None)
+                if not store:
+                    del self._objects[kind][ns]
+            else:
+                store[name] = obj
+                if kind == "pods":
+                    self._index_pod(ns, name, obj)
+            if old == (None if event == "DELETED" else obj):
+                return
+        self._notify(kind, ns)
+
+    def _notify(self, kind: str, namespace: str) -> None:
+        for listener in self._listeners:
+            listener(kind, namespace)
+
+    def _index_pod(self, ns: str, name: str, pod: Obj) -> None:
+        for kv in (pod["metadata"].get("labels") or {}).items():
+            self._pod_labels[ns][kv].add(name)
+
+    def _unindex_pod(self, ns: str, name: str, pod: Obj) -> None:
+        index = self._pod_labels.get(ns)
+        if index is None:
+            return
+        for kv in (pod["metadata"].get("labels") or {}).items():
+            names = index.get(kv)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del index[kv]
+
+    # --- ClusterView -------------------------------------------------------------------
+
+    def services_in(self, namespace: str) -> Sequence[Obj]:
+        with self._lock:
+            return list(self._objects["services"].get(namespace, {}).values())
+
+    def pods_in(self, namespace: str) -> Sequence[Obj]:
+        with self._lock:
+            return list(self._objects["pods"].get(namespace, {}).values())
+
+    def policies_in(self, namespace: str) -> Sequence[Obj]:
+        with self._lock:
+            return list(self._objects["networkpolicies"].get(namespace, {}).values())
+
+    def pods_matching(self, namespace: str, selector: Mapping[str, Any]) -> Sequence[Obj]:
+        with self._lock:
+            pods = self._objects["pods"].get(namespace, {})
+            match_labels: Mapping[str, str] = selector.get("matchLabels") or {}
+            if match_labels:
+                index = self._pod_labels.get(namespace, {})
+                candidates: set[str] | None = None
+                for kv in match_labels.items():
+                    names = index.get(kv, set())
+                    candidates = set(names) if candidates is None else candidates & names
+                    if not candidates:
+                        return []
+                selected = [pods[n] for n in sorted(candidates or ())]
+            else:
+                selected = list(pods.values())
+        return [p for p in selected if selector_matches(selector, p["metadata"].get("labels") or {})]
+
+    # --- introspection -----------------------------------------------------------------
+
+    def sizes(self) -> dict[str, int]:
+        with self._lock:
+            return {k: sum(len(v) for v in self._objects[k].values()) for k in KINDS}
+
+    def namespaces(self) -> list[str]:
+        with self._lock:
+            return sorted(set().union(*(self._objects[k].keys() for k in KINDS)))
+
+    def policy(self, namespace: str, name: str) -> Obj | None:
+        with self._lock:
+            return self._objects["networkpolicies"].get(namespace, {}).get(name)

@@ -1,0 +1,203 @@
+"""Keeps policy annotations true after admission: re-resolves changed namespaces and patches (I/O).
+
+Services, Pods and other policies change after a policy was admitted, and deletions never
+reach a webhook. The reconciler watches the cache's change notifications, debounces them,
+recomputes each dirty namespace with the same pure code the admission uses, and patches the
+policies whose annotations differ. With several replicas one leader does it (a Lease).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from webhook.admission import resolve_all_annotations
+from webhook.cache import ClusterCache
+from webhook.contract import owned_keys
+
+logger = logging.getLogger(__name__)
+
+DEBOUNCE_SECONDS = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationPatch:
+    namespace: str
+    name: str
+    # Merge-patch values: a string sets, None removes.
+    annotations: dict[str, str | None]
+
+
+def plan_patches(namespace: str, cache: ClusterCache, signing_key: bytes) -> list[AnnotationPatch]:
+    """Pure given a cache snapshot: the patches that make stored annotations match the verdicts."""
+    desired_by_policy = resolve_all_annotations(namespace, cache, signing_key)
+    patches = []
+    for name, desired in sorted(desired_by_policy.items()):
+        stored_policy = cache.policy(namespace, name)
+        if stored_policy is None:
+            continue
+        stored = stored_policy["metadata"].get("annotations") or {}
+        want = desired or {}
+        change: dict[str, str | None] = {}
+        for key in sorted(set(owned_keys(stored)) | set(want)):
+            if stored.get(key) != want.get(key):
+                change[key] = want.get(key)
+        if change:
+            patches.append(AnnotationPatch(namespace, name, change))
+    return patches
+
+
+class LeaseElector:
+    """Minimal coordination.k8s.io/v1 Lease leader election (optimistic concurrency on update)."""
+
+    def __init__(
+        self,
+        api_client: Any,
+        namespace: str,
+        identity: str,
+        name: str = "nodeport-guard-reconciler",
+        duration_seconds: int = 15,
+    ) -> None:
+        from kubernetes import client
+
+        self._api = client.CoordinationV1Api(api_client)
+        self._client = client
+        self.namespace, self.identity, self.name, self.duration = namespace, identity, name, duration_seconds
+
+    def try_acquire(self) -> bool:
+        now = datetime.datetime.now(datetime.UTC)
+        client = self._client
+        try:
+            lease = self._api.read_namespaced_lease(self.name, self.namespace)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            body = client.V1Lease(
+                metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
+                spec=client.V1LeaseSpec(
+                    holder_identity=self.identity,
+                    lease_duration_seconds=self.duration,
+                    acquire_time=now,
+                    renew_time=now,
+                ),
+            )
+            try:
+                self._api.create_namespaced_lease(self.namespace, body)
+                return True
+            except client.ApiException as create_exc:
+                if create_exc.status == 409:
+                    return False
+                raise
+        spec = lease.spec or client.V1LeaseSpec()
+        lease.spec = spec
+        renew = spec.renew_time or spec.acquire_time
+        expired = (
+            renew is None or renew + datetime.timedelta(seconds=spec.lease_duration_seconds or self.duration) < now
+        )
+        if spec.holder_identity != self.identity and not expired:
+            return False
+        if spec.holder_identity != self.identity:
+            spec.acquire_time = now
+            spec.lease_transitions = (spec.lease_transitions or 0) + 1
+        spec.holder_identity = self.identity
+        spec.renew_time = now
+        spec.lease_duration_seconds = self.duration
+        try:
+            self._api.replace_namespaced_lease(self.name, self.namespace, lease)
+            return True
+        except client.ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+
+class Reconciler:
+    """Debounced loop: dirty namespaces -> patches; full pass every `resync_seconds`."""
+
+    def __init__(
+        self,
+        cache: ClusterCache,
+        signing_key: bytes,
+        patch_policy: Callable[[AnnotationPatch], None],
+        stop: threading.Event,
+        is_leader: Callable[[], bool] = lambda: True,
+        resync_seconds: float = 60.0,
+        on_patched: Callable[[AnnotationPatch], None] | None = None,
+    ) -> None:
+        self._cache = cache
+        self._key = signing_key
+        self._patch_policy = patch_policy
+        self._stop = stop
+        self._is_leader = is_leader
+        self._resync = resync_seconds
+        self._on_patched = on_patched
+        self._dirty: set[str] = set()
+        self._wake = threading.Condition()
+
+    def mark_dirty(self, _kind: str, namespace: str) -> None:
+        with self._wake:
+            self._dirty.add(namespace)
+            self._wake.notify()
+
+    def _take_dirty(self, timeout: float) -> set[str]:
+        with self._wake:
+            if not self._dirty:
+                self._wake.wait(timeout)
+            if not self._dirty:
+                return set()
+        time.sleep(DEBOUNCE_SECONDS)  # let a burst of events land before recomputing
+        with self._wake:
+            dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    def reconcile_namespace(self, namespace: str) -> int:
+        failures = 0
+        for patch in plan_patches(namespace, self._cache, self._key):
+            try:
+                self._patch_policy(patch)
+                logger.info("annotation updated", extra={"namespace": patch.namespace, "policy": patch.name})
+                if self._on_patched:
+                    self._on_patched(patch)
+            except Exception as exc:  # a conflict or a transient API error: retried on the next pass
+                failures += 1
+                logger.warning(
+                    "annotation update failed; will retry",
+                    extra={"namespace": patch.namespace, "policy": patch.name, "error": str(exc)[:300]},
+                )
+        return failures
+
+    def run(self) -> None:
+        next_resync = time.monotonic() + self._resync
+        while not self._stop.is_set():
+            dirty = self._take_dirty(timeout=1.0)
+            if time.monotonic() >= next_resync:
+                dirty |= set(self._cache.namespaces())
+                next_resync = time.monotonic() + self._resync
+            if not dirty or not self._is_leader():
+                continue
+            retry = {ns for ns in sorted(dirty) if self.reconcile_namespace(ns)}
+            if retry:
+                self._stop.wait(0.5)
+                for ns in retry:
+                    self.mark_dirty("retry", ns)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="reconciler", daemon=True)
+        thread.start()
+        return thread
+
+
+def kubernetes_patcher(api_client: Any) -> Callable[[AnnotationPatch], None]:
+    from kubernetes import client
+
+    api = client.NetworkingV1Api(api_client)
+
+    def patch(p: AnnotationPatch) -> None:
+        api.patch_namespaced_network_policy(p.name, p.namespace, {"metadata": {"annotations": p.annotations}})
+
+    return patch
