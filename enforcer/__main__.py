@@ -1,0 +1,213 @@
+"""`nodeport-guard-enforcer run|cleanup`: wiring, HTTP probes and signals only."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import http.server
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from enforcer.backend import detect_backend
+from enforcer.dataplane import Dataplane
+from enforcer.loop import EnforcerMetrics, SyncLoop
+from enforcer.policies import PolicyStore, RejectedAnnotation, trim_policy
+from enforcer.settings import EnforcerSettings, SettingsError
+from webhook.listwatch import ListWatch
+from webhook.logs import configure_logging
+
+logger = logging.getLogger("enforcer")
+KEY_REFRESH_SECONDS = 30.0
+
+
+def _api_client(settings: EnforcerSettings) -> Any:
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if settings.kubeconfig:
+        config.load_kube_config(config_file=str(settings.kubeconfig), client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+class SigningKeySource:
+    """The shared HMAC key, from a file or the Secret; re-read periodically so rotation takes effect."""
+
+    def __init__(self, settings: EnforcerSettings, api_client: Any) -> None:
+        self._settings = settings
+        self._api_client = api_client
+        self._key: bytes | None = None
+        self._fetched = 0.0
+
+    def _read(self) -> bytes:
+        if self._settings.signing_key_file is not None:
+            return self._settings.signing_key_file.read_bytes()
+        from kubernetes import client
+
+        assert self._settings.signing_key_secret is not None
+        namespace, name = self._settings.signing_key_secret
+        secret = client.CoreV1Api(self._api_client).read_namespaced_secret(name, namespace)
+        data = (secret.data or {}).get("key")
+        if not data:
+            raise SettingsError(f"Secret {namespace}/{name} has no data key 'key'; run `python -m certs install`")
+        return base64.b64decode(data)
+
+    def __call__(self) -> bytes:
+        now = time.monotonic()
+        if self._key is None or now - self._fetched > KEY_REFRESH_SECONDS:
+            try:
+                self._key = self._read()
+                self._fetched = now
+            except Exception:
+                if self._key is None:
+                    raise
+                logger.warning("could not refresh the signing key; using the previous one", exc_info=True)
+        return self._key
+
+
+def _event_recorder(api_client: Any, node_name: str) -> Any:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+
+    def record(rejected: RejectedAnnotation) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        core.create_namespaced_event(
+            rejected.namespace,
+            client.CoreV1Event(
+                metadata=client.V1ObjectMeta(generate_name=f"{rejected.name}.", namespace=rejected.namespace),
+                involved_object=client.V1ObjectReference(
+                    api_version="networking.k8s.io/v1",
+                    kind="NetworkPolicy",
+                    name=rejected.name,
+                    namespace=rejected.namespace,
+                    resource_version=rejected.resource_version,
+                ),
+                reason="AnnotationRejected",
+                message=f"nodeport-guard enforcer ignores this policy's NodePort annotation: {rejected.reason}"[:1000],
+                type="Warning",
+                source=client.V1EventSource(component="nodeport-guard-enforcer", host=node_name or None),
+                first_timestamp=now,
+                last_timestamp=now,
+                count=1,
+                reporting_component="nodeport-guard-enforcer",
+                reporting_instance=node_name or "unknown",
+            ),
+        )
+
+    return record
+
+
+def _serve_probes(loop: SyncLoop, metrics: EnforcerMetrics, bind: tuple[str, int]) -> http.server.ThreadingHTTPServer:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._send(200, b"ok", "text/plain")
+            elif self.path == "/readyz":
+                ok = loop.ready.is_set()
+                self._send(200 if ok else 503, b"ok" if ok else b"not synced yet", "text/plain")
+            elif self.path == "/metrics":
+                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            else:
+                self._send(404, b"not found", "text/plain")
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # probes every few seconds would drown the structured log
+
+    server = http.server.ThreadingHTTPServer(bind, Handler)
+    threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()
+    return server
+
+
+def run(settings: EnforcerSettings) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("stopping; rules stay in place so a restart opens no window", extra={"signal": signum})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    api_client = _api_client(settings)
+    backend = detect_backend() if settings.backend == "auto" else settings.backend
+    logger.info("iptables backend selected", extra={"backend": backend, "choice": settings.backend})
+    metrics = EnforcerMetrics()
+    metrics.backend.labels(backend).set(1)
+    dataplane = Dataplane(
+        backend,
+        settings.nodeport_range,
+        lock_path=str(settings.xtables_lock),
+        clear_conntrack=settings.clear_conntrack,
+    )
+    from kubernetes import client
+
+    store = PolicyStore()
+    watch = ListWatch(
+        "networkpolicies",
+        client.NetworkingV1Api(api_client).list_network_policy_for_all_namespaces,
+        store,
+        stop,
+        trim_policy,
+    )
+    loop = SyncLoop(
+        store=store,
+        dataplane=dataplane,
+        signing_key=SigningKeySource(settings, api_client),
+        nodeport_range=settings.nodeport_range,
+        stop=stop,
+        metrics=metrics,
+        resync_seconds=settings.resync_seconds,
+        debounce_seconds=settings.debounce_seconds,
+        on_rejected=_event_recorder(api_client, settings.node_name),
+    )
+    server = _serve_probes(loop, metrics, settings.metrics_bind)
+    watch.start()
+    loop.run()
+    server.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nodeport-guard-enforcer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="watch NetworkPolicies and program this node's iptables/ipset")
+    cleanup = sub.add_parser("cleanup", help="remove every chain, rule and set nodeport-guard owns on this node")
+    cleanup.add_argument("--backend", choices=["auto", "legacy", "nft"], default=None)
+    args = parser.parse_args(argv)
+    configure_logging(os.environ.get("NPG_LOG_LEVEL", "INFO"))
+    if args.command == "cleanup":
+        backend = args.backend or os.environ.get("NPG_BACKEND", "auto")
+        chosen = detect_backend() if backend == "auto" else backend
+        lock = os.environ.get("NPG_XTABLES_LOCK", "/run/xtables.lock")
+        Dataplane(chosen, (1, 65535), lock_path=lock).cleanup()
+        logger.info("removed all nodeport-guard chains, rules and sets", extra={"backend": chosen})
+        return 0
+    try:
+        settings = EnforcerSettings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"nodeport-guard-enforcer: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    return run(settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""The enforcer's view of NetworkPolicies: a watched store and pure annotation verification.
+
+Annotations are untrusted input: each is schema-checked and its HMAC verified through the
+contract module; a policy whose annotation is missing, stale, forged or malformed contributes
+nothing and is reported with its namespace/name and the reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from webhook.contract import ANNOTATION_PREFIX, Annotation, ContractError, read_signed
+from webhook.listwatch import EventType, Obj, ObjectSink
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPolicy:
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    annotations: tuple[tuple[str, str], ...]  # only ours, sorted
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedAnnotation:
+    namespace: str
+    name: str
+    resource_version: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    annotations: tuple[Annotation, ...]
+    rejected: tuple[RejectedAnnotation, ...]
+
+
+def trim_policy(obj: Obj) -> StoredPolicy:
+    meta: dict[str, Any] = obj.get("metadata") or {}
+    ours = sorted((k, v) for k, v in (meta.get("annotations") or {}).items() if k.startswith(ANNOTATION_PREFIX))
+    return StoredPolicy(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        resource_version=str(meta.get("resourceVersion", "")),
+        annotations=tuple(ours),
+    )
+
+
+def verify_policies(policies: Iterable[StoredPolicy], key: bytes) -> Verified:
+    """Pure: the annotations that verify, and why the others were refused."""
+    good: list[Annotation] = []
+    rejected: list[RejectedAnnotation] = []
+    for p in sorted(policies, key=lambda p: (p.namespace, p.name)):
+        if not p.annotations:
+            continue
+        try:
+            annotation = read_signed(dict(p.annotations), p.namespace, p.name, p.uid, key)
+        except ContractError as exc:
+            rejected.append(RejectedAnnotation(p.namespace, p.name, p.resource_version, str(exc)))
+            continue
+        if annotation is not None:
+            good.append(annotation)
+    return Verified(tuple(good), tuple(rejected))
+
+
+class PolicyStore(ObjectSink[StoredPolicy]):
+    """Thread-safe store of trimmed policies; `changed` is set on every real change."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._policies: dict[tuple[str, str], StoredPolicy] = {}
+        self.changed = threading.Event()
+        self.synced = threading.Event()
+
+    def replace(self, kind: str, objects: list[StoredPolicy], resource_version: str) -> None:
+        fresh = {(p.namespace, p.name): p for p in objects}
+        with self._lock:
+            self._policies = fresh
+        self.synced.set()
+        self.changed.set()
+
+    def apply(self, kind: str, event: EventType, p: StoredPolicy) -> None:
+        key = (p.namespace, p.name)
+        with self._lock:
+            old = self._policies.get(key)
+            if event == "DELETED":
+                self._policies.pop(key, None)
+            else:
+                self._policies[key] = p
+            if event != "DELETED" and old is not None and old.annotations == p.annotations and old.uid == p.uid:
+                return  # a spec or label change the webhook has not re-resolved yet: nothing to program
+        self.changed.set()
+
+    def snapshot(self) -> list[StoredPolicy]:
+        with self._lock:
+            return list(self._policies.values())
