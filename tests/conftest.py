@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.components import Installation, WebhookServer, install_manifests, remove_webhooks
 from tests.controlplane.harness import ControlPlane, running_control_plane
 
 
@@ -24,7 +25,34 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     yield name
     # Services hold ClusterIPs from a small documentation range: free them explicitly.
     control_plane.kubectl(
-        "delete", "services,networkpolicies,pods", "--all", "-n", name, "--wait=false", "--grace-period=0",
-        "--force", check=False,
+        "delete",
+        "services,networkpolicies,pods",
+        "--all",
+        "-n",
+        name,
+        "--wait=false",
+        "--grace-period=0",
+        "--force",
+        check=False,
     )
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def installation(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Installation:
+    """manifests/ applied for real, certs and secrets installed by the certs tool."""
+    return install_manifests(control_plane, tmp_path_factory.mktemp("install"))
+
+
+@pytest.fixture(scope="session")
+def webhook(
+    control_plane: ControlPlane, installation: Installation, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebhookServer]:
+    """The webhook under gunicorn + TLS with its own ServiceAccount token, registered with the apiserver."""
+    server = WebhookServer(control_plane, installation, tmp_path_factory.mktemp("webhook") / "webhook.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        remove_webhooks(control_plane)
+        server.stop()

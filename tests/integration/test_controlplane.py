@@ -51,14 +51,16 @@ def test_networkpolicy_round_trips_unchanged(control_plane: ControlPlane, namesp
     assert stored["spec"] == POLICY["spec"]
 
 
-def test_serviceaccount_without_rbac_is_forbidden(
-    control_plane: ControlPlane, namespace: str, tmp_path: Path
-) -> None:
+def test_serviceaccount_without_rbac_is_forbidden(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
     kubeconfig = control_plane.service_account_kubeconfig(namespace, "nobody", tmp_path / "sa.kubeconfig")
     whoami = control_plane.kubectl("auth", "whoami", "-o", "json", kubeconfig=kubeconfig)
     assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:nobody"
     denied = control_plane.kubectl("get", "networkpolicies", "-n", namespace, kubeconfig=kubeconfig, check=False)
     assert denied.returncode != 0
-    assert "forbidden" in denied.stderr.lower() and "403" in control_plane.kubectl(
-        "get", "networkpolicies", "-n", namespace, "-v=6", kubeconfig=kubeconfig, check=False
-    ).stderr
+    assert (
+        "forbidden" in denied.stderr.lower()
+        and "403"
+        in control_plane.kubectl(
+            "get", "networkpolicies", "-n", namespace, "-v=6", kubeconfig=kubeconfig, check=False
+        ).stderr
+    )
