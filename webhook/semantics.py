@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -195,10 +196,10 @@ def compile_selector(selector: object, where: str) -> Selector:
     """Compile a LabelSelector dict; None or {} match everything. Raises SemanticsError."""
     if selector is None:
         return Selector()
-    if not isinstance(selector, Mapping):
+    if not isinstance(selector, dict):
         raise SemanticsError(where, f"expected a LabelSelector object, got {type(selector).__name__}")
     match_labels = selector.get("matchLabels") or {}
-    if not isinstance(match_labels, Mapping):
+    if not isinstance(match_labels, dict):
         raise SemanticsError(f"{where}.matchLabels", "expected a map of label key to value")
     for key, value in match_labels.items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -209,7 +210,7 @@ def compile_selector(selector: object, where: str) -> Selector:
     requirements: list[Requirement] = []
     for i, expr in enumerate(expressions):
         path = f"{where}.matchExpressions[{i}]"
-        if not isinstance(expr, Mapping):
+        if not isinstance(expr, dict):
             raise SemanticsError(path, "expected an object with key, operator and values")
         key = expr.get("key")
         operator = expr.get("operator")
@@ -240,13 +241,13 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
 
 def labels_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
     meta = obj.get("metadata") or {}
-    labels = meta.get("labels") if isinstance(meta, Mapping) else None
-    return labels if isinstance(labels, Mapping) else {}
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    return labels if isinstance(labels, dict) else {}
 
 
 def _meta(obj: Mapping[str, Any], key: str) -> str:
     meta = obj.get("metadata") or {}
-    value = meta.get(key) if isinstance(meta, Mapping) else None
+    value = meta.get(key) if isinstance(meta, dict) else None
     return value if isinstance(value, str) else ""
 
 
@@ -310,6 +311,9 @@ class IpBlock:
     version: int
     addresses: Addresses
     path: str
+    # False when a stored except is not strictly inside the cidr: then "cidr minus excepts"
+    # cannot be written in the contract's form and the block is rendered as prefixes.
+    exact: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +353,9 @@ def policy_types(policy: Mapping[str, Any]) -> tuple[PolicyType, ...]:
 def parse_cidr(text: object, path: str, *, strict: bool) -> Network:
     if not isinstance(text, str):
         raise SemanticsError(path, f"expected a CIDR string, got {type(text).__name__}")
+    if not text.partition("/")[2].isdigit():
+        # ipaddress would accept a bare address or a netmask; Kubernetes wants address/length.
+        raise SemanticsError(path, f"{text!r} is not a valid CIDR: write address/prefix-length, e.g. 192.0.2.0/24")
     try:
         return ipaddress.ip_network(text, strict=strict)
     except ValueError as exc:
@@ -362,36 +369,91 @@ def parse_cidr(text: object, path: str, *, strict: bool) -> Network:
         raise SemanticsError(path, f"{text!r} is not a valid CIDR (e.g. 192.0.2.0/24): {exc}") from exc
 
 
+# (version, first address, last address, prefix length)
+NetKey = tuple[int, int, int, int]
+
+
+def _net_key(net: Network) -> NetKey:
+    return net.version, int(net.network_address), int(net.broadcast_address), net.prefixlen
+
+
+def _fast_net_key(text: object) -> tuple[NetKey, bool] | None:
+    """Parse a CIDR without the ipaddress module (it dominates resolution time): the network
+    (host bits masked) and whether host bits were set. None when the text is not a plain CIDR;
+    the caller then falls back to ipaddress for the verdict and the error message."""
+    if not isinstance(text, str):
+        return None
+    addr, sep, plen = text.partition("/")
+    if not sep or not plen.isdigit() or (len(plen) > 1 and plen[0] == "0"):
+        return None
+    version, family, bits = (6, socket.AF_INET6, 128) if ":" in addr else (4, socket.AF_INET, 32)
+    try:
+        value = int.from_bytes(socket.inet_pton(family, addr), "big")
+    except OSError:
+        return None
+    prefix = int(plen)
+    if prefix > bits:
+        return None
+    host = (1 << (bits - prefix)) - 1
+    start = value & ~host
+    return (version, start, start | host, prefix), start != value
+
+
+def net_text(key: NetKey) -> str:
+    """Canonical text of a network (the form written into annotations)."""
+    version, start, _, prefix = key
+    if version == 4:
+        return f"{socket.inet_ntop(socket.AF_INET, start.to_bytes(4, 'big'))}/{prefix}"
+    return str(ipaddress.IPv6Network((start, prefix)))
+
+
+def _net_key_of(text: object, path: str, *, strict: bool) -> NetKey:
+    fast = _fast_net_key(text)
+    if fast is not None:
+        key, host_bits = fast
+        if strict and host_bits:
+            raise SemanticsError(path, f"{text} has host bits set; did you mean {net_text(key)}?")
+        return key
+    return _net_key(parse_cidr(text, path, strict=strict))
+
+
 def compile_ip_block(block: Mapping[str, Any], path: str, *, strict: bool) -> IpBlock:
     """An ipBlock peer. strict=True rejects host bits and excepts outside the cidr (admission);
     strict=False reads stored objects the way the dataplane does (host bits masked)."""
-    net = parse_cidr(block.get("cidr"), f"{path}.cidr", strict=strict)
-    excepts: list[Network] = []
+    raw_cidr = block.get("cidr")
+    net = _net_key_of(raw_cidr, f"{path}.cidr", strict=strict)
+    excepts: list[NetKey] = []
+    exact = True
     raw_excepts = block.get("except") or []
     if not isinstance(raw_excepts, list):
         raise SemanticsError(f"{path}.except", "expected a list of CIDRs")
     for i, raw in enumerate(raw_excepts):
         epath = f"{path}.except[{i}]"
-        enet = parse_cidr(raw, epath, strict=strict)
-        inside = enet.version == net.version and enet.subnet_of(net) and enet.prefixlen > net.prefixlen  # type: ignore[arg-type]
+        enet = _net_key_of(raw, epath, strict=strict)
+        inside = enet[0] == net[0] and net[1] <= enet[1] and enet[2] <= net[2] and enet[3] > net[3]
         if strict and not inside:
             raise SemanticsError(
                 epath,
-                f"{raw} is not strictly inside the cidr {net}; use a smaller range inside it or drop it",
+                f"{raw} is not strictly inside the cidr {raw_cidr}; use a smaller range inside it or drop it",
             )
+        exact = exact and inside
         excepts.append(enet)
-    addresses = Addresses.of_networks([net]).difference(Addresses.of_networks(excepts))
+    cidr_part: Intervals = ((net[1], net[2]),)
+    except_part = _merge((e[1], e[2]) for e in excepts if e[0] == net[0])
+    part = _subtract(cidr_part, except_part)
+    addresses = Addresses(v4=part) if net[0] == 4 else Addresses(v6=part)
     return IpBlock(
-        cidr=str(net),
-        excepts=tuple(sorted({str(e) for e in excepts})),
-        version=net.version,
+        cidr=net_text(net),
+        excepts=tuple(sorted({net_text(e) for e in excepts})),
+        version=net[0],
         addresses=addresses,
         path=path,
+        exact=exact,
     )
 
 
 def _compile_port(entry: object, path: str) -> PolicyPort:
-    if not isinstance(entry, Mapping):
+    if not isinstance(entry, dict):
         raise SemanticsError(path, "expected a NetworkPolicyPort object")
     protocol = entry.get("protocol") or "TCP"
     if protocol not in contract.PROTOCOLS:
@@ -408,7 +470,7 @@ def _compile_port(entry: object, path: str) -> PolicyPort:
 
 
 def _compile_rule(rule: object, path: str, *, strict: bool) -> IngressRule:
-    if not isinstance(rule, Mapping):
+    if not isinstance(rule, dict):
         raise SemanticsError(path, "expected a NetworkPolicyIngressRule object")
     ports = tuple(_compile_port(p, f"{path}.ports[{i}]") for i, p in enumerate(rule.get("ports") or []))
     peers = rule.get("from") or []
@@ -420,11 +482,11 @@ def _compile_rule(rule: object, path: str, *, strict: bool) -> IngressRule:
     selector_peers = False
     for i, peer in enumerate(peers):
         ppath = f"{path}.from[{i}]"
-        if not isinstance(peer, Mapping):
+        if not isinstance(peer, dict):
             raise SemanticsError(ppath, "expected a NetworkPolicyPeer object")
         if peer.get("ipBlock") is not None:
             block = peer["ipBlock"]
-            if not isinstance(block, Mapping):
+            if not isinstance(block, dict):
                 raise SemanticsError(f"{ppath}.ipBlock", "expected an object with cidr and except")
             try:
                 blocks.append(compile_ip_block(block, f"{ppath}.ipBlock", strict=strict))
@@ -445,10 +507,12 @@ def _compile_rule(rule: object, path: str, *, strict: bool) -> IngressRule:
     )
 
 
-def compile_policy(policy: Mapping[str, Any], *, strict: bool = False) -> Policy:
-    """Interpret a NetworkPolicy dict (un-defaulted allowed). Raises SemanticsError naming the field."""
+def compile_policy(policy: Mapping[str, Any], *, strict: bool = False, with_rules: bool = True) -> Policy:
+    """Interpret a NetworkPolicy dict (un-defaulted allowed). Raises SemanticsError naming the field.
+
+    with_rules=False compiles only what decides which pods the policy selects (cheap)."""
     spec = policy.get("spec") or {}
-    if not isinstance(spec, Mapping):
+    if not isinstance(spec, dict):
         raise SemanticsError("spec", "expected an object")
     affects_ingress = "Ingress" in policy_types(policy)
     rules: tuple[IngressRule, ...] = ()
@@ -456,7 +520,7 @@ def compile_policy(policy: Mapping[str, Any], *, strict: bool = False) -> Policy
     if not isinstance(raw_rules, list):
         raise SemanticsError("spec.ingress", "expected a list of rules")
     # Rules of a policy that does not apply to ingress are still checked in strict mode.
-    if affects_ingress or strict:
+    if (affects_ingress or strict) and with_rules:
         rules = tuple(
             _compile_rule(r, f"spec.ingress[{i}]", strict=strict) for i, r in enumerate(raw_rules)
         )
@@ -503,7 +567,7 @@ def render_source_set(addresses: Addresses, blocks: Iterable[IpBlock] = ()) -> S
             (
                 b
                 for b in sorted(blocks, key=lambda b: (len(b.excepts), b.cidr, b.excepts))
-                if b.version == version and (b.addresses.v4 if version == 4 else b.addresses.v6) == part
+                if b.exact and b.version == version and (b.addresses.v4 if version == 4 else b.addresses.v6) == part
             ),
             None,
         )
@@ -591,14 +655,31 @@ class _Collector:
         self.warnings.setdefault(policy, set()).add(message)
 
 
+class _Compiler:
+    """Compiles the rules of a policy the first time a resolution needs them (local to a call)."""
+
+    __slots__ = ("_done", "_objs")
+
+    def __init__(self, objs: Mapping[str, Mapping[str, Any]]) -> None:
+        self._objs = objs
+        self._done: dict[str, Policy] = {}
+
+    def rules_of(self, head: Policy) -> Policy:
+        policy = self._done.get(head.name)
+        if policy is None:
+            policy = self._done[head.name] = compile_policy(self._objs[head.name])
+        return policy
+
+
 def _resolve_service(
     service: Mapping[str, Any],
     backing: Sequence[Mapping[str, Any]],
-    policies: Sequence[Policy],
+    heads: Sequence[Policy],
+    full: _Compiler,
     out: _Collector,
 ) -> None:
     spec = service.get("spec") or {}
-    selecting = [[p for p in policies if p.selects(pod)] for pod in backing]
+    selecting = [[full.rules_of(p) for p in heads if p.selects(pod)] for pod in backing]
     if not any(selecting):
         return
     named = [pod_named_ports(pod) for pod in backing]
@@ -701,10 +782,7 @@ def _is_nodeport_service(service: Mapping[str, Any]) -> bool:
 def _backing_pods(namespace: str, service: Mapping[str, Any], view: ClusterView) -> list[KubeObject]:
     selector = (service.get("spec") or {}).get("selector") or {}
     pods = view.pods_matching(namespace, {"matchLabels": dict(selector)})
-    return sorted(
-        (p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES),
-        key=lambda p: _meta(p, "name"),
-    )
+    return [p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES]
 
 
 def _resolve(
@@ -715,20 +793,26 @@ def _resolve(
     focus: str | None,
 ) -> NamespaceResolution:
     objs = _effective_policies(namespace, view, replace, remove)
-    compiled = [compile_policy(o) for o in objs]
+    compiled = [compile_policy(o, with_rules=False) for o in objs]
     ingress = [p for p in compiled if p.affects_ingress]
+    full = _Compiler({_meta(o, "name"): o for o in objs})
     out = _Collector()
     focus_policy = next((p for p in ingress if p.name == focus), None) if focus is not None else None
     if ingress and (focus is None or focus_policy is not None):
-        services = sorted(
-            (s for s in view.services_in(namespace) if _is_nodeport_service(s)),
-            key=lambda s: _meta(s, "name"),
-        )
+        # Order does not matter: verdicts and warnings are sorted when the result is built.
+        services = [s for s in view.services_in(namespace) if _is_nodeport_service(s)]
+        focus_labels: list[Mapping[str, str]] = []
+        if focus_policy is not None:
+            focus_obj = next(o for o in objs if _meta(o, "name") == focus)
+            selector = (focus_obj.get("spec") or {}).get("podSelector") or {}
+            focus_labels = [labels_of(p) for p in view.pods_matching(namespace, selector)]
         for service in services:
+            if focus_policy is not None:
+                wanted = ((service.get("spec") or {}).get("selector") or {}).items()
+                if not any(wanted <= lb.items() for lb in focus_labels):
+                    continue  # the focused policy selects no pod of this Service: no verdict for it
             backing = _backing_pods(namespace, service, view)
-            if focus_policy is not None and not any(focus_policy.selects(pod) for pod in backing):
-                continue  # the focused policy gets no verdict from this Service
-            _resolve_service(service, backing, ingress, out)
+            _resolve_service(service, backing, ingress, full, out)
     names = tuple(sorted(p.name for p in compiled)) if focus is None else (focus,)
     return NamespaceResolution(
         namespace=namespace,

@@ -29,14 +29,14 @@ class ClusterView(Protocol):
 
 def _namespace_of(obj: Mapping[str, Any], default: str) -> str:
     meta = obj.get("metadata") or {}
-    namespace = meta.get("namespace") if isinstance(meta, Mapping) else None
+    namespace = meta.get("namespace") if isinstance(meta, dict) else None
     return namespace if isinstance(namespace, str) and namespace else default
 
 
 def _labels_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
     meta = obj.get("metadata") or {}
-    labels = meta.get("labels") if isinstance(meta, Mapping) else None
-    return labels if isinstance(labels, Mapping) else {}
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    return labels if isinstance(labels, dict) else {}
 
 
 def _by_namespace(objs: Iterable[KubeObject], default: str) -> dict[str, list[KubeObject]]:
@@ -82,8 +82,16 @@ class StaticClusterView:
         return self._policies.get(namespace, ())
 
     def pods_matching(self, namespace: str, selector: KubeObject) -> Sequence[KubeObject]:
-        compiled = compile_selector(selector, "selector")
         match_labels = selector.get("matchLabels") or {}
+        if match_labels and not selector.get("matchExpressions") and isinstance(match_labels, dict):
+            # Fast path for Service-style selectors: one posting list, plain label comparisons.
+            items = list(match_labels.items())
+            postings = [self._label_index.get((namespace, k, v), []) for k, v in items]
+            smallest = min(postings, key=len)
+            if len(items) == 1:
+                return list(smallest)
+            return [p for p in smallest if all(_labels_of(p).get(k) == v for k, v in items)]
+        compiled = compile_selector(selector, "selector")
         if match_labels:
             # Start from the smallest posting list of the required labels instead of the namespace.
             candidates = min(

@@ -1,0 +1,269 @@
+"""Admission decisions for NetworkPolicies: annotate (mutate), check (validate), reconcile (pure)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from webhook import contract
+from webhook.contract import Annotation, NodePortVerdict, PolicyRef
+from webhook.review import AdmissionRequest, JsonPatch, allowed, denied
+from webhook.semantics import (
+    NamespaceResolution,
+    Policy,
+    SemanticsError,
+    compile_policy,
+    resolve_namespace,
+    resolve_policy,
+)
+from webhook.snapshot import ClusterView
+
+logger = logging.getLogger(__name__)
+
+POLICY_GROUP = "networking.k8s.io"
+POLICY_VERSION = "v1"
+POLICY_KIND = "NetworkPolicy"
+POLICY_RESOURCE = "networkpolicies"
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    signing_key: bytes
+    max_cidrs_per_policy: int = 1000
+    max_nodeports_per_policy: int = 1000
+
+
+class _Rejection(Exception):
+    """A reason to deny, carried to the single place that builds the response."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _annotation_field(key: str) -> str:
+    return f'metadata.annotations["{key}"]'
+
+
+def _handles(request: AdmissionRequest) -> bool:
+    kind, resource = request.kind, request.resource
+    return (
+        request.operation in ("CREATE", "UPDATE")
+        and (kind.group, kind.version, kind.kind) == (POLICY_GROUP, POLICY_VERSION, POLICY_KIND)
+        and (resource.group, resource.version, resource.resource)
+        == (POLICY_GROUP, POLICY_VERSION, POLICY_RESOURCE)
+        and not request.sub_resource
+    )
+
+
+def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    meta = (obj or {}).get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _meta_str(obj: Mapping[str, Any] | None, key: str) -> str:
+    value = _meta(obj).get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    value = _meta(obj).get("annotations")
+    return value if isinstance(value, Mapping) else {}
+
+
+def _owned(obj: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Our annotations on an object (every key under the nodeport-guard.io/ prefix)."""
+    annotations = _annotations(obj)
+    return {k: annotations[k] for k in contract.owned_keys(annotations)}
+
+
+def count_cidrs(verdicts: tuple[NodePortVerdict, ...]) -> int:
+    return sum(1 + len(rule.excepts) for v in verdicts for rule in v.allow.cidrs)
+
+
+def _count_block_cidrs(policy: Policy) -> int:
+    return sum(1 + len(block.excepts) for rule in policy.rules for block in rule.ip_blocks)
+
+
+def render_policy_annotations(
+    namespace: str, name: str, uid: str, verdicts: tuple[NodePortVerdict, ...], key: bytes
+) -> dict[str, str]:
+    """Our annotations for a policy: none when it affects no NodePort."""
+    if not verdicts:
+        return {}
+    return contract.render_annotations(Annotation(PolicyRef(namespace, name, uid), verdicts), key)
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def build_annotation_patch(obj: Mapping[str, Any], desired: Mapping[str, str]) -> JsonPatch:
+    """The minimal JSONPatch making the object's nodeport-guard.io/* annotations equal `desired`."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        if not desired:
+            return []
+        return [{"op": "add", "path": "/metadata", "value": {"annotations": dict(sorted(desired.items()))}}]
+    current = meta.get("annotations")
+    if not isinstance(current, Mapping):
+        if not desired:
+            return []
+        return [{"op": "add", "path": "/metadata/annotations", "value": dict(sorted(desired.items()))}]
+    patch: JsonPatch = []
+    for key in sorted(set(contract.owned_keys(current)) | set(desired)):
+        path = "/metadata/annotations/" + _escape(key)
+        if key not in desired:
+            patch.append({"op": "remove", "path": path})
+        elif key not in current:
+            patch.append({"op": "add", "path": path, "value": desired[key]})
+        elif current[key] != desired[key]:
+            patch.append({"op": "replace", "path": path, "value": desired[key]})
+    return patch
+
+
+@dataclass(frozen=True, slots=True)
+class _Computed:
+    namespace: str
+    name: str
+    uid: str
+    verdicts: tuple[NodePortVerdict, ...]
+    warnings: tuple[str, ...]
+
+
+def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig) -> _Computed:
+    """Check the admitted policy and resolve its NodePort verdicts; raises _Rejection."""
+    obj = request.object or {}
+    namespace = request.namespace or _meta_str(obj, "namespace")
+    name = _meta_str(obj, "name") or request.name
+    if not namespace:
+        raise _Rejection(422, "metadata.namespace: a NetworkPolicy must be namespaced; set the namespace")
+    try:
+        policy = compile_policy(obj, strict=True)
+    except SemanticsError as exc:
+        raise _Rejection(422, str(exc)) from exc
+    blocks = _count_block_cidrs(policy)
+    if blocks > config.max_cidrs_per_policy:
+        raise _Rejection(
+            422,
+            f"spec.ingress: the ipBlocks list {blocks} CIDRs (cidr and except entries), more than the "
+            f"limit of {config.max_cidrs_per_policy} (--max-cidrs-per-policy); split the policy or "
+            "aggregate the ranges",
+        )
+    try:
+        resolution = resolve_policy(namespace, name, view, replace=obj)
+    except SemanticsError as exc:
+        raise _Rejection(
+            500, f"a stored NetworkPolicy in namespace {namespace} cannot be interpreted: {exc}"
+        ) from exc
+    verdicts = resolution.verdicts_for(name)
+    if verdicts and not name:
+        raise _Rejection(
+            422,
+            "metadata.name: this policy affects NodePorts, and nodeport-guard binds its annotation to the "
+            "policy name; set metadata.name instead of metadata.generateName",
+        )
+    if len(verdicts) > config.max_nodeports_per_policy:
+        raise _Rejection(
+            422,
+            f"spec.podSelector: the policy affects {len(verdicts)} NodePorts, more than the limit of "
+            f"{config.max_nodeports_per_policy} (--max-nodeports-per-policy); narrow the podSelector "
+            "or raise the setting",
+        )
+    cidrs = count_cidrs(verdicts)
+    if cidrs > config.max_cidrs_per_policy:
+        raise _Rejection(
+            422,
+            f"{_annotation_field(contract.NODEPORTS_KEY)}: the resulting annotation lists {cidrs} CIDRs, "
+            f"more than the limit of {config.max_cidrs_per_policy} (--max-cidrs-per-policy); use fewer, "
+            "larger ipBlocks or raise the setting",
+        )
+    uid = _meta_str(obj, "uid") or _meta_str(request.old_object, "uid")
+    return _Computed(namespace, name, uid, verdicts, resolution.warnings_for(name))
+
+
+def _check_hand_edits(request: AdmissionRequest, desired: Mapping[str, str]) -> None:
+    incoming = _owned(request.object)
+    old = _owned(request.old_object) if request.operation == "UPDATE" else {}
+    for key in sorted(incoming):
+        value = incoming[key]
+        if value == desired.get(key) or (request.operation == "UPDATE" and value == old.get(key)):
+            continue
+        raise _Rejection(
+            403,
+            f"{_annotation_field(key)}: set or edited by hand (its value differs from the stored one and "
+            "from what nodeport-guard computes); remove it from the manifest: the nodeport-guard webhook "
+            "writes it",
+        )
+
+
+def mutate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig) -> dict[str, Any]:
+    """Write (or remove) the signed NodePort annotations on a NetworkPolicy being created/updated."""
+    if not _handles(request):
+        return allowed(request.uid)
+    try:
+        computed = _compute(request, view, config)
+        desired = render_policy_annotations(
+            computed.namespace, computed.name, computed.uid, computed.verdicts, config.signing_key
+        )
+        _check_hand_edits(request, desired)
+    except _Rejection as rejection:
+        logger.info(
+            "mutation denied",
+            extra={"uid": request.uid, "code": rejection.code, "reason": rejection.message},
+        )
+        return denied(request.uid, rejection.code, rejection.message)
+    patch = build_annotation_patch(request.object or {}, desired)
+    return allowed(request.uid, patch, computed.warnings)
+
+
+def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig) -> dict[str, Any]:
+    """Reject a NetworkPolicy whose nodeport-guard annotations differ from what the webhook computes."""
+    if not _handles(request):
+        return allowed(request.uid)
+    try:
+        computed = _compute(request, view, config)
+        uids = {computed.uid}
+        if request.operation == "CREATE":
+            uids.add("")  # mutation signs before the apiserver assigns the uid
+        expected = [
+            render_policy_annotations(
+                computed.namespace, computed.name, u, computed.verdicts, config.signing_key
+            )
+            for u in sorted(uids)
+        ]
+        final = _owned(request.object)
+        if final not in expected:
+            keys = sorted(set(final) | set(expected[0])) or [contract.NODEPORTS_KEY]
+            differing = [k for k in keys if all(final.get(k) != e.get(k) for e in expected)] or keys
+            raise _Rejection(
+                403,
+                f"{_annotation_field(differing[0])}: does not match what nodeport-guard computes for this "
+                "policy (changed after the mutating webhook ran, or the cluster changed meanwhile); remove "
+                "the nodeport-guard.io/* annotations and retry: the nodeport-guard webhook writes them",
+            )
+    except _Rejection as rejection:
+        logger.info(
+            "validation denied",
+            extra={"uid": request.uid, "code": rejection.code, "reason": rejection.message},
+        )
+        return denied(request.uid, rejection.code, rejection.message)
+    return allowed(request.uid, None, computed.warnings)
+
+
+def resolve_all_annotations(
+    namespace: str, view: ClusterView, key: bytes
+) -> dict[str, dict[str, str] | None]:
+    """For the reconciler: the nodeport-guard annotations each stored policy of `namespace` should
+    carry now (None = none of ours), signed with the stored uids."""
+    resolution: NamespaceResolution = resolve_namespace(namespace, view)
+    out: dict[str, dict[str, str] | None] = {}
+    for name in resolution.policies:
+        rendered = render_policy_annotations(
+            namespace, name, resolution.uids.get(name, ""), resolution.verdicts_for(name), key
+        )
+        out[name] = rendered or None
+    return out
