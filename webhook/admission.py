@@ -53,8 +53,7 @@ def _handles(request: AdmissionRequest) -> bool:
     return (
         request.operation in ("CREATE", "UPDATE")
         and (kind.group, kind.version, kind.kind) == (POLICY_GROUP, POLICY_VERSION, POLICY_KIND)
-        and (resource.group, resource.version, resource.resource)
-        == (POLICY_GROUP, POLICY_VERSION, POLICY_RESOURCE)
+        and (resource.group, resource.version, resource.resource) == (POLICY_GROUP, POLICY_VERSION, POLICY_RESOURCE)
         and not request.sub_resource
     )
 
@@ -156,9 +155,7 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
     try:
         resolution = resolve_policy(namespace, name, view, replace=obj)
     except SemanticsError as exc:
-        raise _Rejection(
-            500, f"a stored NetworkPolicy in namespace {namespace} cannot be interpreted: {exc}"
-        ) from exc
+        raise _Rejection(500, f"a stored NetworkPolicy in namespace {namespace} cannot be interpreted: {exc}") from exc
     verdicts = resolution.verdicts_for(name)
     if verdicts and not name:
         raise _Rejection(
@@ -230,9 +227,7 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
         if request.operation == "CREATE":
             uids.add("")  # mutation signs before the apiserver assigns the uid
         expected = [
-            render_policy_annotations(
-                computed.namespace, computed.name, u, computed.verdicts, config.signing_key
-            )
+            render_policy_annotations(computed.namespace, computed.name, u, computed.verdicts, config.signing_key)
             for u in sorted(uids)
         ]
         final = _owned(request.object)
@@ -254,9 +249,7 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
     return allowed(request.uid, None, computed.warnings)
 
 
-def resolve_all_annotations(
-    namespace: str, view: ClusterView, key: bytes
-) -> dict[str, dict[str, str] | None]:
+def resolve_all_annotations(namespace: str, view: ClusterView, key: bytes) -> dict[str, dict[str, str] | None]:
     """For the reconciler: the nodeport-guard annotations each stored policy of `namespace` should
     carry now (None = none of ours), signed with the stored uids."""
     resolution: NamespaceResolution = resolve_namespace(namespace, view)

@@ -502,9 +502,7 @@ def _compile_rule(rule: object, path: str, *, strict: bool) -> IngressRule:
     sources = _NOBODY
     for b in blocks:
         sources = sources.union(b.addresses)
-    return IngressRule(
-        path=path, ports=ports, sources=sources, ip_blocks=tuple(blocks), selector_peers=selector_peers
-    )
+    return IngressRule(path=path, ports=ports, sources=sources, ip_blocks=tuple(blocks), selector_peers=selector_peers)
 
 
 def compile_policy(policy: Mapping[str, Any], *, strict: bool = False, with_rules: bool = True) -> Policy:
@@ -521,9 +519,7 @@ def compile_policy(policy: Mapping[str, Any], *, strict: bool = False, with_rule
         raise SemanticsError("spec.ingress", "expected a list of rules")
     # Rules of a policy that does not apply to ingress are still checked in strict mode.
     if (affects_ingress or strict) and with_rules:
-        rules = tuple(
-            _compile_rule(r, f"spec.ingress[{i}]", strict=strict) for i, r in enumerate(raw_rules)
-        )
+        rules = tuple(_compile_rule(r, f"spec.ingress[{i}]", strict=strict) for i, r in enumerate(raw_rules))
     return Policy(
         namespace=_meta(policy, "namespace"),
         name=_meta(policy, "name"),
@@ -585,11 +581,7 @@ def source_set_contains(sources: SourceSet, address: str) -> bool:
     ip = ipaddress.ip_address(address)
     for rule in sources.cidrs:
         net = ipaddress.ip_network(rule.cidr)
-        if (
-            ip.version == net.version
-            and ip in net
-            and not any(ip in ipaddress.ip_network(e) for e in rule.excepts)
-        ):
+        if ip.version == net.version and ip in net and not any(ip in ipaddress.ip_network(e) for e in rule.excepts):
             return True
     return False
 

@@ -35,9 +35,7 @@ def _pod(spec: dict[str, Any]) -> dict[str, Any]:
             "namespace": spec.get("namespace", "default"),
             "labels": spec.get("labels", {}),
         },
-        "spec": {
-            "containers": [{"name": "main", "image": "example", "ports": spec.get("containerPorts", [])}]
-        },
+        "spec": {"containers": [{"name": "main", "image": "example", "ports": spec.get("containerPorts", [])}]},
     }
 
 
@@ -56,9 +54,7 @@ def _case_ids() -> list[str]:
 @pytest.mark.parametrize("name", _case_ids())
 def test_scenario(name: str) -> None:
     case = next(c for c in _load_cases() if c["name"] == name)
-    view = StaticClusterView(
-        services=case["services"], pods=[_pod(p) for p in case["pods"]], policies=case["policies"]
-    )
+    view = StaticClusterView(services=case["services"], pods=[_pod(p) for p in case["pods"]], policies=case["policies"])
     namespaces = sorted({_namespace(o) for o in case["services"] + case["policies"]} | {"default"})
     verdicts: dict[tuple[int, str], NodePortVerdict] = {}
     for ns in namespaces:
