@@ -1,0 +1,314 @@
+"""Programs ipsets and the fixed NPG- skeleton in iptables mangle; the only module using iptc or ipset (I/O)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from enforcer import diff
+from enforcer.backend import Backend, CommandRunner, RunResult, restore_command, run_command, save_command
+from enforcer.plan import (
+    DEFAULT_NODEPORT_RANGE,
+    FAMILIES,
+    DesiredState,
+    Family,
+    Network,
+    PortKey,
+)
+from enforcer.xtables_lock import DEFAULT_LOCK_PATH, xtables_lock
+
+logger = logging.getLogger(__name__)
+
+_ATTEMPTS = 3
+
+
+class DataplaneError(RuntimeError):
+    """A dataplane command failed; the message names the command, its exit code and its error output."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    backend: Backend
+    rules_added: int
+    rules_removed: int
+    members_added: int
+    members_removed: int
+    sets_created: int
+    sets_rebuilt: int
+    sets_destroyed: int
+    drift_repaired: bool
+    conntrack_deleted: int
+    seconds: float
+
+
+def _check(result: RunResult) -> RunResult:
+    if result.returncode != 0:
+        raise DataplaneError(
+            f"`{' '.join(result.argv[:3])}` exited {result.returncode}: {result.stderr.strip()[:2000]}"
+        )
+    return result
+
+
+class Dataplane:
+    """Reconciles the node's ipsets and NPG- chains with a DesiredState (see docs/dataplane.md)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE,
+        lock_path: str = DEFAULT_LOCK_PATH,
+        clear_conntrack: bool = False,
+        runner: CommandRunner = run_command,
+    ) -> None:
+        if backend not in ("legacy", "nft"):
+            raise ValueError(f"backend {backend!r}: must be 'legacy' or 'nft' (see enforcer.backend.detect_backend)")
+        self.backend: Backend = backend
+        self.nodeport_range = nodeport_range
+        self.lock_path = lock_path
+        self.clear_conntrack = clear_conntrack
+        self._run = runner
+        # What our last successful sync programmed: a difference at the next read-back is drift.
+        self._last_members: dict[str, frozenset[str]] | None = None
+        logger.info("dataplane backend", extra={"backend": backend, "nodeport_range": nodeport_range})
+
+    # --- reading back --------------------------------------------------------------------
+
+    def _read_sets(self) -> dict[str, diff.InstalledSet]:
+        # One `ipset save` of everything, filtered: one process instead of one per set.
+        return diff.parse_ipset_save(_check(self._run(["ipset", "save"])).stdout)
+
+    def _read_rules(self, family: Family) -> diff.InstalledRules:
+        out = _check(self._run([save_command(self.backend, family), "-t", diff.TABLE])).stdout
+        return diff.parse_iptables_save(out)
+
+    def installed(self) -> DesiredState:
+        """What the installed sets enforce (ports in our port sets with their allowed prefixes)."""
+        return diff.parse_installed_state(self._read_sets())
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _ipset_restore(self, script: str) -> None:
+        if script:
+            _check(self._run(["ipset", "restore", "-exist"], script))
+
+    def _write_skeleton(
+        self, family: Family, installed: diff.InstalledRules, skeleton: tuple[diff.SkeletonRule, ...] | None
+    ) -> None:
+        if self.backend == "nft":
+            script = diff.render_skeleton_restore(installed, skeleton)
+            _check(self._run([restore_command("nft", family), "--noflush", "-w", "5"], script))
+        else:
+            _write_skeleton_iptc(family, skeleton, self.lock_path)
+
+    def sync(self, state: DesiredState) -> SyncReport:
+        """Read what is installed, diff, apply only the difference; idempotent and crash-safe."""
+        start = time.monotonic()
+        lo, hi = self.nodeport_range
+        for p in state.ports:
+            if not lo <= p.key.port <= hi:
+                # Defense in depth: the planner already refuses these.
+                raise ValueError(f"state port {p.key}: outside the NodePort range {lo}-{hi}; refusing to program it")
+        last_error: DataplaneError | None = None
+        for attempt in range(_ATTEMPTS):
+            try:
+                report = self._sync_once(state, start)
+                return report
+            except DataplaneError as exc:
+                # Another writer may have changed a rule between our read and our write: re-read and retry.
+                last_error = exc
+                logger.warning("sync attempt failed; retrying", extra={"attempt": attempt + 1, "error": str(exc)})
+        assert last_error is not None
+        raise last_error
+
+    def _sync_once(self, state: DesiredState, start: float) -> SyncReport:
+        sets = self._read_sets()
+        previous = diff.parse_installed_state(sets)
+        rules = {f: self._read_rules(f) for f in FAMILIES}
+        diffs = [diff.plan_family_diff(f, state, sets, rules[f], self.nodeport_range) for f in FAMILIES]
+        changes = [c for d in diffs for c in d.set_changes]
+        desired_members = diff.render_members(state)
+        drift = any(d.skeleton_drift for d in diffs)
+        if self._last_members is not None:
+            have = {n: s.members for n, s in sets.items() if diff.family_of_set(n) is not None}
+            drift = drift or have != self._last_members
+
+        # Data first, so a brand-new skeleton never matches against missing sets (fail closed).
+        self._ipset_restore(diff.render_ipset_restore(changes, self.nodeport_range, "fill"))
+        rules_added = rules_removed = 0
+        for d in diffs:
+            installed = rules[d.family]
+            ours = sum(len(v) for v in installed.chain_hashes.values()) + len(installed.hook_rules)
+            if d.rewrite_skeleton:
+                skeleton = diff.build_skeleton(d.family)
+                self._write_skeleton(d.family, installed, skeleton)
+                rules_added += len(skeleton)
+                rules_removed += ours
+            elif d.remove_skeleton:
+                self._write_skeleton(d.family, installed, None)
+                rules_removed += ours
+        # Sets referenced by rules cannot be destroyed: only after the rules are gone.
+        self._ipset_restore(diff.render_ipset_restore(changes, self.nodeport_range, "destroy"))
+        self._last_members = dict(desired_members)
+
+        deleted = self._clear_conntrack(previous, state) if self.clear_conntrack else 0
+        report = SyncReport(
+            backend=self.backend,
+            rules_added=rules_added,
+            rules_removed=rules_removed,
+            members_added=sum(len(c.adds) for c in changes if c.action in ("create", "update"))
+            + sum(len(set(c.adds) - set(c.removes)) for c in changes if c.action == "rebuild"),
+            members_removed=sum(len(c.removes) for c in changes if c.action in ("update", "rebuild"))
+            - sum(len(set(c.removes) & set(c.adds)) for c in changes if c.action == "rebuild")
+            + sum(len(sets[c.name].members) for c in changes if c.action == "destroy" and c.name in sets),
+            sets_created=sum(1 for c in changes if c.action == "create"),
+            sets_rebuilt=sum(1 for c in changes if c.action == "rebuild"),
+            sets_destroyed=sum(1 for c in changes if c.action in ("destroy", "stray")),
+            drift_repaired=drift,
+            conntrack_deleted=deleted,
+            seconds=time.monotonic() - start,
+        )
+        logger.info("dataplane synced", extra={"report": report})
+        return report
+
+    def cleanup(self) -> None:
+        """Remove every chain, rule and set we own; other chains, rules and sets are untouched."""
+        for family in FAMILIES:
+            installed = self._read_rules(family)
+            if not diff.is_absent(installed):
+                self._write_skeleton(family, installed, None)
+        names = [n for n in self._read_sets() if n.startswith(diff.SET_PREFIX)]
+        self._ipset_restore("".join(f"destroy {n}\n" for n in names))
+        self._last_members = None
+
+    # --- conntrack -------------------------------------------------------------------------
+
+    def _local_addresses(self) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        out = _check(self._run(["ip", "-o", "addr", "show"])).stdout
+        addrs: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+        for line in out.splitlines():
+            fields = line.split()
+            for i, f in enumerate(fields[:-1]):
+                if f in ("inet", "inet6"):
+                    addrs.add(ipaddress.ip_interface(fields[i + 1]).ip)
+        return addrs
+
+    def _clear_conntrack(self, previous: DesiredState, state: DesiredState) -> int:
+        """Delete conntrack entries of flows to local NodePorts whose source is newly denied.
+
+        Established flows never pass our NEW-only rules again; deleting their entries makes the
+        next packet NEW, so it meets the filter (TCP peers then see their connection stall).
+        """
+        before = previous.as_dict()
+        newly_denied: dict[PortKey, tuple[Network, ...]] = {}
+        for p in state.ports:
+            if p.key not in before or before[p.key] != p.allowed:
+                newly_denied[p.key] = p.allowed
+        if not newly_denied:
+            return 0
+        local = self._local_addresses()
+        deleted = 0
+        for key, allowed in sorted(newly_denied.items()):
+            proto = key.protocol.lower()
+            fam = "ipv4" if key.family == 4 else "ipv6"
+            listing = self._run(["conntrack", "-L", "-f", fam, "-p", proto, "--orig-port-dst", str(key.port)])
+            for flow in _parse_conntrack(listing.stdout):
+                src, dst, sport = flow
+                if dst not in local or any(src in net for net in allowed):
+                    continue
+                result = self._run(
+                    [
+                        "conntrack", "-D", "-f", fam, "-p", proto,
+                        "--orig-src", str(src), "--orig-dst", str(dst),
+                        "--orig-port-src", str(sport), "--orig-port-dst", str(key.port),
+                    ]
+                )
+                deleted += result.returncode == 0
+        return deleted
+
+
+def _parse_conntrack(text: str) -> list[tuple[Any, Any, int]]:
+    """(original source, original destination, original source port) of each listed flow."""
+    flows = []
+    for line in text.splitlines():
+        fields: dict[str, str] = {}
+        for token in line.split():
+            k, sep, v = token.partition("=")
+            if sep and k not in fields:  # the first occurrence is the original direction
+                fields[k] = v
+        if {"src", "dst", "sport"} <= fields.keys():
+            src, dst = ipaddress.ip_address(fields["src"]), ipaddress.ip_address(fields["dst"])
+            flows.append((src, dst, int(fields["sport"])))
+    return flows
+
+
+# --- python-iptables (legacy backend) ------------------------------------------------------------
+
+
+def _iptc_rule(iptc: Any, family: Family, rule: diff.SkeletonRule) -> Any:
+    r = iptc.Rule() if family == 4 else iptc.Rule6()
+    if rule.protocol:
+        r.protocol = rule.protocol
+    for m in rule.matches:
+        match = r.create_match(m.name)
+        for opt, value in m.options:
+            match.parse(opt, value.split(" ") if " " in value else value)
+    comment = r.create_match("comment")
+    comment.comment = rule.comment
+    r.create_target(rule.target)
+    return r
+
+
+def _is_ours(rule: Any) -> bool:
+    for m in rule.matches:
+        if m.name == "comment" and str(m.get_all_parameters().get("comment", [""])[0]).strip('"').startswith(
+            diff.COMMENT_PREFIX
+        ):
+            return True
+    return False
+
+
+def _write_skeleton_iptc(family: Family, skeleton: Iterable[diff.SkeletonRule] | None, lock_path: str) -> None:
+    """Replace our footprint in mangle with `skeleton` (None = remove it) in ONE commit, under the lock."""
+    # Imported here, not at module import: only the legacy backend needs libiptc loaded.
+    import iptc
+
+    rules = list(skeleton or ())
+    last: Exception | None = None
+    for attempt in range(_ATTEMPTS):
+        try:
+            with xtables_lock(lock_path):
+                table = iptc.Table(iptc.Table.MANGLE) if family == 4 else iptc.Table6(iptc.Table6.MANGLE)
+                table.autocommit = False
+                table.refresh()
+                hook = iptc.Chain(table, diff.HOOK_CHAIN)
+                for r in [r for r in hook.rules if _is_ours(r)]:
+                    hook.delete_rule(r)
+                existing = {c.name for c in table.chains}
+                for name in diff.OUR_CHAINS:
+                    if name in existing:
+                        table.flush_entries(name)
+                    elif rules:
+                        table.create_chain(name)
+                if rules:
+                    for rule in rules:
+                        ipr = _iptc_rule(iptc, family, rule)
+                        if rule.chain == diff.HOOK_CHAIN:
+                            hook.insert_rule(ipr, 0)
+                        else:
+                            iptc.Chain(table, rule.chain).append_rule(ipr)
+                else:
+                    for name in diff.OUR_CHAINS:
+                        if name in existing:
+                            table.delete_chain(name)
+                table.commit()
+                table.refresh()
+            return
+        except iptc.IPTCError as exc:
+            # EAGAIN: the table changed under a writer that ignored the lock; re-read and redo.
+            last = exc
+            logger.warning("iptc commit failed; retrying", extra={"attempt": attempt + 1, "error": str(exc)})
+    raise DataplaneError(f"python-iptables commit of table mangle (IPv{family}) failed: {last}")

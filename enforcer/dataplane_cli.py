@@ -1,0 +1,58 @@
+"""Command-line entry to the dataplane for tests, benchmarks and operators (`ip netns exec` friendly) (I/O)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from enforcer.backend import BACKENDS, Backend, detect_backend
+from enforcer.dataplane import Dataplane
+from enforcer.plan import decode_state, encode_state
+from enforcer.xtables_lock import DEFAULT_LOCK_PATH
+
+logger = logging.getLogger(__name__)
+
+
+def _range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    return int(lo), int(hi)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m enforcer.dataplane_cli")
+    parser.add_argument("command", choices=["sync", "installed", "cleanup", "detect"])
+    parser.add_argument("--backend", choices=[*BACKENDS, "auto"], default="auto")
+    parser.add_argument("--state-json", help="file with a DesiredState as written by plan.encode_state")
+    parser.add_argument("--nodeport-range", type=_range, default=(30000, 32767), help="e.g. 30000-32767")
+    parser.add_argument("--lock-path", default=DEFAULT_LOCK_PATH)
+    parser.add_argument("--clear-conntrack", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="sync this many times (for tests)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+    backend: Backend = detect_backend() if args.backend == "auto" else args.backend
+    if args.command == "detect":
+        print(backend)
+        return 0
+    dp = Dataplane(backend, args.nodeport_range, lock_path=args.lock_path, clear_conntrack=args.clear_conntrack)
+    if args.command == "sync":
+        if not args.state_json:
+            parser.error("sync needs --state-json FILE")
+        with open(args.state_json, encoding="utf-8") as f:
+            state = decode_state(f.read())
+        for _ in range(args.repeat):
+            report = dp.sync(state)
+            print(json.dumps(dataclasses.asdict(report), sort_keys=True), flush=True)
+    elif args.command == "installed":
+        print(encode_state(dp.installed()))
+    else:
+        dp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

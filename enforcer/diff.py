@@ -1,0 +1,449 @@
+"""Layout of our ipsets and skeleton rules, parsing of *-save output, desired vs installed diff (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from enforcer.plan import FAMILIES, DesiredState, Family, Network, PortKey, ProtectedPort
+from webhook.contract import PROTOCOLS, Protocol
+
+logger = logging.getLogger(__name__)
+
+SET_PREFIX = "npg-"
+CHAIN_PREFIX = "NPG-"
+COMMENT_PREFIX = "npg:"
+TABLE = "mangle"
+HOOK_CHAIN = "PREROUTING"
+INGRESS_CHAIN = "NPG-INGRESS"
+CHECK_CHAIN = "NPG-CHECK"
+OUR_CHAINS: tuple[str, ...] = (INGRESS_CHAIN, CHECK_CHAIN)
+TMP_SUFFIX = "-t"
+# hash:net,port grows on demand; maxelem is only a ceiling, set high so 10k ports x many CIDRs fit.
+ALLOW_MAXELEM = 1 << 20
+
+_PROTO_LOWER: dict[Protocol, str] = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+_PROTO_UPPER: dict[str, Protocol] = {v: k for k, v in _PROTO_LOWER.items()}
+
+
+# --- sets -----------------------------------------------------------------------------------
+
+
+def port_set_name(family: Family, protocol: Protocol) -> str:
+    """bitmap:port of protected ports; one per protocol because bitmap:port carries no protocol."""
+    return f"{SET_PREFIX}{family}-{_PROTO_LOWER[protocol]}"
+
+
+def allow_set_name(family: Family) -> str:
+    """hash:net,port of allowed (source prefix, proto:port) pairs."""
+    return f"{SET_PREFIX}{family}-allow"
+
+
+def set_names(family: Family) -> tuple[str, ...]:
+    return (*(port_set_name(family, p) for p in PROTOCOLS), allow_set_name(family))
+
+
+def family_of_set(name: str) -> Family | None:
+    for family in FAMILIES:
+        if name in set_names(family):
+            return family
+    return None
+
+
+def set_create_options(name: str, nodeport_range: tuple[int, int]) -> str:
+    """The `create` arguments after the name, as `ipset save` prints its type and header prefix."""
+    family = family_of_set(name)
+    if family is None:
+        raise ValueError(f"set {name!r}: not one of ours")
+    if name == allow_set_name(family):
+        inet = "inet" if family == 4 else "inet6"
+        return f"hash:net,port family {inet} hashsize 1024 maxelem {ALLOW_MAXELEM}"
+    return f"bitmap:port range {nodeport_range[0]}-{nodeport_range[1]}"
+
+
+def render_net(net: Network) -> str:
+    """A prefix as `ipset save` prints it: a full-length prefix is printed as a bare address."""
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net)
+
+
+def render_allow_member(net: Network, protocol: Protocol, port: int) -> str:
+    return f"{render_net(net)},{_PROTO_LOWER[protocol]}:{port}"
+
+
+def render_members(state: DesiredState) -> dict[str, frozenset[str]]:
+    """Every set of ours that must exist (families with protected ports) with its members."""
+    members: dict[str, set[str]] = {}
+    for p in state.ports:
+        fam = p.key.family
+        for name in set_names(fam):
+            members.setdefault(name, set())
+        if any(net.prefixlen == 0 for net in p.allowed):
+            # hash:net cannot hold /0; a /0 means "every source", which a DesiredState never lists.
+            raise ValueError(f"port {p.key}: a /0 allow prefix cannot be programmed (port must be unprotected)")
+        members[port_set_name(fam, p.key.protocol)].add(str(p.key.port))
+        members[allow_set_name(fam)].update(render_allow_member(n, p.key.protocol, p.key.port) for n in p.allowed)
+    return {k: frozenset(v) for k, v in sorted(members.items())}
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledSet:
+    name: str
+    header: str  # the `create` line after the name, e.g. "bitmap:port range 30000-32767"
+    members: frozenset[str]
+
+
+def parse_ipset_save(text: str) -> dict[str, InstalledSet]:
+    """Our sets (name prefix npg-) from `ipset save` output; other sets are ignored."""
+    headers: dict[str, str] = {}
+    members: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("create " + SET_PREFIX):
+            _, name, header = line.split(" ", 2)
+            headers[name] = header
+            members.setdefault(name, set())
+        elif line.startswith("add " + SET_PREFIX):
+            _, name, member = line.split(" ", 2)
+            members.setdefault(name, set()).add(_normalize_member(name, member))
+    return {n: InstalledSet(n, headers.get(n, ""), frozenset(members[n])) for n in sorted(headers)}
+
+
+def _normalize_member(set_name: str, member: str) -> str:
+    # ipset prints IPv4-mapped IPv6 with a dotted quad; Python renders hex: normalize that rare case.
+    if set_name.startswith(f"{SET_PREFIX}6-") and "." in member:
+        addr, _, port = member.partition(",")
+        return f"{render_net(ipaddress.ip_network(addr, strict=False))},{port}"
+    return member
+
+
+def header_matches(installed_header: str, name: str, nodeport_range: tuple[int, int]) -> bool:
+    """True when an existing set has the type, family and range we would create it with."""
+    wanted = set_create_options(name, nodeport_range).split()
+    have = installed_header.split()
+    if not have or wanted[0] != have[0]:
+        return False
+    # Compare the identity-defining options; hashsize/bucketsize/initval change on their own.
+    keys = {"family", "range"}
+    want_opts = {wanted[i]: wanted[i + 1] for i in range(1, len(wanted) - 1, 2) if wanted[i] in keys}
+    have_opts = {have[i]: have[i + 1] for i in range(1, len(have) - 1) if have[i] in keys}
+    return want_opts == have_opts
+
+
+def parse_installed_state(sets: Mapping[str, InstalledSet]) -> DesiredState:
+    """What the installed sets enforce: ports in a port set, with their allow-set prefixes."""
+    allowed: dict[PortKey, list[Network]] = {}
+    for fam in FAMILIES:
+        for proto in PROTOCOLS:
+            s = sets.get(port_set_name(fam, proto))
+            for member in s.members if s else ():
+                allowed[PortKey(fam, proto, int(member))] = []
+        allow = sets.get(allow_set_name(fam))
+        for member in allow.members if allow else ():
+            addr, _, proto_port = member.partition(",")
+            proto_text, _, port_text = proto_port.partition(":")
+            if proto_text not in _PROTO_UPPER:
+                continue
+            key = PortKey(fam, _PROTO_UPPER[proto_text], int(port_text))
+            if key in allowed:
+                allowed[key].append(ipaddress.ip_network(addr, strict=False))
+    # A port with a /0 worth of members is still filtered by the kernel; keep it even though a
+    # DesiredState would never list it, by building ProtectedPort directly.
+    ports = []
+    for key in sorted(allowed):
+        dummy = DesiredState.from_mapping({key: allowed[key]})
+        ports.append(dummy.ports[0] if dummy.ports else ProtectedPort(key, ()))
+    return DesiredState(ports=tuple(ports))
+
+
+SetAction = Literal["create", "rebuild", "update", "destroy", "stray", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class SetChange:
+    """How to bring one set to its desired members."""
+
+    name: str
+    # "create" (absent), "rebuild" (swap in a fresh copy), "update" (add/del), "destroy" (no longer
+    # needed, after our rules are gone), "stray" (unreferenced leftover, destroyed first), "none"
+    action: SetAction
+    adds: tuple[str, ...] = ()
+    removes: tuple[str, ...] = ()
+
+
+def plan_set_changes(
+    desired: Mapping[str, frozenset[str]],
+    installed: Mapping[str, InstalledSet],
+    nodeport_range: tuple[int, int],
+    incremental_limit: int = 5000,
+) -> tuple[SetChange, ...]:
+    """Per set: add/del only the difference when small, else rebuild; destroy sets no longer needed."""
+    changes: list[SetChange] = []
+    for name in sorted(set(desired) | set(installed)):
+        if family_of_set(name) is None:
+            # A stray set of ours (a temporary left by a killed sync): unreferenced, remove it first.
+            changes.append(SetChange(name, "stray"))
+            continue
+        want = desired.get(name)
+        have = installed.get(name)
+        if want is None:
+            changes.append(SetChange(name, "destroy"))
+        elif have is None:
+            changes.append(SetChange(name, "create", adds=tuple(sorted(want))))
+        elif not header_matches(have.header, name, nodeport_range):
+            changes.append(SetChange(name, "rebuild", adds=tuple(sorted(want)), removes=tuple(sorted(have.members))))
+        else:
+            adds = tuple(sorted(want - have.members))
+            removes = tuple(sorted(have.members - want))
+            if not adds and not removes:
+                changes.append(SetChange(name, "none"))
+            elif len(adds) + len(removes) <= max(incremental_limit, len(want) // 4):
+                changes.append(SetChange(name, "update", adds=adds, removes=removes))
+            else:
+                changes.append(SetChange(name, "rebuild", adds=tuple(sorted(want)), removes=removes))
+    return tuple(changes)
+
+
+def render_ipset_restore(
+    changes: Iterable[SetChange], nodeport_range: tuple[int, int], phase: Literal["fill", "destroy"]
+) -> str:
+    """One `ipset restore -exist` script. phase "fill" creates/updates; phase "destroy" removes sets.
+
+    Sets are destroyed only after the rules referencing them are gone, hence two phases.
+    """
+    lines: list[str] = []
+    changes = list(changes)
+    if phase == "fill":
+        lines.extend(f"destroy {c.name}" for c in changes if c.action == "stray")
+    for c in changes:
+        if phase == "destroy":
+            if c.action == "destroy":
+                lines.append(f"destroy {c.name}")
+            continue
+        if c.action == "create":
+            lines.append(f"create {c.name} {set_create_options(c.name, nodeport_range)}")
+            lines.extend(f"add {c.name} {m}" for m in c.adds)
+        elif c.action == "update":
+            lines.extend(f"del {c.name} {m}" for m in c.removes)
+            lines.extend(f"add {c.name} {m}" for m in c.adds)
+        elif c.action == "rebuild":
+            # Fill a fresh copy, then swap it in atomically: the kernel never sees a half-filled set.
+            tmp = c.name + TMP_SUFFIX
+            lines.append(f"create {tmp} {set_create_options(c.name, nodeport_range)}")
+            lines.extend(f"add {tmp} {m}" for m in c.adds)
+            lines.append(f"swap {tmp} {c.name}")
+            lines.append(f"destroy {tmp}")
+    return "".join(line + "\n" for line in lines)
+
+
+# --- skeleton rules --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    name: str
+    options: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SkeletonRule:
+    """One rule of our fixed skeleton; `hash` identifies its full content (chain, family, spec)."""
+
+    family: Family
+    chain: str
+    protocol: str | None
+    matches: tuple[Match, ...]
+    target: str
+    hash: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        digest = hashlib.sha256(f"{self.family}|{TABLE}|{self.chain}|{self.spec()}".encode()).hexdigest()
+        object.__setattr__(self, "hash", digest[:16])
+
+    def spec(self) -> str:
+        parts: list[str] = []
+        if self.protocol:
+            parts += ["-p", self.protocol]
+        for m in self.matches:
+            parts += ["-m", m.name]
+            for opt, value in m.options:
+                parts += [f"--{opt}", *value.split(" ")]
+        parts += ["-j", self.target]
+        return " ".join(parts)
+
+    @property
+    def comment(self) -> str:
+        return f"{COMMENT_PREFIX}{self.hash}"
+
+    def body(self) -> str:
+        """The rule's arguments with its hash comment placed before the target."""
+        before, _, target = f" {self.spec()}".rpartition(" -j ")
+        return f"{before} -m comment --comment {self.comment} -j {target}".strip()
+
+    def render(self) -> str:
+        """The rule as an iptables-restore line: appended to its chain, or inserted first in the hook."""
+        if self.chain == HOOK_CHAIN:
+            return f"-I {HOOK_CHAIN} 1 {self.body()}"
+        return f"-A {self.chain} {self.body()}"
+
+
+def build_skeleton(family: Family) -> tuple[SkeletonRule, ...]:
+    """The fixed rules of one family, in order: the hook jump first, then our chains' rules.
+
+    New connections to a node-local address whose (protocol, port) is protected go to
+    NPG-CHECK, which returns for allowed (source, proto:port) pairs and drops the rest.
+    """
+    rules = [
+        SkeletonRule(
+            family,
+            HOOK_CHAIN,
+            None,
+            (
+                Match("addrtype", (("dst-type", "LOCAL"),)),
+                Match("conntrack", (("ctstate", "NEW"),)),
+            ),
+            INGRESS_CHAIN,
+        )
+    ]
+    for proto in PROTOCOLS:
+        rules.append(
+            SkeletonRule(
+                family,
+                INGRESS_CHAIN,
+                _PROTO_LOWER[proto],
+                (Match("set", (("match-set", f"{port_set_name(family, proto)} dst"),)),),
+                CHECK_CHAIN,
+            )
+        )
+    rules.append(
+        SkeletonRule(family, CHECK_CHAIN, None, (Match("set", (("match-set", f"{allow_set_name(family)} src,dst"),)),),
+                     "RETURN")
+    )
+    rules.append(SkeletonRule(family, CHECK_CHAIN, None, (), "DROP"))
+    return tuple(rules)
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledRules:
+    """Our footprint in one table, read from `iptables-save -t mangle`."""
+
+    chains: tuple[str, ...]  # our chains that exist
+    chain_hashes: Mapping[str, tuple[str, ...]]  # per our chain, hash per rule ("" = rule without our comment)
+    hook_rules: tuple[tuple[str, str], ...]  # (hash, rule text after "-A PREROUTING ") of our hook rules
+
+
+_COMMENT_RE = re.compile(r'--comment "?' + re.escape(COMMENT_PREFIX) + r'([0-9a-f]+)"?')
+
+
+def parse_iptables_save(text: str) -> InstalledRules:
+    chains: list[str] = []
+    hashes: dict[str, list[str]] = {}
+    hook: list[tuple[str, str]] = []
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("*"):
+            in_table = line[1:].strip() == TABLE
+            continue
+        if not in_table:
+            continue
+        if line.startswith(":" + CHAIN_PREFIX):
+            name = line[1:].split(" ", 1)[0]
+            chains.append(name)
+            hashes.setdefault(name, [])
+        elif line.startswith("-A "):
+            chain, _, rest = line[3:].partition(" ")
+            m = _COMMENT_RE.search(rest)
+            if chain.startswith(CHAIN_PREFIX):
+                hashes.setdefault(chain, []).append(m.group(1) if m else "")
+            elif chain == HOOK_CHAIN and m:
+                hook.append((m.group(1), rest))
+    return InstalledRules(
+        chains=tuple(sorted(chains)),
+        chain_hashes={k: tuple(v) for k, v in sorted(hashes.items())},
+        hook_rules=tuple(hook),
+    )
+
+
+def skeleton_matches(installed: InstalledRules, skeleton: Iterable[SkeletonRule]) -> bool:
+    """True when our chains hold exactly the skeleton and the hook holds exactly our one jump."""
+    rules = list(skeleton)
+    want_chains: dict[str, list[str]] = {}
+    for r in rules:
+        if r.chain != HOOK_CHAIN:
+            want_chains.setdefault(r.chain, []).append(r.hash)
+    hook = [r.hash for r in rules if r.chain == HOOK_CHAIN]
+    return (
+        installed.chains == tuple(sorted(want_chains))
+        and {k: list(v) for k, v in installed.chain_hashes.items()} == want_chains
+        and [h for h, _ in installed.hook_rules] == hook
+    )
+
+
+def is_absent(installed: InstalledRules) -> bool:
+    return not installed.chains and not installed.hook_rules
+
+
+def render_skeleton_restore(installed: InstalledRules, skeleton: Iterable[SkeletonRule] | None) -> str:
+    """An `iptables-restore --noflush` script replacing our footprint by `skeleton` (None = remove all).
+
+    Declaring our chains flushes them under --noflush; other chains are never mentioned, so
+    nothing of other writers is touched. Old hook rules are deleted by their exact text.
+    """
+    rules = list(skeleton or ())
+    out = [f"*{TABLE}"]
+    keep_chains = sorted({r.chain for r in rules if r.chain != HOOK_CHAIN})
+    for chain in sorted(set(keep_chains) | set(installed.chains)):
+        out.append(f":{chain} - [0:0]")
+    out.extend(f"-D {HOOK_CHAIN} {text}" for _, text in installed.hook_rules)
+    out.extend(r.render() for r in rules)
+    for chain in sorted(set(installed.chains) - set(keep_chains)):
+        out.append(f"-X {chain}")
+    out.append("COMMIT")
+    return "".join(line + "\n" for line in out)
+
+
+def hook_rule_args(text: str) -> list[str]:
+    """The argument list of a saved hook rule (after `-A PREROUTING`), for a `-D` by specification."""
+    return shlex.split(text)
+
+
+# --- whole diff -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyDiff:
+    family: Family
+    set_changes: tuple[SetChange, ...]
+    rewrite_skeleton: bool  # install or repair our rules
+    remove_skeleton: bool  # family no longer used: remove our rules (then destroy its sets)
+    skeleton_drift: bool  # a partial or altered skeleton of ours was found
+
+
+def plan_family_diff(
+    family: Family,
+    desired: DesiredState,
+    installed_sets: Mapping[str, InstalledSet],
+    installed_rules: InstalledRules,
+    nodeport_range: tuple[int, int],
+) -> FamilyDiff:
+    fam_state = DesiredState(ports=desired.of_family(family))
+    want = render_members(fam_state)
+    have = {n: s for n, s in installed_sets.items() if n.startswith(f"{SET_PREFIX}{family}-")}
+    set_changes = plan_set_changes(want, have, nodeport_range)
+    used = bool(fam_state.ports)
+    skeleton = build_skeleton(family)
+    present = not is_absent(installed_rules)
+    matches = skeleton_matches(installed_rules, skeleton)
+    return FamilyDiff(
+        family=family,
+        set_changes=set_changes,
+        rewrite_skeleton=used and not matches,
+        remove_skeleton=not used and present,
+        skeleton_drift=present and not matches and used,
+    )

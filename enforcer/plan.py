@@ -1,0 +1,259 @@
+"""Verified annotations -> the desired per-NodePort source allow-lists of this node (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from webhook.contract import PROTOCOLS, Annotation, CidrRule, IPFamily, Protocol, SourceSet
+
+logger = logging.getLogger(__name__)
+
+Family = Literal[4, 6]
+FAMILIES: tuple[Family, ...] = (4, 6)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_NODEPORT_RANGE: tuple[int, int] = (30000, 32767)
+
+_FAMILY_OF: dict[IPFamily, Family] = {"IPv4": 4, "IPv6": 6}
+_BITS: dict[Family, int] = {4: 32, 6: 128}
+
+# Inclusive integer address intervals, sorted and disjoint: the exact form used for set arithmetic.
+_Intervals = list[tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortKey:
+    """One NodePort of one protocol in one IP family."""
+
+    family: Family
+    protocol: Protocol
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectedPort:
+    """A filtered NodePort: only sources inside `allowed` may open new connections (empty = none)."""
+
+    key: PortKey
+    allowed: tuple[Network, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """Every protected PortKey with its allowed prefixes; sorted by key, prefixes disjoint and sorted."""
+
+    ports: tuple[ProtectedPort, ...] = ()
+
+    def __post_init__(self) -> None:
+        keys = [p.key for p in self.ports]
+        if keys != sorted(set(keys)):
+            raise ValueError("DesiredState.ports: keys must be unique and sorted; build it with from_mapping()")
+        for p in self.ports:
+            if any(net.version != p.key.family for net in p.allowed):
+                raise ValueError(f"DesiredState.ports[{p.key}]: prefix of the wrong IP family in {p.allowed}")
+            if p.allowed != tuple(_collapse(p.allowed, p.key.family)):
+                raise ValueError(f"DesiredState.ports[{p.key}]: allowed prefixes must be collapsed and sorted")
+            if _is_everything(p.allowed, p.key.family):
+                raise ValueError(f"DesiredState.ports[{p.key}]: allows every source, so it must not be listed")
+
+    @staticmethod
+    def from_mapping(mapping: Mapping[PortKey, Iterable[Network]]) -> DesiredState:
+        """Normalize (collapse, sort) and drop keys whose allow-list covers the whole family."""
+        ports = []
+        for key in sorted(mapping):
+            allowed = tuple(_collapse(mapping[key], key.family))
+            if not _is_everything(allowed, key.family):
+                ports.append(ProtectedPort(key=key, allowed=allowed))
+        return DesiredState(ports=tuple(ports))
+
+    def as_dict(self) -> dict[PortKey, tuple[Network, ...]]:
+        return {p.key: p.allowed for p in self.ports}
+
+    def of_family(self, family: Family) -> tuple[ProtectedPort, ...]:
+        return tuple(p for p in self.ports if p.key.family == family)
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEntry:
+    """A NodePort verdict the planner refused to program, with the reason."""
+
+    namespace: str
+    name: str
+    node_port: int
+    protocol: Protocol
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlanResult:
+    state: DesiredState
+    rejected: tuple[RejectedEntry, ...]
+
+
+def _to_intervals(nets: Iterable[Network]) -> _Intervals:
+    spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in nets)
+    merged: _Intervals = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1] + 1:
+            if hi > merged[-1][1]:
+                merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def _intersect(a: _Intervals, b: _Intervals) -> _Intervals:
+    out: _Intervals = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo = max(a[i][0], b[j][0])
+        hi = min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _subtract(a: _Intervals, b: _Intervals) -> _Intervals:
+    out: _Intervals = []
+    j = 0
+    for lo, hi in a:
+        cur = lo
+        while j < len(b) and b[j][1] < cur:
+            j += 1
+        k = j
+        while k < len(b) and b[k][0] <= hi:
+            if b[k][0] > cur:
+                out.append((cur, b[k][0] - 1))
+            cur = max(cur, b[k][1] + 1)
+            k += 1
+        if cur <= hi:
+            out.append((cur, hi))
+    return out
+
+
+def _to_networks(intervals: _Intervals, family: Family) -> list[Network]:
+    cls = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+    nets: list[Network] = []
+    for lo, hi in intervals:
+        nets.extend(ipaddress.summarize_address_range(cls(lo), cls(hi)))
+    return nets
+
+
+def _collapse(nets: Iterable[Network], family: Family) -> list[Network]:
+    return _to_networks(_to_intervals(nets), family)
+
+
+def _everything(family: Family) -> _Intervals:
+    return [(0, (1 << _BITS[family]) - 1)]
+
+
+def _is_everything(nets: Iterable[Network], family: Family) -> bool:
+    return _to_intervals(nets) == _everything(family)
+
+
+def _rule_intervals(rule: CidrRule, family: Family) -> _Intervals:
+    net = ipaddress.ip_network(rule.cidr, strict=False)
+    if net.version != family:
+        return []
+    excepts = [ipaddress.ip_network(e, strict=False) for e in rule.excepts]
+    return _subtract(_to_intervals([net]), _to_intervals(e for e in excepts if e.version == family))
+
+
+def _allowed_intervals(allow: SourceSet, family: Family) -> _Intervals:
+    if allow.all_sources:
+        return _everything(family)
+    union: list[Network] = []
+    for rule in allow.cidrs:
+        union.extend(_to_networks(_rule_intervals(rule, family), family))
+    return _to_intervals(union)
+
+
+def _check_range(nodeport_range: tuple[int, int]) -> None:
+    lo, hi = nodeport_range
+    if not 1 <= lo <= hi <= 65535:
+        raise ValueError(f"nodeport_range {lo}-{hi}: must be 1 <= first <= last <= 65535 (e.g. 30000-32767)")
+
+
+def plan_desired_state(
+    annotations: Iterable[Annotation], nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE
+) -> PlanResult:
+    """Intersect the verdicts of every annotation per (family, protocol, port); refuse out-of-range ports.
+
+    A port is protected in a family when any annotation lists it for that family; the allowed
+    sources are the intersection of all those verdicts (fail closed while policies disagree).
+    """
+    _check_range(nodeport_range)
+    lo, hi = nodeport_range
+    allowed: dict[PortKey, _Intervals] = {}
+    rejected: list[RejectedEntry] = []
+    for annotation in annotations:
+        ref = annotation.policy
+        for verdict in annotation.node_ports:
+            if not lo <= verdict.node_port <= hi:
+                # Never filter outside the NodePort range: that could cut SSH, the kubelet or the apiserver.
+                rejected.append(
+                    RejectedEntry(
+                        namespace=ref.namespace,
+                        name=ref.name,
+                        node_port=verdict.node_port,
+                        protocol=verdict.protocol,
+                        reason=(
+                            f"nodePort {verdict.node_port} is outside the NodePort range {lo}-{hi}; "
+                            "the enforcer never filters it (fix the Service's nodePort or the enforcer's "
+                            "NodePort range)"
+                        ),
+                    )
+                )
+                continue
+            for ip_family in verdict.ip_families:
+                family = _FAMILY_OF[ip_family]
+                key = PortKey(family=family, protocol=verdict.protocol, port=verdict.node_port)
+                mine = _allowed_intervals(verdict.allow, family)
+                allowed[key] = _intersect(allowed[key], mine) if key in allowed else mine
+    state = DesiredState.from_mapping({k: _to_networks(v, k.family) for k, v in allowed.items()})
+    rejected.sort(key=lambda r: (r.namespace, r.name, r.node_port, r.protocol))
+    for r in rejected:
+        logger.warning(
+            "refused NodePort outside range",
+            extra={"namespace": r.namespace, "policy": r.name, "node_port": r.node_port, "protocol": r.protocol},
+        )
+    return PlanResult(state=state, rejected=tuple(rejected))
+
+
+def encode_state(state: DesiredState) -> str:
+    """Canonical JSON of a DesiredState (for the dataplane CLI, tests and benchmarks)."""
+    ports = [
+        {
+            "family": p.key.family,
+            "protocol": p.key.protocol,
+            "port": p.key.port,
+            "allowed": [str(n) for n in p.allowed],
+        }
+        for p in state.ports
+    ]
+    return json.dumps({"ports": ports}, sort_keys=True, separators=(",", ":"))
+
+
+def decode_state(text: str) -> DesiredState:
+    """Inverse of encode_state; raises ValueError naming the entry and field at fault."""
+    obj = json.loads(text)
+    mapping: dict[PortKey, list[Network]] = {}
+    for i, entry in enumerate(obj.get("ports", [])):
+        family = entry.get("family")
+        protocol = entry.get("protocol")
+        port = entry.get("port")
+        if family not in FAMILIES or protocol not in PROTOCOLS or not isinstance(port, int):
+            raise ValueError(f"ports[{i}]: need family 4|6, protocol {list(PROTOCOLS)} and an integer port")
+        nets = [ipaddress.ip_network(a, strict=True) for a in entry.get("allowed", [])]
+        if any(n.version != family for n in nets):
+            raise ValueError(f"ports[{i}].allowed: prefixes must be IPv{family}")
+        mapping[PortKey(family, protocol, port)] = nets
+    return DesiredState.from_mapping(mapping)
