@@ -736,9 +736,9 @@ def _resolve_service(
             if chosen < len(backing):
                 out.warn(
                     policy.name,
-                    f"{prefix}: this policy selects {chosen} of the {len(backing)} pods behind the "
-                    "Service (partial coverage fails closed: a source is allowed on the NodePort only if "
-                    "every pod accepts it); select all of its pods to make the intent explicit",
+                    f"{prefix}: this policy selects only some of the pods behind the Service ({chosen} of "
+                    f"{len(backing)}); partial coverage fails closed: a source is allowed on the NodePort only "
+                    "if every pod accepts it; select all of its pods to make the intent explicit",
                 )
             srcs, sel, blks = per_policy.get(policy.name, (_NOBODY, False, []))
             if sel and srcs.is_empty():

@@ -407,7 +407,8 @@ def test_warning_partial_coverage() -> None:
     pods = [pod("a", {"app": "web", "k": "a"}, [HTTP]), pod("b", {"app": "web"}, [HTTP])]
     spec = {"podSelector": {"matchLabels": {"k": "a"}}, "ingress": [{"from": ip_from("192.0.2.0/24")}]}
     warnings = _warnings(mutate(req("CREATE", policy("p", spec)), view(pods=pods), CONFIG))
-    assert any(w.startswith(PREFIX) and "selects 1 of the 2 pods" in w and "fails closed" in w for w in warnings)
+    expected = "selects only some of the pods behind the Service (1 of 2)"
+    assert any(w.startswith(PREFIX) and expected in w and "fails closed" in w for w in warnings)
 
 
 def test_warning_unmatched_named_port() -> None:
