@@ -76,7 +76,7 @@ class SyncLoop:
         plan = plan_desired_state(verified.annotations, self.nodeport_range)
         report = self.dataplane.sync(plan.state)
         self.metrics.sync_duration.observe(time.perf_counter() - started)
-        self.metrics.protected_ports.set(len(plan.state.protected))
+        self.metrics.protected_ports.set(len(plan.state.ports))
         self.metrics.rejected_annotations.set(len(verified.rejected))
         self.metrics.rejected_entries.set(len(plan.rejected))
         if report.drift_repaired:

@@ -35,13 +35,25 @@ def _meta(obj: Obj, *, labels: bool = False, annotations: bool = False, uid: boo
     return meta
 
 
+def _containers_with_ports(containers: list[Obj]) -> list[Obj]:
+    return [{"ports": [dict(p) for p in c["ports"]]} for c in containers if c.get("ports")]
+
+
 def trim_pod(obj: Obj) -> Obj:
-    containers = []
-    for c in (obj.get("spec") or {}).get("containers") or []:
-        ports = c.get("ports") or []
-        if ports:
-            containers.append({"ports": [dict(p) for p in ports]})
-    return {"metadata": _meta(obj, labels=True), "spec": {"containers": containers}}
+    spec = obj.get("spec") or {}
+    # Restartable init containers (sidecars) serve named ports too.
+    sidecars = [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
+    trimmed: Obj = {
+        "metadata": _meta(obj, labels=True),
+        "spec": {"containers": _containers_with_ports(spec.get("containers") or [])},
+    }
+    if sidecars:
+        trimmed["spec"]["initContainers"] = [{**c, "restartPolicy": "Always"} for c in _containers_with_ports(sidecars)]
+    phase = (obj.get("status") or {}).get("phase")
+    if phase:
+        # Finished pods are never endpoints: the semantics skip them.
+        trimmed["status"] = {"phase": phase}
+    return trimmed
 
 
 def trim_service(obj: Obj) -> Obj:

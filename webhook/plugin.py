@@ -182,8 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=2))
         return 0
     rows = [
-        [str(port), proto, entries[0][1].service, ",".join(sorted(r.name for r, _ in entries)),
-         describe_sources(entries[0][1])]
+        [
+            str(port),
+            proto,
+            entries[0][1].service,
+            ",".join(sorted(r.name for r, _ in entries)),
+            describe_sources(entries[0][1]),
+        ]
         for (port, proto), entries in sorted(by_port.items())
     ]
     print(render_table(rows, ["NODEPORT", "PROTOCOL", "SERVICE", "POLICIES", "ALLOWED SOURCES"]))
