@@ -1,0 +1,1 @@
+"""Certificates and the signing key for nodeport-guard: generate, install into a cluster, rotate."""

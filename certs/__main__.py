@@ -1,0 +1,208 @@
+"""`python -m certs generate|install|rotate`: the webhook PKI and signing key tool (wiring and arguments only)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from certs.install import InstallError, apply_tls_secret, install, load_api_client
+from certs.pki import (
+    CA_DAYS,
+    NAMESPACE,
+    SERVICE_NAME,
+    SERVING_DAYS,
+    IPAddress,
+    PkiError,
+    build_ca,
+    build_signing_key,
+    expires_within,
+    issue_serving_cert,
+    list_sans,
+    service_dns_names,
+)
+from certs.store import CertsDir, StoreError
+
+logger = logging.getLogger("certs")
+
+
+def _ip(value: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--ip {value!r} is not an IPv4 or IPv6 address") from exc
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from exc
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be positive")
+    return number
+
+
+def _non_negative(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from exc
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must not be negative")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m certs", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="create a CA, a serving certificate and a signing key in a directory")
+    gen.add_argument("--out", type=Path, required=True, help="directory for ca.crt ca.key tls.crt tls.key signing.key")
+    gen.add_argument("--dns", action="append", default=[], help="extra DNS SAN (repeatable)")
+    gen.add_argument("--ip", action="append", type=_ip, default=[], help="extra IP SAN, e.g. 127.0.0.1 (repeatable)")
+    gen.add_argument("--days", type=_positive, default=SERVING_DAYS, help="serving certificate validity in days")
+    gen.add_argument("--service", default=SERVICE_NAME, help="webhook Service name (for the default SANs)")
+    gen.add_argument("--service-namespace", default=NAMESPACE, help="webhook Service namespace (default SANs)")
+    gen.add_argument("--force", action="store_true", help="replace an existing CA (clients must get the new ca.crt)")
+    gen.add_argument("--new-signing-key", action="store_true", help="replace an existing signing.key (kept by default)")
+
+    ins = sub.add_parser("install", help="create/update the Secrets and inject the CA into the webhook configurations")
+    ins.add_argument("--kubeconfig", type=Path, required=True)
+    ins.add_argument("--dir", type=Path, default=Path("."), help="directory written by `generate`")
+    ins.add_argument("--namespace", default=NAMESPACE, help="namespace of the Secrets")
+    ins.add_argument(
+        "--replace-signing-key",
+        action="store_true",
+        help="overwrite an existing signing key in the cluster with the local signing.key",
+    )
+    ins.add_argument(
+        "--signing-key-only",
+        action="store_true",
+        help="only the signing-key Secret (when cert-manager issues the TLS certificate and injects the CA)",
+    )
+
+    rot = sub.add_parser("rotate", help="re-issue the serving certificate from the same CA when it expires soon")
+    rot.add_argument("--dir", type=Path, required=True, help="directory written by `generate`")
+    rot.add_argument("--kubeconfig", type=Path, help="also update the TLS Secret in this cluster")
+    rot.add_argument("--namespace", default=NAMESPACE, help="namespace of the TLS Secret")
+    rot.add_argument("--renew-before", type=_non_negative, default=30, help="days before expiry to re-issue")
+    rot.add_argument("--days", type=_positive, default=SERVING_DAYS, help="validity of the new certificate in days")
+    rot.add_argument("--force", action="store_true", help="re-issue even if the certificate is not expiring")
+    return parser
+
+
+def cmd_generate(args: argparse.Namespace, now: datetime.datetime) -> int:
+    store = CertsDir(args.out)
+    if store.has_ca() and not args.force:
+        logger.error(
+            "%s already holds a CA; pass --force to replace it (every client must then trust the new ca.crt), "
+            "or use `rotate` to re-issue only the serving certificate",
+            args.out,
+        )
+        return 2
+    ca = build_ca(now, days=CA_DAYS)
+    names = [*service_dns_names(args.service, args.service_namespace), *args.dns]
+    serving = issue_serving_cert(ca, now, names, args.ip, days=args.days)
+    store.write_ca(ca)
+    store.write_serving(serving)
+    if store.read_signing_key() is None or args.new_signing_key:
+        store.write_signing_key(build_signing_key())
+    else:
+        logger.info("kept the existing %s (pass --new-signing-key to replace it)", store.file("signing.key"))
+    sans = list_sans(serving.cert)
+    logger.info(
+        "wrote %s: CA valid until %s, serving certificate valid until %s for %s",
+        args.out,
+        ca.cert.not_valid_after_utc.date().isoformat(),
+        serving.cert.not_valid_after_utc.date().isoformat(),
+        ", ".join([*sans.dns, *map(str, sans.ips)]),
+    )
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    store = CertsDir(args.dir)
+    tls = None
+    if not args.signing_key_only:
+        serving = store.read_serving()
+        tls = (serving.cert_pem(), serving.key_pem(), store.read_ca_cert_pem())
+    api_client = load_api_client(args.kubeconfig)
+    try:
+        report = install(api_client, args.namespace, tls, store.read_signing_key(), args.replace_signing_key)
+    finally:
+        api_client.close()
+    logger.info("Secret %s/nodeport-guard-signing-key: %s", args.namespace, report.signing_secret)
+    if report.tls_secret is not None:
+        logger.info("Secret %s/nodeport-guard-webhook-tls: %s", args.namespace, report.tls_secret)
+    for kind, name, outcome in report.ca_bundles:
+        logger.info("%s nodeport-guard webhook %s caBundle: %s", kind, name, outcome)
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace, now: datetime.datetime) -> int:
+    store = CertsDir(args.dir)
+    ca = store.read_ca()
+    current = store.read_serving()
+    window = datetime.timedelta(days=args.renew_before)
+    if expires_within(ca.cert, window, now):
+        logger.warning(
+            "the CA in %s expires at %s: create a new one with `generate --force` and run `install` again",
+            args.dir,
+            ca.cert.not_valid_after_utc.isoformat(),
+        )
+    if args.force or expires_within(current.cert, window, now):
+        sans = list_sans(current.cert)
+        serving = issue_serving_cert(ca, now, sans.dns, sans.ips, days=args.days)
+        store.write_serving(serving)
+        logger.info(
+            "re-issued %s (was valid until %s, now until %s)",
+            store.file("tls.crt"),
+            current.cert.not_valid_after_utc.isoformat(),
+            serving.cert.not_valid_after_utc.isoformat(),
+        )
+        current = serving
+    else:
+        logger.info(
+            "%s is valid until %s, beyond the %d-day window; nothing to do",
+            store.file("tls.crt"),
+            current.cert.not_valid_after_utc.isoformat(),
+            args.renew_before,
+        )
+    if args.kubeconfig is not None:
+        # Always reconcile the Secret: a previous run may have written the files but failed here.
+        api_client = load_api_client(args.kubeconfig)
+        try:
+            outcome = apply_tls_secret(
+                api_client, args.namespace, current.cert_pem(), current.key_pem(), store.read_ca_cert_pem()
+            )
+        finally:
+            api_client.close()
+        logger.info("Secret %s/nodeport-guard-webhook-tls: %s", args.namespace, outcome)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        if args.command == "generate":
+            return cmd_generate(args, now)
+        if args.command == "install":
+            return cmd_install(args)
+        return cmd_rotate(args, now)
+    except (PkiError, StoreError, InstallError) as exc:
+        logger.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
