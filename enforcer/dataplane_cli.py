@@ -24,7 +24,7 @@ def _range(text: str) -> tuple[int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m enforcer.dataplane_cli")
-    parser.add_argument("command", choices=["sync", "installed", "cleanup", "detect"])
+    parser.add_argument("command", choices=["sync", "installed", "cleanup", "detect", "serve"])
     parser.add_argument("--backend", choices=[*BACKENDS, "auto"], default="auto")
     parser.add_argument("--state-json", help="file with a DesiredState as written by plan.encode_state")
     parser.add_argument("--nodeport-range", type=_range, default=(30000, 32767), help="e.g. 30000-32767")
@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(backend)
         return 0
     dp = Dataplane(backend, args.nodeport_range, lock_path=args.lock_path, clear_conntrack=args.clear_conntrack)
+    if args.command == "serve":
+        return _serve(dp)
     if args.command == "sync":
         if not args.state_json:
             parser.error("sync needs --state-json FILE")
@@ -51,6 +53,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(encode_state(dp.installed()))
     else:
         dp.cleanup()
+    return 0
+
+
+def _serve(dp: Dataplane) -> int:
+    """One long-lived Dataplane (as in the enforcer): reads `sync FILE`, `installed`, `cleanup` lines.
+
+    Answers one JSON line per command: the SyncReport, {"state": ...}, {"ok": true} or {"error": ...}.
+    """
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        try:
+            if command == "sync":
+                with open(arg, encoding="utf-8") as f:
+                    answer = dataclasses.asdict(dp.sync(decode_state(f.read())))
+            elif command == "installed":
+                answer = {"state": json.loads(encode_state(dp.installed()))}
+            elif command == "cleanup":
+                dp.cleanup()
+                answer = {"ok": True}
+            else:
+                answer = {"error": f"unknown command {command!r}; use sync FILE, installed or cleanup"}
+        except (OSError, ValueError, RuntimeError) as exc:
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer, sort_keys=True), flush=True)
     return 0
 
 
