@@ -211,14 +211,17 @@ class NetnsDataplane:
         self.backend = backend
         self.state_dir = state_dir
         self._n = 0
-        self._proc = subprocess.Popen(
-            ["ip", "netns", "exec", node.node_ns, sys.executable, "-m", "enforcer.dataplane_cli", "serve",
-             "--backend", backend, "--lock-path", node.lock_path, *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        node._procs.append(self._proc)
+        self._extra = extra
+        self._proc: subprocess.Popen[str] | None = None
 
     def _ask(self, line: str) -> dict[str, object]:
+        if self._proc is None:  # started on first use, so a test can only write state files
+            self._proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.node.node_ns, sys.executable, "-m", "enforcer.dataplane_cli", "serve",
+                 "--backend", self.backend, "--lock-path", self.node.lock_path, *self._extra],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )
+            self.node._procs.append(self._proc)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._proc.stdin.write(line + "\n")
         self._proc.stdin.flush()
