@@ -1,0 +1,225 @@
+"""manifests/ against the real kube-apiserver: server-side dry runs of the base and the cert-manager overlay, RBAC."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.controlplane.harness import ControlPlane
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / "manifests"
+CERT_MANAGER = REPO / "manifests" / "overlays" / "cert-manager"
+FILTER = REPO / "manifests" / "tools" / "without_kinds.py"
+NAMESPACE = "nodeport-guard"
+WEBHOOK_SA = f"system:serviceaccount:{NAMESPACE}:nodeport-guard-webhook"
+ENFORCER_SA = f"system:serviceaccount:{NAMESPACE}:nodeport-guard-enforcer"
+
+BASE_OBJECTS = {
+    ("Namespace", "", "nodeport-guard"),
+    ("ServiceAccount", NAMESPACE, "nodeport-guard-webhook"),
+    ("ServiceAccount", NAMESPACE, "nodeport-guard-enforcer"),
+    ("ClusterRole", "", "nodeport-guard-webhook"),
+    ("ClusterRole", "", "nodeport-guard-enforcer"),
+    ("ClusterRoleBinding", "", "nodeport-guard-webhook"),
+    ("ClusterRoleBinding", "", "nodeport-guard-enforcer"),
+    ("Role", NAMESPACE, "nodeport-guard-webhook"),
+    ("Role", NAMESPACE, "nodeport-guard-enforcer"),
+    ("RoleBinding", NAMESPACE, "nodeport-guard-webhook"),
+    ("RoleBinding", NAMESPACE, "nodeport-guard-enforcer"),
+    ("Deployment", NAMESPACE, "nodeport-guard-webhook"),
+    ("Service", NAMESPACE, "nodeport-guard-webhook"),
+    ("PodDisruptionBudget", NAMESPACE, "nodeport-guard-webhook"),
+    ("DaemonSet", NAMESPACE, "nodeport-guard-enforcer"),
+    ("MutatingWebhookConfiguration", "", "nodeport-guard"),
+    ("ValidatingWebhookConfiguration", "", "nodeport-guard"),
+}
+
+
+def load_filter() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("without_kinds", FILTER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("without_kinds", module)  # dataclasses resolve the module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def ensure_namespace(plane: ControlPlane) -> None:
+    """Create the real Namespace from the base's own file.
+
+    A server-side dry run persists nothing, so the dry-run Namespace does not exist when the
+    namespaced objects after it are admitted ("namespaces nodeport-guard not found"); with
+    the Namespace in place every object is checked. Namespaces cannot be deleted here (no
+    namespace controller), and the session's real installation applies the same one.
+    """
+    plane.kubectl("apply", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
+
+
+def render(plane: ControlPlane, directory: Path) -> str:
+    return plane.kubectl("kustomize", str(directory)).stdout
+
+
+def without(yaml_text: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(FILTER), *args], input=yaml_text, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def dry_run(plane: ControlPlane, yaml_text: str) -> dict[tuple[str, str, str], Any]:
+    result = plane.kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-", input=yaml_text, check=False)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    items = out["items"] if out.get("kind") == "List" else [out]
+    return {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in items}
+
+
+def test_base_dry_runs_server_side_with_every_object(control_plane: ControlPlane) -> None:
+    ensure_namespace(control_plane)
+    result = control_plane.kubectl("apply", "--dry-run=server", "-k", str(BASE), check=False)
+    assert result.returncode == 0, result.stderr
+    objects = dry_run(control_plane, render(control_plane, BASE))
+    assert set(objects) == BASE_OBJECTS
+
+
+def test_base_webhook_configurations_as_the_apiserver_stores_them(control_plane: ControlPlane) -> None:
+    ensure_namespace(control_plane)
+    objects = dry_run(control_plane, render(control_plane, BASE))
+    for kind, name, path in (
+        ("MutatingWebhookConfiguration", "mutate.nodeport-guard.io", "/mutate"),
+        ("ValidatingWebhookConfiguration", "validate.nodeport-guard.io", "/validate"),
+    ):
+        (hook,) = objects[(kind, "", "nodeport-guard")]["webhooks"]
+        assert hook["name"] == name
+        assert hook["clientConfig"] == {
+            "service": {"namespace": NAMESPACE, "name": "nodeport-guard-webhook", "path": path, "port": 443}
+        }  # and no caBundle: the certs tool or cert-manager injects it
+        assert (hook["failurePolicy"], hook["sideEffects"], hook["timeoutSeconds"]) == ("Fail", "None", 5)
+        assert hook["matchPolicy"] == "Equivalent" and hook["admissionReviewVersions"] == ["v1"]
+        assert hook["namespaceSelector"]["matchExpressions"] == [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["nodeport-guard", "kube-system"]}
+        ]
+        assert [(r["apiGroups"], r["resources"], sorted(r["operations"])) for r in hook["rules"]] == [
+            (["networking.k8s.io"], ["networkpolicies"], ["CREATE", "UPDATE"])
+        ]
+        if kind == "MutatingWebhookConfiguration":
+            assert hook["reinvocationPolicy"] == "IfNeeded"
+
+
+def test_base_workloads_carry_the_promised_security_settings(control_plane: ControlPlane) -> None:
+    ensure_namespace(control_plane)
+    objects = dry_run(control_plane, render(control_plane, BASE))
+    webhook = objects[("Deployment", NAMESPACE, "nodeport-guard-webhook")]["spec"]
+    pod = webhook["template"]["spec"]
+    (container,) = pod["containers"]
+    assert webhook["replicas"] == 2
+    assert container["command"] == ["nodeport-guard-webhook", "serve"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert (
+        sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"] == {"drop": ["ALL"]}
+    )
+    assert container["resources"]["limits"]["memory"] == "384Mi"
+    assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["NPG_BIND"] == "0.0.0.0:8443"
+    assert env["NPG_SIGNING_KEY_FILE"] == "/etc/nodeport-guard/signing/key"
+    assert env["NPG_POD_NAME"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "nodeport-guard-webhook-tls"
+    assert volumes["signing-key"]["secret"]["secretName"] == "nodeport-guard-signing-key"
+
+    enforcer = objects[("DaemonSet", NAMESPACE, "nodeport-guard-enforcer")]["spec"]
+    pod = enforcer["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["hostNetwork"] and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    assert container["securityContext"]["runAsUser"] == 0 and not container["securityContext"]["privileged"]
+    assert enforcer["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "10%"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["NPG_SIGNING_KEY_SECRET"] == "nodeport-guard/nodeport-guard-signing-key"
+    assert env["NPG_NODE_NAME"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["xtables-lock"]["hostPath"] == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
+
+
+def test_cert_manager_overlay_needs_its_crds_and_dry_runs_without_them(control_plane: ControlPlane) -> None:
+    ensure_namespace(control_plane)
+    rendered = render(control_plane, CERT_MANAGER)
+    # The premise of the filter: this apiserver has no cert-manager CRDs and says so.
+    unfiltered = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
+    assert unfiltered.returncode != 0
+    assert "cert-manager.io" in unfiltered.stderr
+    objects = dry_run(control_plane, without(rendered, "--group", "cert-manager.io"))
+    assert set(objects) == BASE_OBJECTS
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        annotations = objects[(kind, "", "nodeport-guard")]["metadata"]["annotations"]
+        assert annotations["cert-manager.io/inject-ca-from"] == "nodeport-guard/nodeport-guard-webhook"
+
+
+def test_cert_manager_overlay_issues_the_secret_the_deployment_mounts(control_plane: ControlPlane) -> None:
+    module = load_filter()
+    docs = [
+        module.parse_document(i, d) for i, d in enumerate(module.split_documents(render(control_plane, CERT_MANAGER)))
+    ]
+    cert_manager = sorted((d.kind, "".join(d.lines)) for d in docs if d.group == "cert-manager.io")
+    assert [k for k, _ in cert_manager] == ["Certificate", "Certificate", "Issuer", "Issuer"]
+    serving = next(text for kind, text in cert_manager if kind == "Certificate" and "isCA" not in text)
+    assert "secretName: nodeport-guard-webhook-tls" in serving
+    assert "- nodeport-guard-webhook.nodeport-guard.svc\n" in serving
+
+
+@pytest.fixture(scope="module")
+def rbac_applied(control_plane: ControlPlane) -> None:
+    """Apply for real everything but the webhook configurations.
+
+    Those, with failurePolicy Fail and no webhook running yet, would block every other test's
+    NetworkPolicy writes; the rest is what the session's installation applies anyway.
+    """
+    ensure_namespace(control_plane)
+    rendered = without(render(control_plane, BASE), "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+    control_plane.kubectl("apply", "-f", "-", input=rendered)
+
+
+@pytest.mark.parametrize(
+    ("user", "verb", "resource", "namespace", "allowed"),
+    [
+        (WEBHOOK_SA, "watch", "services", "", True),
+        (WEBHOOK_SA, "list", "pods", "", True),
+        (WEBHOOK_SA, "patch", "networkpolicies.networking.k8s.io", "", True),
+        (WEBHOOK_SA, "create", "networkpolicies.networking.k8s.io", "default", False),
+        (WEBHOOK_SA, "delete", "networkpolicies.networking.k8s.io", "default", False),
+        (WEBHOOK_SA, "create", "events", "default", True),
+        (WEBHOOK_SA, "create", "events.events.k8s.io", "default", True),
+        (WEBHOOK_SA, "create", "leases.coordination.k8s.io", NAMESPACE, True),
+        (WEBHOOK_SA, "update", "leases.coordination.k8s.io/nodeport-guard-reconciler", NAMESPACE, True),
+        (WEBHOOK_SA, "update", "leases.coordination.k8s.io/something-else", NAMESPACE, False),
+        (WEBHOOK_SA, "create", "leases.coordination.k8s.io", "default", False),
+        (WEBHOOK_SA, "get", "secrets/nodeport-guard-signing-key", NAMESPACE, False),
+        (ENFORCER_SA, "watch", "networkpolicies.networking.k8s.io", "", True),
+        (ENFORCER_SA, "patch", "networkpolicies.networking.k8s.io", "default", False),
+        (ENFORCER_SA, "get", "secrets/nodeport-guard-signing-key", NAMESPACE, True),
+        (ENFORCER_SA, "get", "secrets/nodeport-guard-webhook-tls", NAMESPACE, False),
+        (ENFORCER_SA, "list", "secrets", NAMESPACE, False),
+        (ENFORCER_SA, "create", "events", "default", True),
+        (ENFORCER_SA, "list", "pods", "", False),
+    ],
+)
+def test_rbac_is_least_privilege(
+    control_plane: ControlPlane, rbac_applied: None, user: str, verb: str, resource: str, namespace: str, allowed: bool
+) -> None:
+    scope = ["-n", namespace] if namespace else ["--all-namespaces"]
+    answer = control_plane.kubectl("auth", "can-i", verb, resource, *scope, f"--as={user}", check=False)
+    assert answer.stdout.strip() == ("yes" if allowed else "no"), answer.stderr
