@@ -1,0 +1,200 @@
+"""`python -m certs install|rotate` against the real kube-apiserver: Secrets, caBundle injection, idempotence."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.controlplane.harness import ControlPlane
+
+REPO = Path(__file__).resolve().parents[2]
+FILTER = REPO / "manifests" / "tools" / "without_kinds.py"
+KINDS = ("mutatingwebhookconfiguration", "validatingwebhookconfiguration")
+SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields")
+
+
+def certs(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "certs", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def ok(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = certs(*args)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def base_webhook_configurations(plane: ControlPlane) -> str:
+    """Both webhook configurations exactly as the base renders them."""
+    rendered = plane.kubectl("kustomize", str(REPO / "manifests")).stdout
+    others = {line.split(":", 1)[1].strip() for line in rendered.splitlines() if line.startswith("kind:")}
+    others -= {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
+    proc = subprocess.run(
+        [sys.executable, str(FILTER), *sorted(others)], input=rendered, capture_output=True, text=True, check=True
+    )
+    return proc.stdout
+
+
+@pytest.fixture
+def base_webhooks(control_plane: ControlPlane) -> Iterator[None]:
+    """The base's webhook configurations for the duration of one test; whatever was there before is restored.
+
+    With failurePolicy Fail and no webhook behind them they block NetworkPolicy writes, so they
+    must not outlive the test; a session webhook fixture's configuration must come back intact.
+    """
+    saved: list[dict[str, Any]] = []
+    for kind in KINDS:
+        got = control_plane.kubectl("get", kind, "nodeport-guard", "-o", "json", "--ignore-not-found")
+        if got.stdout.strip():
+            obj = json.loads(got.stdout)
+            for name in SERVER_FIELDS:
+                obj["metadata"].pop(name, None)
+            saved.append(obj)
+            control_plane.kubectl("delete", kind, "nodeport-guard")
+    try:
+        control_plane.kubectl("create", "-f", "-", input=base_webhook_configurations(control_plane))
+        yield
+    finally:
+        for kind in KINDS:
+            control_plane.kubectl("delete", kind, "nodeport-guard", "--ignore-not-found", check=False)
+        for obj in saved:
+            control_plane.kubectl("create", "-f", "-", input=json.dumps(obj))
+
+
+def secret(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = plane.kubectl_json("get", "secret", name, "-n", namespace)
+    return result
+
+
+def ca_bundles(plane: ControlPlane) -> dict[tuple[str, str], str | None]:
+    bundles: dict[tuple[str, str], str | None] = {}
+    for kind in KINDS:
+        for hook in plane.kubectl_json("get", kind, "nodeport-guard")["webhooks"]:
+            bundles[(kind, hook["name"])] = hook["clientConfig"].get("caBundle")
+    return bundles
+
+
+def resource_versions(plane: ControlPlane, namespace: str) -> list[str]:
+    objects = [
+        secret(plane, namespace, "nodeport-guard-webhook-tls"),
+        secret(plane, namespace, "nodeport-guard-signing-key"),
+        *(plane.kubectl_json("get", kind, "nodeport-guard") for kind in KINDS),
+    ]
+    return [o["metadata"]["resourceVersion"] for o in objects]
+
+
+@pytest.fixture
+def cert_dir(tmp_path: Path) -> Path:
+    out = tmp_path / "certs"
+    ok("generate", "--out", str(out), "--ip", "127.0.0.1")
+    return out
+
+
+def test_install_creates_secrets_and_injects_ca_into_every_webhook(
+    control_plane: ControlPlane, namespace: str, cert_dir: Path, base_webhooks: None
+) -> None:
+    kubeconfig = str(control_plane.kubeconfig)
+    assert set(ca_bundles(control_plane).values()) == {None}  # the base ships none
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace)
+
+    tls = secret(control_plane, namespace, "nodeport-guard-webhook-tls")
+    assert tls["type"] == "kubernetes.io/tls"
+    assert tls["data"] == {
+        "tls.crt": b64((cert_dir / "tls.crt").read_bytes()),
+        "tls.key": b64((cert_dir / "tls.key").read_bytes()),
+        "ca.crt": b64((cert_dir / "ca.crt").read_bytes()),
+    }  # never ca.key
+    signing = secret(control_plane, namespace, "nodeport-guard-signing-key")
+    assert signing["data"] == {"key": b64((cert_dir / "signing.key").read_bytes())}
+
+    ca = b64((cert_dir / "ca.crt").read_bytes())
+    assert ca_bundles(control_plane) == {
+        ("mutatingwebhookconfiguration", "mutate.nodeport-guard.io"): ca,
+        ("validatingwebhookconfiguration", "validate.nodeport-guard.io"): ca,
+    }
+    # Only the caBundle changed: the Service reference is intact.
+    mutating = control_plane.kubectl_json("get", "mutatingwebhookconfiguration", "nodeport-guard")
+    assert mutating["webhooks"][0]["clientConfig"]["service"]["name"] == "nodeport-guard-webhook"
+
+    # A second run writes nothing.
+    before = resource_versions(control_plane, namespace)
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace)
+    assert resource_versions(control_plane, namespace) == before
+
+
+def test_new_ca_updates_tls_and_bundles_but_keeps_the_signing_key_unless_asked(
+    control_plane: ControlPlane, namespace: str, cert_dir: Path, base_webhooks: None
+) -> None:
+    kubeconfig = str(control_plane.kubeconfig)
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace)
+    first_key = (cert_dir / "signing.key").read_bytes()
+
+    ok("generate", "--out", str(cert_dir), "--force", "--new-signing-key")
+    assert (cert_dir / "signing.key").read_bytes() != first_key
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace)
+    assert secret(control_plane, namespace, "nodeport-guard-signing-key")["data"] == {"key": b64(first_key)}
+    tls = secret(control_plane, namespace, "nodeport-guard-webhook-tls")
+    assert tls["data"]["tls.crt"] == b64((cert_dir / "tls.crt").read_bytes())
+    assert set(ca_bundles(control_plane).values()) == {b64((cert_dir / "ca.crt").read_bytes())}
+
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace, "--replace-signing-key")
+    signing = secret(control_plane, namespace, "nodeport-guard-signing-key")
+    assert signing["data"] == {"key": b64((cert_dir / "signing.key").read_bytes())}
+
+
+def test_rotate_updates_the_tls_secret(
+    control_plane: ControlPlane, namespace: str, cert_dir: Path, base_webhooks: None
+) -> None:
+    kubeconfig = str(control_plane.kubeconfig)
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace)
+    old = (cert_dir / "tls.crt").read_bytes()
+    ok("rotate", "--dir", str(cert_dir), "--kubeconfig", kubeconfig, "--namespace", namespace, "--force")
+    new = (cert_dir / "tls.crt").read_bytes()
+    assert new != old
+    tls = secret(control_plane, namespace, "nodeport-guard-webhook-tls")
+    assert tls["data"]["tls.crt"] == b64(new)
+    assert tls["data"]["tls.key"] == b64((cert_dir / "tls.key").read_bytes())
+    # Same CA: the injected bundles stay valid and untouched.
+    assert set(ca_bundles(control_plane).values()) == {b64((cert_dir / "ca.crt").read_bytes())}
+
+
+def test_signing_key_only_leaves_tls_and_webhooks_alone(
+    control_plane: ControlPlane, namespace: str, cert_dir: Path, base_webhooks: None
+) -> None:
+    kubeconfig = str(control_plane.kubeconfig)
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace, "--signing-key-only")
+    assert secret(control_plane, namespace, "nodeport-guard-signing-key")["data"]["key"]
+    missing = control_plane.kubectl("get", "secret", "nodeport-guard-webhook-tls", "-n", namespace, check=False)
+    assert missing.returncode != 0 and "NotFound" in missing.stderr
+    assert set(ca_bundles(control_plane).values()) == {None}
+
+
+def test_install_names_the_fix_when_the_namespace_is_missing(control_plane: ControlPlane, cert_dir: Path) -> None:
+    proc = certs(
+        "install", "--kubeconfig", str(control_plane.kubeconfig), "--dir", str(cert_dir), "--namespace", "t-absent"
+    )
+    assert proc.returncode == 1
+    assert "namespace t-absent does not exist" in proc.stderr and "kubectl apply -k manifests/" in proc.stderr
+
+
+def test_install_names_the_fix_when_webhook_configurations_are_missing(
+    control_plane: ControlPlane, namespace: str, cert_dir: Path, base_webhooks: None
+) -> None:
+    control_plane.kubectl("delete", "validatingwebhookconfiguration", "nodeport-guard")
+    proc = certs(
+        "install", "--kubeconfig", str(control_plane.kubeconfig), "--dir", str(cert_dir), "--namespace", namespace
+    )
+    assert proc.returncode == 1
+    assert "ValidatingWebhookConfiguration nodeport-guard does not exist" in proc.stderr
