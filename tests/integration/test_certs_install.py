@@ -37,13 +37,22 @@ def b64(data: bytes) -> str:
 
 
 def base_webhook_configurations(plane: ControlPlane) -> str:
-    """Both webhook configurations exactly as the base renders them."""
+    """Both webhook configurations exactly as the base renders them (a JSON List)."""
     rendered = plane.kubectl("kustomize", str(REPO / "manifests")).stdout
-    others = {line.split(":", 1)[1].strip() for line in rendered.splitlines() if line.startswith("kind:")}
-    others -= {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
+    # kubectl's offline YAML -> JSON, then the repository's filter keeps the two configurations.
+    as_json = plane.kubectl(
+        "annotate", "--local", "-f", "-", "-o", "json", "nodeport-guard.io/none-", input=rendered
+    ).stdout
+    decoder, pos, kinds = json.JSONDecoder(), 0, set()
+    while as_json[pos:].strip():
+        obj, pos = decoder.raw_decode(as_json, len(as_json) - len(as_json[pos:].lstrip()))
+        kinds.add(obj["kind"])
+    others = sorted(kinds - {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"})
     proc = subprocess.run(
-        [sys.executable, str(FILTER), *sorted(others)], input=rendered, capture_output=True, text=True, check=True
+        [sys.executable, str(FILTER), *others], input=as_json, capture_output=True, text=True, check=True
     )
+    items = json.loads(proc.stdout)["items"]
+    assert sorted(o["kind"] for o in items) == ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]
     return proc.stdout
 
 

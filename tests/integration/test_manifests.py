@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -43,15 +41,6 @@ BASE_OBJECTS = {
 }
 
 
-def load_filter() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("without_kinds", FILTER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("without_kinds", module)  # dataclasses resolve the module by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def ensure_namespace(plane: ControlPlane) -> None:
     """Create the real Namespace from the base's own file.
 
@@ -67,9 +56,20 @@ def render(plane: ControlPlane, directory: Path) -> str:
     return plane.kubectl("kustomize", str(directory)).stdout
 
 
-def without(yaml_text: str, *args: str) -> str:
+def to_json(plane: ControlPlane, yaml_text: str) -> str:
+    """kubectl's own offline YAML -> JSON (a stream of objects), as manifests/README.md documents."""
+    return plane.kubectl(
+        "annotate", "--local", "-f", "-", "-o", "json", "nodeport-guard.io/none-", input=yaml_text
+    ).stdout
+
+
+def without(plane: ControlPlane, yaml_text: str, *args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(FILTER), *args], input=yaml_text, capture_output=True, text=True, check=False
+        [sys.executable, str(FILTER), *args],
+        input=to_json(plane, yaml_text),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -162,7 +162,7 @@ def test_cert_manager_overlay_needs_its_crds_and_dry_runs_without_them(control_p
     unfiltered = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
     assert unfiltered.returncode != 0
     assert "cert-manager.io" in unfiltered.stderr
-    objects = dry_run(control_plane, without(rendered, "--group", "cert-manager.io"))
+    objects = dry_run(control_plane, without(control_plane, rendered, "--group", "cert-manager.io"))
     assert set(objects) == BASE_OBJECTS
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         annotations = objects[(kind, "", "nodeport-guard")]["metadata"]["annotations"]
@@ -170,15 +170,35 @@ def test_cert_manager_overlay_needs_its_crds_and_dry_runs_without_them(control_p
 
 
 def test_cert_manager_overlay_issues_the_secret_the_deployment_mounts(control_plane: ControlPlane) -> None:
-    module = load_filter()
-    docs = [
-        module.parse_document(i, d) for i, d in enumerate(module.split_documents(render(control_plane, CERT_MANAGER)))
+    rendered = json.loads(without(control_plane, render(control_plane, CERT_MANAGER), "--group", "apps"))["items"]
+    cert_manager = {
+        (o["kind"], o["metadata"]["name"]): o for o in rendered if o["apiVersion"].startswith("cert-manager")
+    }
+    assert sorted(cert_manager) == [
+        ("Certificate", "nodeport-guard-ca"),
+        ("Certificate", "nodeport-guard-webhook"),
+        ("Issuer", "nodeport-guard-ca"),
+        ("Issuer", "nodeport-guard-selfsigned"),
     ]
-    cert_manager = sorted((d.kind, "".join(d.lines)) for d in docs if d.group == "cert-manager.io")
-    assert [k for k, _ in cert_manager] == ["Certificate", "Certificate", "Issuer", "Issuer"]
-    serving = next(text for kind, text in cert_manager if kind == "Certificate" and "isCA" not in text)
-    assert "secretName: nodeport-guard-webhook-tls" in serving
-    assert "- nodeport-guard-webhook.nodeport-guard.svc\n" in serving
+    ca = cert_manager[("Certificate", "nodeport-guard-ca")]["spec"]
+    assert ca["isCA"] and ca["issuerRef"]["name"] == "nodeport-guard-selfsigned"
+    assert cert_manager[("Issuer", "nodeport-guard-ca")]["spec"]["ca"]["secretName"] == ca["secretName"]
+    serving = cert_manager[("Certificate", "nodeport-guard-webhook")]["spec"]
+    assert serving["secretName"] == "nodeport-guard-webhook-tls"
+    assert serving["issuerRef"]["name"] == "nodeport-guard-ca"
+    assert "nodeport-guard-webhook.nodeport-guard.svc" in serving["dnsNames"]
+    assert all(o["kind"] not in ("Deployment", "DaemonSet") for o in rendered)  # --group apps dropped them
+
+
+def test_filter_rejects_input_it_cannot_read() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(FILTER), "--group", "cert-manager.io"],
+        input="kind: Issuer\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and "kubectl annotate --local" in proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +209,9 @@ def rbac_applied(control_plane: ControlPlane) -> None:
     NetworkPolicy writes; the rest is what the session's installation applies anyway.
     """
     ensure_namespace(control_plane)
-    rendered = without(render(control_plane, BASE), "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+    rendered = without(
+        control_plane, render(control_plane, BASE), "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"
+    )
     control_plane.kubectl("apply", "-f", "-", input=rendered)
 
 
