@@ -207,3 +207,16 @@ def test_install_names_the_fix_when_webhook_configurations_are_missing(
     )
     assert proc.returncode == 1
     assert "ValidatingWebhookConfiguration nodeport-guard does not exist" in proc.stderr
+
+
+def test_reapplying_the_base_keeps_the_injected_ca_bundle(
+    control_plane: ControlPlane, namespace: str, cert_dir: Path, base_webhooks: None
+) -> None:
+    # Upgrades re-run `kubectl apply -k manifests/`: the caBundle the base never sets must survive.
+    configs = base_webhook_configurations(control_plane)
+    for kind in KINDS:
+        control_plane.kubectl("delete", kind, "nodeport-guard")
+    control_plane.kubectl("apply", "-f", "-", input=configs)
+    ok("install", "--kubeconfig", str(control_plane.kubeconfig), "--dir", str(cert_dir), "--namespace", namespace)
+    control_plane.kubectl("apply", "-f", "-", input=configs)
+    assert set(ca_bundles(control_plane).values()) == {b64((cert_dir / "ca.crt").read_bytes())}
