@@ -1,0 +1,1 @@
+"""nodeport-guard benchmarks (`make bench`, `python -m bench`)."""

@@ -1,0 +1,196 @@
+"""Deterministic benchmark inputs: a 500-namespace cluster, AdmissionReviews, signed annotations (pure).
+
+The cluster is the one the (removed) timed unit test built: 500 namespaces x 20 NodePort
+Services x 5 Pods (10,000 Services, 50,000 Pods) and 5 NetworkPolicies per namespace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from enforcer.plan import DesiredState, Network, PortKey
+from webhook.contract import Annotation, CidrRule, NodePortVerdict, PolicyRef, SourceSet, render_annotations
+
+logger = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+NAMESPACES = 500
+SERVICES_PER_NAMESPACE = 20
+PODS_PER_SERVICE = 5
+POLICIES_PER_NAMESPACE = 5
+NODEPORT_FIRST = 30000
+DEFAULT_RANGE_SIZE = 2768  # 30000-32767
+BENCH_SIGNING_KEY = b"nodeport-guard-benchmark-signing-key"
+
+
+def service(name: str, selector: dict[str, str], ports: list[Obj], namespace: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"type": "NodePort", "selector": selector, "ports": ports},
+    }
+
+
+def pod(name: str, labels: dict[str, str], ports: list[Obj], namespace: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"containers": [{"name": "main", "image": "example", "ports": ports}]},
+        "status": {"phase": "Running"},
+    }
+
+
+def policy(name: str, spec: Obj, namespace: str, uid: str = "") -> Obj:
+    meta: Obj = {"name": name, "namespace": namespace}
+    if uid:
+        meta["uid"] = uid
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta, "spec": spec}
+
+
+def ip_from(*cidrs: str, excepts: list[str] | None = None) -> list[Obj]:
+    peers: list[Obj] = []
+    for cidr in cidrs:
+        block: Obj = {"cidr": cidr}
+        if excepts:
+            block["except"] = list(excepts)
+        peers.append({"ipBlock": block})
+    return peers
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    services: list[Obj]
+    pods: list[Obj]
+    policies: list[Obj]
+
+
+def build_cluster(
+    namespaces: int = NAMESPACES,
+    services_per_namespace: int = SERVICES_PER_NAMESPACE,
+    pods_per_service: int = PODS_PER_SERVICE,
+    policies_per_namespace: int = POLICIES_PER_NAMESPACE,
+    seed: int = 7,
+) -> Cluster:
+    """Services with a named targetPort (resolved through each pod's containerPorts), labelled pods,
+    and stored policies mixing a named port with ipBlock excepts and a dual-stack allow rule."""
+    rnd = random.Random(seed)  # noqa: S311 - reproducible test data, not security
+    services: list[Obj] = []
+    pods: list[Obj] = []
+    policies: list[Obj] = []
+    for n in range(namespaces):
+        ns = f"ns-{n}"
+        for s in range(services_per_namespace):
+            node_port = NODEPORT_FIRST + (n * services_per_namespace + s) % DEFAULT_RANGE_SIZE
+            port = {"name": "http", "port": 80, "targetPort": "http", "nodePort": node_port}
+            services.append(service(f"svc-{s}", {"app": f"app-{s}"}, [port], ns))
+            for p in range(pods_per_service):
+                labels = {"app": f"app-{s}", "tier": rnd.choice(["a", "b"])}
+                pods.append(pod(f"pod-{s}-{p}", labels, [{"name": "http", "containerPort": 8080}], ns))
+        for k in range(policies_per_namespace):
+            spec = {
+                "podSelector": {"matchLabels": {"app": f"app-{(k * 4) % services_per_namespace}"}},
+                "ingress": [
+                    {"from": ip_from("192.0.2.0/24", excepts=["192.0.2.128/25"]), "ports": [{"port": "http"}]},
+                    {"from": ip_from("198.51.100.0/24", "2001:db8::/32")},
+                ],
+            }
+            policies.append(policy(f"pol-{k}", spec, ns, uid=f"uid-{n}-{k}"))
+    return Cluster(services, pods, policies)
+
+
+def admission_review(namespace: str, obj: Obj, uid: str = "bench") -> Obj:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "networking.k8s.io", "version": "v1", "kind": "NetworkPolicy"},
+            "resource": {"group": "networking.k8s.io", "version": "v1", "resource": "networkpolicies"},
+            "operation": "CREATE",
+            "namespace": namespace,
+            "name": obj["metadata"]["name"],
+            "object": obj,
+        },
+    }
+
+
+def new_policy_reviews(
+    count: int,
+    namespaces: int = NAMESPACES,
+    services_per_namespace: int = SERVICES_PER_NAMESPACE,
+    seed: int = 11,
+) -> list[Obj]:
+    """AdmissionReviews creating a policy that selects one Service's pods in a random namespace."""
+    rnd = random.Random(seed)  # noqa: S311 - reproducible test data, not security
+    reviews = []
+    for i in range(count):
+        namespace = f"ns-{rnd.randrange(namespaces)}"
+        spec = {
+            "podSelector": {"matchLabels": {"app": f"app-{rnd.randrange(services_per_namespace)}"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": ip_from("203.0.113.0/24", excepts=["203.0.113.64/26"]), "ports": [{"port": "http"}]},
+                {"from": ip_from("198.51.100.0/25")},
+            ],
+        }
+        reviews.append(admission_review(namespace, policy(f"new-{i}", spec, namespace), uid=f"bench-{i}"))
+    return reviews
+
+
+# --- enforcer inputs -------------------------------------------------------------------------
+
+
+def port_cidrs(index: int) -> tuple[str, str, str]:
+    """Three disjoint documentation prefixes for the index-th protected port (never collapse together)."""
+    return (
+        f"192.0.2.{(index % 64) * 4}/30",
+        f"198.51.100.{(index % 32) * 8}/29",
+        f"203.0.113.{(index % 16) * 16}/28",
+    )
+
+
+def protected_state(ports: int, first: int = NODEPORT_FIRST, extra: tuple[int, ...] = ()) -> DesiredState:
+    """`ports` consecutive TCP/IPv4 NodePorts from `first` (plus `extra`), 3 allowed prefixes each."""
+    mapping: dict[PortKey, list[Network]] = {}
+    for i, port in enumerate([*range(first, first + ports), *extra]):
+        mapping[PortKey(4, "TCP", port)] = [ipaddress.ip_network(c) for c in port_cidrs(i)]
+    return DesiredState.from_mapping(mapping)
+
+
+def signed_policy_annotations(
+    index: int, node_port: int, key: bytes = BENCH_SIGNING_KEY
+) -> tuple[PolicyRef, dict[str, str]]:
+    """The signed annotations of the index-th benchmark policy protecting one NodePort."""
+    ref = PolicyRef(namespace=f"ns-{index // 20}", name=f"pol-{index}", uid=f"uid-{index}")
+    allow = SourceSet(False, tuple(sorted(CidrRule(c) for c in port_cidrs(index))))
+    verdict = NodePortVerdict(node_port, "TCP", f"svc-{index}", 80, ("IPv4",), allow)
+    return ref, render_annotations(Annotation(ref, (verdict,)), key)
+
+
+def network_policy_with_annotations(ref: PolicyRef, annotations: dict[str, str], index: int) -> Obj:
+    """A full NetworkPolicy object as the apiserver lists it (for the enforcer's memory benchmark)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": ref.name,
+            "namespace": ref.namespace,
+            "uid": ref.uid,
+            "resourceVersion": str(1000 + index),
+            "generation": 1,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "annotations": dict(annotations),
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {"app": ref.name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": ip_from(*port_cidrs(index)), "ports": [{"port": "http"}]}],
+        },
+    }

@@ -1,0 +1,235 @@
+"""Benchmark 5: `kubectl apply` of a policy to its rule present in the node netns, 1,000 policies enforced (I/O)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.stats import Figure, JsonScalar, Target, not_measured, summarize
+from tests.components import EnforcerProcess, WebhookServer, install_manifests, remove_webhooks
+from tests.controlplane.harness import ControlPlane, running_control_plane
+from tests.kube_objects import as_list, nodeport_service, pod, policy
+from tests.netns import Node, make_node
+
+logger = logging.getLogger(__name__)
+
+NAME = "end-to-end"
+ENFORCED = 1_000
+NAMESPACES = 10
+SAMPLES = 20
+FIRST_PORT = 30000
+ALLOWED = "198.51.100.0/24"
+BACKEND = "legacy"
+MEDIAN_TARGET = Target("median", "<=", 300.0, "median <= 300 ms")
+P99_TARGET = Target("p99", "<=", 1000.0, "p99 <= 1 s")
+NOTES = (
+    "The real stack: local etcd + kube-apiserver (tests/controlplane/harness.py), `manifests/` applied and "
+    "certificates installed by the certs tool (tests/components.py `install_manifests`), the webhook under "
+    "gunicorn + TLS with list+watch and the reconciler (`WebhookServer`), and the enforcer process in a node "
+    f"network namespace (`EnforcerProcess`, {BACKEND} backend, default debounce). First {ENFORCED:,} "
+    f"NodePort Services, Pods and policies (in {NAMESPACES} namespaces) are created and the benchmark waits "
+    f"until all {ENFORCED:,} NodePorts are in the node's ipset. Then, {SAMPLES} times, one more policy is "
+    "applied with `kubectl apply` (its Service and Pod exist already) and the time from starting kubectl to "
+    "the allowed (prefix, port) member being present in the node namespace's ipset is measured by a poller "
+    "inside the namespace (`ipset test` in a loop; both sides read CLOCK_MONOTONIC). kubectl's own start-up "
+    "is included, as a user would see it."
+)
+
+_POLLER = r"""
+import subprocess, sys, time
+for line in sys.stdin:
+    set_name, member, timeout = line.split()
+    deadline = time.monotonic() + float(timeout)
+    found = 0.0
+    while time.monotonic() < deadline:
+        if subprocess.run(["ipset", "test", set_name, member], capture_output=True).returncode == 0:
+            found = time.monotonic()
+            break
+    print(found, flush=True)
+"""
+
+
+def expected_figures() -> list[Figure]:
+    return [
+        not_measured(NAME, f"kubectl apply -> rule in the node ({ENFORCED:,} enforced)", "ms", MEDIAN_TARGET, ""),
+        not_measured(NAME, "kubectl apply -> rule in the node, p99", "ms", P99_TARGET, ""),
+    ]
+
+
+def _app(i: int) -> list[dict[str, Any]]:
+    labels = {"app": f"app-{i}"}
+    ports = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    service = nodeport_service(
+        f"svc-{i}", labels, [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": FIRST_PORT + i}]
+    )
+    return [pod(f"pod-{i}", labels, ports), service]
+
+
+def _policy(i: int) -> dict[str, Any]:
+    return policy(
+        f"pol-{i}",
+        {"matchLabels": {"app": f"app-{i}"}},
+        [{"from": [{"ipBlock": {"cidr": ALLOWED}}]}],
+        policyTypes=["Ingress"],
+    )
+
+
+def _create_all(plane: ControlPlane, objects: dict[str, list[dict[str, Any]]]) -> None:
+    """`kubectl create` per namespace, the namespaces in parallel threads (kubectl is its own process)."""
+    errors: list[str] = []
+
+    def create(namespace: str, items: list[dict[str, Any]]) -> None:
+        for start in range(0, len(items), 250):
+            result = plane.kubectl(
+                "create",
+                "-n",
+                namespace,
+                "-f",
+                "-",
+                input=as_list(*items[start : start + 250]),
+                check=False,
+                timeout=600,
+            )
+            if result.returncode != 0:
+                errors.append(f"{namespace}: {result.stderr.strip()[:300]}")
+                return
+
+    threads = [threading.Thread(target=create, args=item) for item in sorted(objects.items())]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"creating the benchmark objects failed: {errors[0]}")
+
+
+def _count_ports(node: Node) -> int:
+    out = node.run(["ipset", "save", "npg-4-tcp"], check=False).stdout
+    return sum(1 for line in out.splitlines() if line.startswith("add "))
+
+
+def _wait_ports(node: Node, count: int, enforcer: EnforcerProcess, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if _count_ports(node) >= count:
+            return time.monotonic() - start
+        if enforcer.process is not None and enforcer.process.poll() is not None:
+            raise RuntimeError(f"the enforcer exited:\n{enforcer.log_tail()}")
+        time.sleep(1.0)
+    raise RuntimeError(
+        f"only {_count_ports(node)} of {count} NodePorts enforced after {timeout:.0f} s:\n{enforcer.log_tail()}"
+    )
+
+
+def _measure(plane: ControlPlane, node: Node, namespace: str) -> list[float]:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", node.node_ns, sys.executable, "-c", _POLLER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    node._procs.append(proc)  # closed (killed) with the node
+    assert proc.stdin is not None and proc.stdout is not None
+    latencies = []
+    for k in range(SAMPLES):
+        i = ENFORCED + k
+        member = f"{ALLOWED},tcp:{FIRST_PORT + i}"
+        manifest = json.dumps(_policy(i))
+        start = time.monotonic()
+        kubectl = subprocess.Popen(
+            [str(plane.binaries.kubectl), "--kubeconfig", str(plane.kubeconfig), "apply", "-n", namespace, "-f", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        proc.stdin.write(f"npg-4-allow {member} 30\n")
+        proc.stdin.flush()
+        _, err = kubectl.communicate(manifest, timeout=60)
+        if kubectl.returncode != 0:
+            raise RuntimeError(f"kubectl apply of pol-{i} failed: {err.strip()[:300]}")
+        found = float(proc.stdout.readline())
+        if not found:
+            raise RuntimeError(f"pol-{i}: {member} did not appear in the node's ipset within 30 s")
+        latencies.append((found - start) * 1000)
+        time.sleep(0.3)  # let the enforcer's debounce and the reconciler settle between samples
+    return latencies
+
+
+def run(workdir: Path) -> list[Figure]:
+    namespaces = [f"bench-{n}" for n in range(NAMESPACES)]
+    apps: dict[str, list[dict[str, Any]]] = {ns: [] for ns in namespaces}
+    policies: dict[str, list[dict[str, Any]]] = {ns: [] for ns in namespaces}
+    for i in range(ENFORCED):
+        ns = namespaces[i % NAMESPACES]
+        apps[ns] += _app(i)
+        policies[ns].append(_policy(i))
+    measure_ns = "bench-new"
+    with running_control_plane() as plane:
+        install = install_manifests(plane, workdir / "install")
+        webhook = WebhookServer(plane, install, workdir / "webhook.log")
+        try:
+            webhook.start()
+            for ns in [*namespaces, measure_ns]:
+                plane.kubectl("create", "namespace", ns)
+            started = time.monotonic()
+            _create_all(plane, apps)
+            _create_all(plane, {measure_ns: [o for k in range(SAMPLES) for o in _app(ENFORCED + k)]})
+            _create_all(plane, policies)
+            created = time.monotonic() - started
+            with make_node(lock_path=str(workdir / "xtables.lock")) as node:
+                enforcer = EnforcerProcess(
+                    plane, install, node.node_ns, workdir / "enforcer.log", workdir, backend=BACKEND
+                )
+                try:
+                    enforcer.start()
+                    enforcer.wait_ready(timeout=120)
+                    initial = _wait_ports(node, ENFORCED, enforcer, timeout=300)
+                    latencies = _measure(plane, node, measure_ns)
+                    if _count_ports(node) != ENFORCED + SAMPLES:
+                        raise RuntimeError(
+                            f"{_count_ports(node)} NodePorts enforced at the end, expected {ENFORCED + SAMPLES}"
+                        )
+                finally:
+                    enforcer.stop()
+                    node.run(
+                        [
+                            "env",
+                            f"NPG_XTABLES_LOCK={node.lock_path}",
+                            sys.executable,
+                            "-m",
+                            "enforcer",
+                            "cleanup",
+                            "--backend",
+                            BACKEND,
+                        ],
+                        check=False,
+                    )
+        finally:
+            remove_webhooks(plane)
+            webhook.stop()
+    inputs: dict[str, JsonScalar] = {
+        "enforced_policies": ENFORCED,
+        "namespaces": NAMESPACES,
+        "backend": BACKEND,
+        "samples": SAMPLES,
+        "create_seconds": round(created, 1),
+        "initial_enforce_seconds": round(initial, 1),
+    }
+    return [
+        Figure(
+            NAME,
+            f"kubectl apply -> rule in the node ({ENFORCED:,} enforced)",
+            "ms",
+            summarize(latencies),
+            MEDIAN_TARGET,
+            inputs=inputs,
+        ),
+        Figure(NAME, "kubectl apply -> rule in the node, p99", "ms", summarize(latencies), P99_TARGET, inputs=inputs),
+    ]

@@ -1,0 +1,116 @@
+"""Benchmark 7: peak RSS of an enforcer process holding and programming 10,000 signed policies (I/O)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bench import data
+from bench.stats import Figure, Target, not_measured, summarize
+from tests import netns
+from tests.netns import make_node
+from webhook.listwatch import LIST_PAGE_SIZE
+
+logger = logging.getLogger(__name__)
+
+NAME = "enforcer-memory"
+POLICIES = 10_000
+RUNS = 3
+NODEPORT_RANGE = (30000, 40999)
+TARGET = Target("max", "<=", 150.0, "<= 150 MB")
+NOTES = (
+    f"A fresh process per run inside a node namespace (`bench/enforcer_worker.py memory`) imports what the "
+    f"enforcer imports (enforcer.__main__, the kubernetes client), parses {POLICIES:,} NetworkPolicies "
+    f"(full objects as the apiserver lists them, with signed annotations) page by page "
+    f"({LIST_PAGE_SIZE} per page, as ListWatch lists), trims them into the PolicyStore, then runs "
+    "`SyncLoop.sync_once` twice (verify every HMAC, plan, program 10,000 NodePorts with 3 prefixes each "
+    "from empty, then a resync reading everything back). The figure is the process's peak RSS "
+    f"(`resource.getrusage(RUSAGE_SELF).ru_maxrss`), {RUNS} runs, legacy backend."
+)
+
+
+def expected_figures() -> list[Figure]:
+    return [not_measured(NAME, f"enforcer peak RSS with {POLICIES:,} policies", "MB", TARGET, "")]
+
+
+def write_pages(directory: Path, policies: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    items = []
+    page = 0
+    for i in range(policies):
+        ref, annotations = data.signed_policy_annotations(i, NODEPORT_RANGE[0] + i)
+        items.append(data.network_policy_with_annotations(ref, annotations, i))
+        if len(items) == LIST_PAGE_SIZE or i == policies - 1:
+            body = {
+                "kind": "NetworkPolicyList",
+                "apiVersion": "networking.k8s.io/v1",
+                "metadata": {"resourceVersion": "1"},
+                "items": items,
+            }
+            (directory / f"page-{page:04d}.json").write_text(json.dumps(body), encoding="utf-8")
+            items = []
+            page += 1
+
+
+def run(workdir: Path) -> list[Figure]:
+    pages = workdir / "pages"
+    write_pages(pages, POLICIES)
+    key_file = workdir / "signing.key"
+    key_file.write_bytes(data.BENCH_SIGNING_KEY)
+    peaks: list[float] = []
+    answers = []
+    with make_node(lock_path=str(workdir / "xtables.lock")) as node:
+        for _ in range(RUNS):
+            out = netns.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    node.node_ns,
+                    sys.executable,
+                    "-m",
+                    "bench.enforcer_worker",
+                    "memory",
+                    "--backend",
+                    "legacy",
+                    "--nodeport-range",
+                    f"{NODEPORT_RANGE[0]}-{NODEPORT_RANGE[1]}",
+                    "--lock-path",
+                    node.lock_path,
+                    "--pages-dir",
+                    str(pages),
+                    "--key-file",
+                    str(key_file),
+                ],
+                timeout=300,
+            ).stdout
+            answer = json.loads(out.strip().splitlines()[-1])
+            if answer["ports"] != POLICIES or answer["policies"] != POLICIES:
+                raise RuntimeError(
+                    f"the worker programmed {answer['ports']} ports from {answer['policies']} policies, "
+                    f"expected {POLICIES}"
+                )
+            peaks.append(float(answer["ru_maxrss_mb"]))
+            answers.append(answer)
+    last = answers[-1]
+    return [
+        Figure(
+            NAME,
+            f"enforcer peak RSS with {POLICIES:,} policies",
+            "MB",
+            summarize(peaks),
+            TARGET,
+            inputs={
+                "policies": POLICIES,
+                "cidrs_per_port": 3,
+                "list_page_size": LIST_PAGE_SIZE,
+                "backend": "legacy",
+                "rss_after_imports_mb": round(last["rss_after_imports_mb"], 1),
+                "rss_at_end_mb": round(last["rss_mb"], 1),
+                "first_sync_seconds": round(last["first_sync_seconds"], 2),
+                "resync_seconds": round(last["resync_seconds"], 2),
+            },
+        )
+    ]
