@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 NAME = "end-to-end"
 ENFORCED = 1_000
 NAMESPACES = 10
+# The harness's Service CIDR is a documentation /24 (~250 ClusterIPs): 100 Services with 10 NodePorts each.
+PORTS_PER_SERVICE = 10
 SAMPLES = 20
 FIRST_PORT = 30000
 ALLOWED = "198.51.100.0/24"
@@ -32,9 +34,11 @@ NOTES = (
     "The real stack: local etcd + kube-apiserver (tests/controlplane/harness.py), `manifests/` applied and "
     "certificates installed by the certs tool (tests/components.py `install_manifests`), the webhook under "
     "gunicorn + TLS with list+watch and the reconciler (`WebhookServer`), and the enforcer process in a node "
-    f"network namespace (`EnforcerProcess`, {BACKEND} backend, default debounce). First {ENFORCED:,} "
-    f"NodePort Services, Pods and policies (in {NAMESPACES} namespaces) are created and the benchmark waits "
-    f"until all {ENFORCED:,} NodePorts are in the node's ipset. Then, {SAMPLES} times, one more policy is "
+    f"network namespace (`EnforcerProcess`, {BACKEND} backend, default debounce). First "
+    f"{ENFORCED // PORTS_PER_SERVICE} NodePort Services with {PORTS_PER_SERVICE} ports each (the harness's "
+    f"Service CIDR holds ~250 ClusterIPs), their Pods and {ENFORCED:,} policies (one per Service port, in "
+    f"{NAMESPACES} namespaces) are created and the benchmark waits until all {ENFORCED:,} NodePorts are in "
+    "the node's ipset. Then, {SAMPLES} times, one more policy is "
     "applied with `kubectl apply` (its Service and Pod exist already) and the time from starting kubectl to "
     "the allowed (prefix, port) member being present in the node namespace's ipset is measured by a poller "
     "inside the namespace (`ipset test` in a loop; both sides read CLOCK_MONOTONIC). kubectl's own start-up "
@@ -62,22 +66,24 @@ def expected_figures() -> list[Figure]:
     ]
 
 
-def _app(i: int) -> list[dict[str, Any]]:
-    labels = {"app": f"app-{i}"}
-    ports = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    service = nodeport_service(
-        f"svc-{i}", labels, [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": FIRST_PORT + i}]
-    )
-    return [pod(f"pod-{i}", labels, ports), service]
+def _app(k: int, first_port: int, ports: int) -> list[dict[str, Any]]:
+    """Service svc-k with `ports` NodePorts from first_port (targetPorts 8000...) and its Pod."""
+    labels = {"app": f"app-{k}"}
+    container_ports = [{"name": f"p{j}", "containerPort": 8000 + j, "protocol": "TCP"} for j in range(ports)]
+    service_ports = [
+        {"name": f"p{j}", "port": 80 + j, "targetPort": 8000 + j, "nodePort": first_port + j} for j in range(ports)
+    ]
+    return [pod(f"pod-{k}", labels, container_ports), nodeport_service(f"svc-{k}", labels, service_ports)]
 
 
-def _policy(i: int) -> dict[str, Any]:
-    return policy(
-        f"pol-{i}",
-        {"matchLabels": {"app": f"app-{i}"}},
-        [{"from": [{"ipBlock": {"cidr": ALLOWED}}]}],
-        policyTypes=["Ingress"],
-    )
+def _policy(k: int, j: int) -> dict[str, Any]:
+    """Allows ALLOWED to port j of svc-k's pods (so exactly that NodePort gets ALLOWED as its source)."""
+    rule = {"from": [{"ipBlock": {"cidr": ALLOWED}}], "ports": [{"port": 8000 + j}]}
+    return policy(f"pol-{k}-{j}", {"matchLabels": {"app": f"app-{k}"}}, [rule], policyTypes=["Ingress"])
+
+
+def _measure_service(sample: int) -> int:
+    return ENFORCED // PORTS_PER_SERVICE + sample
 
 
 def _create_all(plane: ControlPlane, objects: dict[str, list[dict[str, Any]]]) -> None:
@@ -137,10 +143,10 @@ def _measure(plane: ControlPlane, node: Node, namespace: str) -> list[float]:
     node._procs.append(proc)  # closed (killed) with the node
     assert proc.stdin is not None and proc.stdout is not None
     latencies = []
-    for k in range(SAMPLES):
-        i = ENFORCED + k
-        member = f"{ALLOWED},tcp:{FIRST_PORT + i}"
-        manifest = json.dumps(_policy(i))
+    for sample in range(SAMPLES):
+        k = _measure_service(sample)
+        member = f"{ALLOWED},tcp:{FIRST_PORT + ENFORCED + sample}"
+        manifest = json.dumps(_policy(k, 0))
         start = time.monotonic()
         kubectl = subprocess.Popen(
             [str(plane.binaries.kubectl), "--kubeconfig", str(plane.kubeconfig), "apply", "-n", namespace, "-f", "-"],
@@ -153,10 +159,10 @@ def _measure(plane: ControlPlane, node: Node, namespace: str) -> list[float]:
         proc.stdin.flush()
         _, err = kubectl.communicate(manifest, timeout=60)
         if kubectl.returncode != 0:
-            raise RuntimeError(f"kubectl apply of pol-{i} failed: {err.strip()[:300]}")
+            raise RuntimeError(f"kubectl apply of pol-{k}-0 failed: {err.strip()[:300]}")
         found = float(proc.stdout.readline())
         if not found:
-            raise RuntimeError(f"pol-{i}: {member} did not appear in the node's ipset within 30 s")
+            raise RuntimeError(f"pol-{k}-0: {member} did not appear in the node's ipset within 30 s")
         latencies.append((found - start) * 1000)
         time.sleep(0.3)  # let the enforcer's debounce and the reconciler settle between samples
     return latencies
@@ -166,11 +172,13 @@ def run(workdir: Path) -> list[Figure]:
     namespaces = [f"bench-{n}" for n in range(NAMESPACES)]
     apps: dict[str, list[dict[str, Any]]] = {ns: [] for ns in namespaces}
     policies: dict[str, list[dict[str, Any]]] = {ns: [] for ns in namespaces}
-    for i in range(ENFORCED):
-        ns = namespaces[i % NAMESPACES]
-        apps[ns] += _app(i)
-        policies[ns].append(_policy(i))
+    for k in range(ENFORCED // PORTS_PER_SERVICE):
+        ns = namespaces[k % NAMESPACES]
+        apps[ns] += _app(k, FIRST_PORT + k * PORTS_PER_SERVICE, PORTS_PER_SERVICE)
+        policies[ns] += [_policy(k, j) for j in range(PORTS_PER_SERVICE)]
     measure_ns = "bench-new"
+    # One single-port Service per sample, unprotected until its sample's policy is applied.
+    measure_apps = [o for s in range(SAMPLES) for o in _app(_measure_service(s), FIRST_PORT + ENFORCED + s, 1)]
     with running_control_plane() as plane:
         install = install_manifests(plane, workdir / "install")
         webhook = WebhookServer(plane, install, workdir / "webhook.log")
@@ -180,7 +188,7 @@ def run(workdir: Path) -> list[Figure]:
                 plane.kubectl("create", "namespace", ns)
             started = time.monotonic()
             _create_all(plane, apps)
-            _create_all(plane, {measure_ns: [o for k in range(SAMPLES) for o in _app(ENFORCED + k)]})
+            _create_all(plane, {measure_ns: measure_apps})
             _create_all(plane, policies)
             created = time.monotonic() - started
             with make_node(lock_path=str(workdir / "xtables.lock")) as node:
@@ -216,6 +224,7 @@ def run(workdir: Path) -> list[Figure]:
             webhook.stop()
     inputs: dict[str, JsonScalar] = {
         "enforced_policies": ENFORCED,
+        "enforced_nodeports": ENFORCED,
         "namespaces": NAMESPACES,
         "backend": BACKEND,
         "samples": SAMPLES,
