@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import logging
 import time
@@ -63,6 +64,7 @@ class Dataplane:
         lock_path: str = DEFAULT_LOCK_PATH,
         clear_conntrack: bool = False,
         runner: CommandRunner = run_command,
+        full_readback_interval: float = 60.0,
     ) -> None:
         if backend not in ("legacy", "nft"):
             raise ValueError(f"backend {backend!r}: must be 'legacy' or 'nft' (see enforcer.backend.detect_backend)")
@@ -71,8 +73,13 @@ class Dataplane:
         self.lock_path = lock_path
         self.clear_conntrack = clear_conntrack
         self._run = runner
+        self.full_readback_interval = full_readback_interval
         # What our last successful sync programmed: a difference at the next read-back is drift.
         self._last_members: dict[str, frozenset[str]] | None = None
+        self._last_full_read = float("-inf")
+        self._memo: diff.MembersMemo = {}
+        # python-iptables loads libiptc and every extension (~0.2 s): once here, not inside a sync.
+        self._iptc: Any = importlib.import_module("iptc") if backend == "legacy" else None
         logger.info("dataplane backend", extra={"backend": backend, "nodeport_range": nodeport_range})
 
     # --- reading back --------------------------------------------------------------------
@@ -80,6 +87,25 @@ class Dataplane:
     def _read_sets(self) -> dict[str, diff.InstalledSet]:
         # One `ipset save` of everything, filtered: one process instead of one per set.
         return diff.parse_ipset_save(_check(self._run(["ipset", "save"])).stdout)
+
+    def _read_sets_cheaply(self, full: bool) -> tuple[dict[str, diff.InstalledSet], bool]:
+        """Installed sets, and whether their members were really read back.
+
+        Dumping 30k members costs more than the incremental budget, so between full read-backs
+        (every `full_readback_interval` seconds) we trust our last write when `ipset list -t`
+        shows exactly our sets, with our headers and member counts; any difference forces a dump.
+        """
+        last = self._last_members
+        stale = time.monotonic() - self._last_full_read >= self.full_readback_interval
+        if last is not None and not full and not stale:
+            terse = diff.parse_ipset_terse(_check(self._run(["ipset", "list", "-t"])).stdout)
+            if set(terse) == set(last) and all(
+                terse[n][1] == len(last[n]) and diff.header_matches(terse[n][0], n, self.nodeport_range)
+                for n in last
+            ):
+                return {n: diff.InstalledSet(n, terse[n][0], last[n]) for n in sorted(last)}, False
+        self._last_full_read = time.monotonic()
+        return self._read_sets(), True
 
     def _read_rules(self, family: Family) -> diff.InstalledRules:
         out = _check(self._run([save_command(self.backend, family), "-t", diff.TABLE])).stdout
@@ -102,10 +128,14 @@ class Dataplane:
             script = diff.render_skeleton_restore(installed, skeleton)
             _check(self._run([restore_command("nft", family), "--noflush", "-w", "5"], script))
         else:
-            _write_skeleton_iptc(family, skeleton, self.lock_path)
+            _write_skeleton_iptc(self._iptc, family, skeleton, self.lock_path)
 
-    def sync(self, state: DesiredState) -> SyncReport:
-        """Read what is installed, diff, apply only the difference; idempotent and crash-safe."""
+    def sync(self, state: DesiredState, full_readback: bool = False) -> SyncReport:
+        """Read what is installed, diff, apply only the difference; idempotent and crash-safe.
+
+        The rules are always read back; set members are dumped on the first sync, when counts or
+        headers differ from our last write, every `full_readback_interval` seconds, or when asked.
+        """
         start = time.monotonic()
         lo, hi = self.nodeport_range
         for p in state.ports:
@@ -115,7 +145,7 @@ class Dataplane:
         last_error: DataplaneError | None = None
         for attempt in range(_ATTEMPTS):
             try:
-                report = self._sync_once(state, start)
+                report = self._sync_once(state, start, full_readback or attempt > 0)
                 return report
             except DataplaneError as exc:
                 # Another writer may have changed a rule between our read and our write: re-read and retry.
@@ -124,18 +154,19 @@ class Dataplane:
         assert last_error is not None
         raise last_error
 
-    def _sync_once(self, state: DesiredState, start: float) -> SyncReport:
-        sets = self._read_sets()
-        previous = diff.parse_installed_state(sets)
+    def _sync_once(self, state: DesiredState, start: float, full: bool) -> SyncReport:
+        sets, _ = self._read_sets_cheaply(full)
         rules = {f: self._read_rules(f) for f in FAMILIES}
-        diffs = [diff.plan_family_diff(f, state, sets, rules[f], self.nodeport_range) for f in FAMILIES]
+        desired_members = diff.render_members(state, self._memo)
+        diffs = [diff.plan_family_diff(f, desired_members, sets, rules[f], self.nodeport_range) for f in FAMILIES]
         changes = [c for d in diffs for c in d.set_changes]
-        desired_members = diff.render_members(state)
         drift = any(d.skeleton_drift for d in diffs)
         if self._last_members is not None:
             have = {n: s.members for n, s in sets.items() if diff.family_of_set(n) is not None}
             drift = drift or have != self._last_members
 
+        # Forget our last write until this one completes: a failure part-way must force a full read.
+        self._last_members = None
         # Data first, so a brand-new skeleton never matches against missing sets (fail closed).
         self._ipset_restore(diff.render_ipset_restore(changes, self.nodeport_range, "fill"))
         rules_added = rules_removed = 0
@@ -154,7 +185,7 @@ class Dataplane:
         self._ipset_restore(diff.render_ipset_restore(changes, self.nodeport_range, "destroy"))
         self._last_members = dict(desired_members)
 
-        deleted = self._clear_conntrack(previous, state) if self.clear_conntrack else 0
+        deleted = self._clear_conntrack(_newly_restricted(changes, state)) if self.clear_conntrack else 0
         report = SyncReport(
             backend=self.backend,
             rules_added=rules_added,
@@ -183,6 +214,7 @@ class Dataplane:
         names = [n for n in self._read_sets() if n.startswith(diff.SET_PREFIX)]
         self._ipset_restore("".join(f"destroy {n}\n" for n in names))
         self._last_members = None
+        self._memo.clear()
 
     # --- conntrack -------------------------------------------------------------------------
 
@@ -196,17 +228,12 @@ class Dataplane:
                     addrs.add(ipaddress.ip_interface(fields[i + 1]).ip)
         return addrs
 
-    def _clear_conntrack(self, previous: DesiredState, state: DesiredState) -> int:
-        """Delete conntrack entries of flows to local NodePorts whose source is newly denied.
+    def _clear_conntrack(self, newly_denied: dict[PortKey, tuple[Network, ...]]) -> int:
+        """Delete conntrack entries of flows to local NodePorts whose source is now denied.
 
         Established flows never pass our NEW-only rules again; deleting their entries makes the
         next packet NEW, so it meets the filter (TCP peers then see their connection stall).
         """
-        before = previous.as_dict()
-        newly_denied: dict[PortKey, tuple[Network, ...]] = {}
-        for p in state.ports:
-            if p.key not in before or before[p.key] != p.allowed:
-                newly_denied[p.key] = p.allowed
         if not newly_denied:
             return 0
         local = self._local_addresses()
@@ -228,6 +255,25 @@ class Dataplane:
                 )
                 deleted += result.returncode == 0
         return deleted
+
+
+def _newly_restricted(changes: Iterable[diff.SetChange], state: DesiredState) -> dict[PortKey, tuple[Network, ...]]:
+    """Ports that became protected or lost allowed members in this sync, with their allow-lists now."""
+    touched: set[tuple[int, str, int]] = set()
+    for c in changes:
+        family = diff.family_of_set(c.name)
+        if family is None or c.action in ("none", "destroy"):
+            continue
+        if c.name == diff.allow_set_name(family):
+            for member in c.removes:
+                proto, _, port = member.rpartition(",")[2].partition(":")
+                touched.add((family, proto.upper(), int(port)))
+        else:
+            proto = c.name.rsplit("-", 1)[1].upper()
+            touched.update((family, proto, int(p)) for p in c.adds)
+    return {
+        p.key: p.allowed for p in state.ports if (p.key.family, p.key.protocol, p.key.port) in touched
+    }
 
 
 def _parse_conntrack(text: str) -> list[tuple[Any, Any, int]]:
@@ -271,11 +317,10 @@ def _is_ours(rule: Any) -> bool:
     return False
 
 
-def _write_skeleton_iptc(family: Family, skeleton: Iterable[diff.SkeletonRule] | None, lock_path: str) -> None:
+def _write_skeleton_iptc(
+    iptc: Any, family: Family, skeleton: Iterable[diff.SkeletonRule] | None, lock_path: str
+) -> None:
     """Replace our footprint in mangle with `skeleton` (None = remove it) in ONE commit, under the lock."""
-    # Imported here, not at module import: only the legacy backend needs libiptc loaded.
-    import iptc
-
     rules = list(skeleton or ())
     last: Exception | None = None
     for attempt in range(_ATTEMPTS):

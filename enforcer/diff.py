@@ -78,18 +78,37 @@ def render_allow_member(net: Network, protocol: Protocol, port: int) -> str:
     return f"{render_net(net)},{_PROTO_LOWER[protocol]}:{port}"
 
 
-def render_members(state: DesiredState) -> dict[str, frozenset[str]]:
-    """Every set of ours that must exist (families with protected ports) with its members."""
+MembersMemo = dict[PortKey, tuple[ProtectedPort, tuple[str, ...]]]
+
+
+def render_members(
+    state: DesiredState | Iterable[ProtectedPort], memo: MembersMemo | None = None
+) -> dict[str, frozenset[str]]:
+    """Every set of ours that must exist (families with protected ports) with its members.
+
+    `memo` (owned by the caller, e.g. one Dataplane) keeps each port's rendered allow members:
+    rendering 10k ports x 3 prefixes through `ipaddress` costs more than the incremental budget.
+    A hit is an identity test when the caller reuses ProtectedPort objects of unchanged ports.
+    """
     members: dict[str, set[str]] = {}
-    for p in state.ports:
+    fresh: MembersMemo = {}
+    for p in state.ports if isinstance(state, DesiredState) else state:
         fam = p.key.family
-        for name in set_names(fam):
-            members.setdefault(name, set())
-        if any(net.prefixlen == 0 for net in p.allowed):
-            # hash:net cannot hold /0; a /0 means "every source", which a DesiredState never lists.
-            raise ValueError(f"port {p.key}: a /0 allow prefix cannot be programmed (port must be unprotected)")
+        if allow_set_name(fam) not in members:
+            for name in set_names(fam):
+                members[name] = set()
         members[port_set_name(fam, p.key.protocol)].add(str(p.key.port))
-        members[allow_set_name(fam)].update(render_allow_member(n, p.key.protocol, p.key.port) for n in p.allowed)
+        hit = memo.get(p.key) if memo is not None else None
+        if hit is not None and (hit[0] is p or hit[0].allowed == p.allowed):
+            rendered = hit[1]
+        else:
+            rendered = tuple(render_allow_member(n, p.key.protocol, p.key.port) for n in p.allowed)
+        fresh[p.key] = (p, rendered)
+        members[allow_set_name(fam)].update(rendered)
+    if memo is not None:
+        # Keep only the current ports, so the memo never outgrows the state.
+        memo.clear()
+        memo.update(fresh)
     return {k: frozenset(v) for k, v in sorted(members.items())}
 
 
@@ -153,13 +172,14 @@ def parse_installed_state(sets: Mapping[str, InstalledSet]) -> DesiredState:
             key = PortKey(fam, _PROTO_UPPER[proto_text], int(port_text))
             if key in allowed:
                 allowed[key].append(ipaddress.ip_network(addr, strict=False))
-    # A port with a /0 worth of members is still filtered by the kernel; keep it even though a
-    # DesiredState would never list it, by building ProtectedPort directly.
-    ports = []
-    for key in sorted(allowed):
-        dummy = DesiredState.from_mapping({key: allowed[key]})
-        ports.append(dummy.ports[0] if dummy.ports else ProtectedPort(key, ()))
-    return DesiredState(ports=tuple(ports))
+    # As programmed, not re-collapsed: what we write is already canonical, and a member added by
+    # hand then shows up as a difference instead of being normalized away.
+    ports = tuple(ProtectedPort(k, tuple(sorted(allowed[k], key=_net_order))) for k in sorted(allowed))
+    return DesiredState(ports=ports)
+
+
+def _net_order(net: Network) -> tuple[int, int]:
+    return int(net.network_address), net.prefixlen
 
 
 SetAction = Literal["create", "rebuild", "update", "destroy", "stray", "none"]
@@ -427,16 +447,17 @@ class FamilyDiff:
 
 def plan_family_diff(
     family: Family,
-    desired: DesiredState,
+    desired_members: Mapping[str, frozenset[str]],
     installed_sets: Mapping[str, InstalledSet],
     installed_rules: InstalledRules,
     nodeport_range: tuple[int, int],
 ) -> FamilyDiff:
-    fam_state = DesiredState(ports=desired.of_family(family))
-    want = render_members(fam_state)
-    have = {n: s for n, s in installed_sets.items() if n.startswith(f"{SET_PREFIX}{family}-")}
+    """The changes for one family, given every desired set (render_members) and what is installed."""
+    prefix = f"{SET_PREFIX}{family}-"
+    want = {n: m for n, m in desired_members.items() if n.startswith(prefix)}
+    have = {n: s for n, s in installed_sets.items() if n.startswith(prefix)}
     set_changes = plan_set_changes(want, have, nodeport_range)
-    used = bool(fam_state.ports)
+    used = bool(want)
     skeleton = build_skeleton(family)
     present = not is_absent(installed_rules)
     matches = skeleton_matches(installed_rules, skeleton)
@@ -447,3 +468,20 @@ def plan_family_diff(
         remove_skeleton=not used and present,
         skeleton_drift=present and not matches and used,
     )
+
+
+def parse_ipset_terse(text: str) -> dict[str, tuple[str, int]]:
+    """Our sets from `ipset list -t`: name -> (header as `ipset save` prints it, number of entries)."""
+    out: dict[str, tuple[str, int]] = {}
+    name = typ = header = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == "Name":
+            name, typ, header = value.strip(), "", ""
+        elif key == "Type":
+            typ = value.strip()
+        elif key == "Header":
+            header = value.strip()
+        elif key == "Number of entries" and name.startswith(SET_PREFIX):
+            out[name] = (f"{typ} {header}".strip(), int(value))
+    return out

@@ -134,8 +134,39 @@ def test_drift_is_seen_and_rewrite_touches_only_our_chains() -> None:
 
 def test_family_diff() -> None:
     empty = diff.parse_iptables_save("")
-    d = diff.plan_family_diff(4, state(), {}, empty, RANGE)
+    d = diff.plan_family_diff(4, diff.render_members(state()), {}, empty, RANGE)
     assert d.rewrite_skeleton and not d.remove_skeleton and not d.skeleton_drift
     assert {c.action for c in d.set_changes} == {"create"}
-    unused = diff.plan_family_diff(4, DesiredState(), {}, empty, RANGE)
+    unused = diff.plan_family_diff(4, {}, {}, empty, RANGE)
     assert not unused.rewrite_skeleton and not unused.remove_skeleton and unused.set_changes == ()
+
+
+def test_render_members_memo_gives_the_same_result_and_tracks_the_state() -> None:
+    memo: diff.MembersMemo = {}
+    assert diff.render_members(state(), memo) == diff.render_members(state())
+    assert diff.render_members(state(), memo) == diff.render_members(state())
+    assert set(memo) == {p.key for p in state().ports}
+    key = PortKey(4, "TCP", 30080)
+    changed = DesiredState.from_mapping({**state().as_dict(), key: [N("192.0.2.0/24")]})
+    assert diff.render_members(changed, memo)["npg-4-allow"] == {"192.0.2.0/24,tcp:30080"}
+    smaller = DesiredState(state().ports[:1])
+    assert diff.render_members(smaller, memo) == diff.render_members(smaller)
+    assert set(memo) == {smaller.ports[0].key}
+
+
+def test_parse_ipset_terse() -> None:
+    text = (
+        "Name: npg-4-tcp\nType: bitmap:port\nRevision: 3\nHeader: range 30000-32767\n"
+        "Size in memory: 528\nReferences: 1\nNumber of entries: 2\n"
+        "Name: other\nType: hash:ip\nHeader: family inet\nNumber of entries: 5\n"
+        "Name: npg-4-allow\nType: hash:net,port\nRevision: 8\n"
+        "Header: family inet hashsize 4096 maxelem 1048576 bucketsize 12 initval 0x1\nNumber of entries: 7\n"
+    )
+    terse = diff.parse_ipset_terse(text)
+    assert terse == {
+        "npg-4-tcp": ("bitmap:port range 30000-32767", 2),
+        "npg-4-allow": ("hash:net,port family inet hashsize 4096 maxelem 1048576 bucketsize 12 initval 0x1", 7),
+    }
+    assert all(diff.header_matches(h, n, RANGE) for n, (h, _) in terse.items())
+    assert not diff.header_matches(terse["npg-4-tcp"][0], "npg-4-tcp", (30000, 31000))
+    assert not diff.header_matches(terse["npg-4-allow"][0], "npg-6-allow", RANGE)

@@ -144,12 +144,15 @@ def test_desired_state_rejects_unnormalized_values() -> None:
     key = PortKey(4, "TCP", 30080)
     with pytest.raises(ValueError, match="sorted"):
         DesiredState((ProtectedPort(PortKey(4, "TCP", 30081), ()), ProtectedPort(key, ())))
-    with pytest.raises(ValueError, match="collapsed"):
-        DesiredState((ProtectedPort(key, (N("198.51.100.0/25"), N("198.51.100.128/25"))),))
     with pytest.raises(ValueError, match="wrong IP family"):
         DesiredState((ProtectedPort(key, (N("2001:db8::/32"),)),))
     with pytest.raises(ValueError, match="every source"):
         DesiredState((ProtectedPort(key, (N("0.0.0.0/0"),)),))
+    # from_mapping() is the normalizer: collapsed, sorted, and "everyone" dropped.
+    assert DesiredState.from_mapping({key: [N("198.51.100.128/25"), N("198.51.100.0/25")]}).ports == (
+        ProtectedPort(key, (N("198.51.100.0/24"),)),
+    )
+    assert DesiredState.from_mapping({key: [N("0.0.0.0/1"), N("128.0.0.0/1")]}) == DesiredState()
 
 
 # --- property test against a brute-force per-address check -------------------------------------
