@@ -208,6 +208,7 @@ def start_cluster_runtime(settings: WebhookSettings, stop: threading.Event) -> R
             is_leader=leader.is_set,
             resync_seconds=settings.resync_seconds,
             on_patched=lambda _p: metrics.annotation_patches.inc(),
+            excluded_namespaces=settings.excluded_namespaces,
         )
         cache.add_listener(reconciler.mark_dirty)
         if settings.lease_namespace:

@@ -128,6 +128,7 @@ class Reconciler:
         is_leader: Callable[[], bool] = lambda: True,
         resync_seconds: float = 60.0,
         on_patched: Callable[[AnnotationPatch], None] | None = None,
+        excluded_namespaces: tuple[str, ...] = (),
     ) -> None:
         self._cache = cache
         self._key = signing_key
@@ -136,10 +137,13 @@ class Reconciler:
         self._is_leader = is_leader
         self._resync = resync_seconds
         self._on_patched = on_patched
+        self._excluded = frozenset(excluded_namespaces)
         self._dirty: set[str] = set()
         self._wake = threading.Condition()
 
     def mark_dirty(self, _kind: str, namespace: str) -> None:
+        if namespace in self._excluded:
+            return
         with self._wake:
             self._dirty.add(namespace)
             self._wake.notify()
@@ -176,7 +180,7 @@ class Reconciler:
         while not self._stop.is_set():
             dirty = self._take_dirty(timeout=1.0)
             if time.monotonic() >= next_resync:
-                dirty |= set(self._cache.namespaces())
+                dirty |= set(self._cache.namespaces()) - self._excluded
                 next_resync = time.monotonic() + self._resync
             if not dirty or not self._is_leader():
                 continue

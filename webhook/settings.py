@@ -23,6 +23,9 @@ class WebhookSettings:
     resync_seconds: float = 60.0
     max_body_bytes: int = 3 * 1024 * 1024
     log_level: str = "INFO"
+    # Namespaces the webhook configurations exclude: the reconciler leaves their policies alone too,
+    # so nodeport-guard manages exactly the policies the webhook admits.
+    excluded_namespaces: tuple[str, ...] = ("kube-system", "nodeport-guard")
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> WebhookSettings:
@@ -56,6 +59,13 @@ class WebhookSettings:
             resync_seconds=float(integer("NPG_RESYNC_SECONDS", 60)),
             max_body_bytes=integer("NPG_MAX_BODY_BYTES", 3 * 1024 * 1024),
             log_level=env.get("NPG_LOG_LEVEL", "INFO"),
+            excluded_namespaces=tuple(
+                sorted(
+                    ns.strip()
+                    for ns in env.get("NPG_EXCLUDED_NAMESPACES", "kube-system,nodeport-guard").split(",")
+                    if ns.strip()
+                )
+            ),
         )
 
 
