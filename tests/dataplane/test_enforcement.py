@@ -19,6 +19,7 @@ from tests.netns import (
     REMOTE_ADDR,
     NetnsDataplane,
     Node,
+    run,
 )
 from webhook.contract import Annotation, CidrRule, NodePortVerdict, PolicyRef, Protocol, SourceSet
 
@@ -94,6 +95,9 @@ def test_udp_and_ipv6(node: Node, backend: str, tmp_path: Path) -> None:
     assert node.connect(CLIENT_A4, NODE_V4[0], PORT, "udp") == "timeout"
     assert node.connect(CLIENT_A6, NODE_V6[0], PORT, "udp") == "timeout"
     assert node.connect(CLIENT_B6, NODE_V6[1], PORT, "tcp") == "timeout"
+    # ipset is per network namespace: the node's sets are not visible from the root namespace (read only).
+    assert "npg-6-allow" in node.run(["ipset", "list", "-n"]).stdout.split()
+    assert not [n for n in run(["ipset", "list", "-n"]).stdout.split() if n.startswith("npg-")]
     # TCP over IPv4 is not protected: the protocol and family are part of the key.
     assert node.connect(CLIENT_A4, NODE_V4[0], PORT, "tcp") == "connected"
 
