@@ -149,7 +149,7 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
         raise _Rejection(
             422,
             f"spec.ingress: the ipBlocks list {blocks} CIDRs (cidr and except entries), more than the "
-            f"limit of {config.max_cidrs_per_policy} (--max-cidrs-per-policy); split the policy or "
+            f"limit of {config.max_cidrs_per_policy} (webhook setting NPG_MAX_CIDRS_PER_POLICY); split the policy or "
             "aggregate the ranges",
         )
     try:
@@ -167,7 +167,7 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
         raise _Rejection(
             422,
             f"spec.podSelector: the policy affects {len(verdicts)} NodePorts, more than the limit of "
-            f"{config.max_nodeports_per_policy} (--max-nodeports-per-policy); narrow the podSelector "
+            f"{config.max_nodeports_per_policy} (webhook setting NPG_MAX_NODEPORTS_PER_POLICY); narrow the podSelector "
             "or raise the setting",
         )
     cidrs = count_cidrs(verdicts)
@@ -175,7 +175,7 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
         raise _Rejection(
             422,
             f"{_annotation_field(contract.NODEPORTS_KEY)}: the resulting annotation lists {cidrs} CIDRs, "
-            f"more than the limit of {config.max_cidrs_per_policy} (--max-cidrs-per-policy); use fewer, "
+            f"more than the limit of {config.max_cidrs_per_policy} (webhook setting NPG_MAX_CIDRS_PER_POLICY); use fewer, "
             "larger ipBlocks or raise the setting",
         )
     uid = _meta_str(obj, "uid") or _meta_str(request.old_object, "uid")

@@ -134,7 +134,7 @@ def test_cidr_limit_rejected_naming_the_limit(control_plane: ControlPlane, names
     blocks = [{"ipBlock": {"cidr": f"198.51.{i // 256}.{i % 256}/32"}} for i in range(1001)]
     result = _apply(control_plane, namespace, policy("huge", {}, [{"from": blocks}]))
     assert result.returncode != 0
-    assert "1000" in result.stderr and "--max-cidrs-per-policy" in result.stderr
+    assert "1000" in result.stderr and "NPG_MAX_CIDRS_PER_POLICY" in result.stderr
 
 
 @pytest.mark.parametrize(

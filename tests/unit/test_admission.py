@@ -272,7 +272,7 @@ def test_cidr_limit_on_ip_blocks() -> None:
         },
     )
     code, text = _denied(mutate(req("CREATE", obj), view(), config))
-    assert code == 422 and "4 CIDRs" in text and "limit of 3 (--max-cidrs-per-policy)" in text
+    assert code == 422 and "4 CIDRs" in text and "limit of 3 (webhook setting NPG_MAX_CIDRS_PER_POLICY)" in text
     assert mutate(req("CREATE", obj), view(), AdmissionConfig(signing_key=KEY, max_cidrs_per_policy=4))["response"][
         "allowed"
     ]
@@ -297,14 +297,14 @@ def test_cidr_limit_on_resulting_annotation() -> None:
     )
     config = AdmissionConfig(signing_key=KEY, max_cidrs_per_policy=10)
     code, text = _denied(mutate(req("CREATE", obj), view(other, pods=pods), config))
-    assert code == 422 and NP in text and "14 CIDRs" in text and "(--max-cidrs-per-policy)" in text
+    assert code == 422 and NP in text and "14 CIDRs" in text and "(webhook setting NPG_MAX_CIDRS_PER_POLICY)" in text
 
 
 def test_nodeport_limit() -> None:
     services = [service(f"s{i}", {"app": "web"}, [dict(WEB_PORT, nodePort=30080 + i)]) for i in range(3)]
     config = AdmissionConfig(signing_key=KEY, max_nodeports_per_policy=2)
     code, text = _denied(mutate(req("CREATE", policy("p", ALLOW_DOC)), view(services=services), config))
-    assert code == 422 and "3 NodePorts" in text and "limit of 2 (--max-nodeports-per-policy)" in text
+    assert code == 422 and "3 NodePorts" in text and "limit of 2 (webhook setting NPG_MAX_NODEPORTS_PER_POLICY)" in text
 
 
 def test_generate_name_cannot_be_bound() -> None:
