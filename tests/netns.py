@@ -155,7 +155,7 @@ class Node:
     def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.node_ns, *argv],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         self._procs.append(proc)
         return proc

@@ -194,3 +194,16 @@ def test_node_namespaces_and_processes_are_removed_even_on_failure() -> None:
         raise RuntimeError("boom")
     assert names and not set(names) & set(list_namespaces())
     assert procs and all(p.poll() is not None for p in procs)
+
+
+@BACKENDS
+def test_nodeport_range_change_rebuilds_port_sets(node: Node, backend: str, tmp_path: Path) -> None:
+    node.listen(PORT)
+    dp = NetnsDataplane(node, backend, tmp_path)
+    path = dp.write_state(DesiredState.from_mapping({PortKey(4, "TCP", PORT): []}))
+    node.cli("sync", "--state-json", str(path), backend=backend)
+    out = node.cli("sync", "--state-json", str(path), "--nodeport-range", "30000-30999", backend=backend).stdout
+    assert '"sets_rebuilt": 3' in out
+    assert "create npg-4-tcp bitmap:port range 30000-30999" in node.ipset_save()
+    assert node.connect(CLIENT_A4, NODE_V4[0], PORT) == "timeout"
+    assert not [n for n in node.run(["ipset", "list", "-n"]).stdout.split() if n.endswith(diff.TMP_SUFFIX)]
