@@ -46,7 +46,25 @@ demo: install ## the whole mission end to end on the local control plane
 	$(PY) -m tests.demo
 
 bench: install ## benchmarks; writes bench/results.json and bench/RESULTS.md (ONLY=name for one)
-	@echo "make bench: not yet (see the bench issue)"
+	$(PY) -m bench $(if $(ONLY),--only $(ONLY))
+
+KUBECTL ?= kubectl
+CERTS_DIR ?= .deploy/certs
+deploy: install-python ## install on the cluster of your kubeconfig (certs, secrets, manifests) and wait for rollout
+	@if [ -f $(CERTS_DIR)/ca.crt ]; then echo "==> reusing the CA in $(CERTS_DIR)"; \
+	else $(PY) -m certs generate --out $(CERTS_DIR); fi
+	$(KUBECTL) apply -k manifests/
+	$(PY) -m certs install --kubeconfig "$${KUBECONFIG:-$$HOME/.kube/config}" --dir $(CERTS_DIR)
+	$(KUBECTL) -n nodeport-guard rollout status deployment/nodeport-guard-webhook --timeout=300s
+	$(KUBECTL) -n nodeport-guard rollout status daemonset/nodeport-guard-enforcer --timeout=300s
+
+undeploy: ## remove every rule from every node (cleanup DaemonSet), then everything the manifests created
+	$(KUBECTL) delete mutatingwebhookconfiguration,validatingwebhookconfiguration nodeport-guard --ignore-not-found
+	$(KUBECTL) -n nodeport-guard delete daemonset nodeport-guard-enforcer --ignore-not-found --wait=true
+	$(KUBECTL) apply -f manifests/cleanup/daemonset.yaml
+	$(KUBECTL) -n nodeport-guard rollout status daemonset/nodeport-guard-cleanup --timeout=300s
+	$(KUBECTL) delete -f manifests/cleanup/daemonset.yaml --wait=true
+	$(KUBECTL) delete -k manifests/ --ignore-not-found
 
 clean: ## remove the venv and caches in the repo (the control plane cache in ~/.cache stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
