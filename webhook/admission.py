@@ -217,6 +217,28 @@ def mutate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig
     return allowed(request.uid, patch, computed.warnings)
 
 
+def _genuine(final: Mapping[str, Any], computed: _Computed, key: bytes) -> bool:
+    """Our own signed output for this policy, affecting the same NodePorts, whose verdicts differ.
+
+    Policies created in a burst change each other's namespace-wide verdict (the allowed sources)
+    between one's mutation and its validation; denying those would fail bulk applies. The
+    reconciler rewrites such an annotation within seconds. Which NodePorts a policy affects depends
+    on its own spec, so a different set (or a dropped or unsigned annotation) is still rejected.
+    """
+    if set(final) != {contract.NODEPORTS_KEY, contract.SIGNATURE_KEY} or not all(
+        isinstance(v, str) for v in final.values()
+    ):
+        return False
+    try:
+        signed = contract.read_signed(final, computed.namespace, computed.name, computed.uid, key)
+    except contract.ContractError:
+        return False
+    if signed is None:
+        return False
+    ports = {(v.node_port, v.protocol, v.service, v.service_port) for v in signed.node_ports}
+    return ports == {(v.node_port, v.protocol, v.service, v.service_port) for v in computed.verdicts}
+
+
 def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig) -> dict[str, Any]:
     """Reject a NetworkPolicy whose nodeport-guard annotations differ from what the webhook computes."""
     if not _handles(request):
@@ -231,14 +253,15 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
             for u in sorted(uids)
         ]
         final = _owned(request.object)
-        if final not in expected:
+        if final not in expected and not _genuine(final, computed, config.signing_key):
             keys = sorted(set(final) | set(expected[0])) or [contract.NODEPORTS_KEY]
             differing = [k for k in keys if all(final.get(k) != e.get(k) for e in expected)] or keys
             raise _Rejection(
                 403,
                 f"{_annotation_field(differing[0])}: does not match what nodeport-guard computes for this "
-                "policy (changed after the mutating webhook ran, or the cluster changed meanwhile); remove "
-                "the nodeport-guard.io/* annotations and retry: the nodeport-guard webhook writes them",
+                "policy and carries no valid nodeport-guard signature for it (changed after the mutating "
+                "webhook ran); remove the nodeport-guard.io/* annotations and retry: the nodeport-guard "
+                "webhook writes them",
             )
     except _Rejection as rejection:
         logger.info(

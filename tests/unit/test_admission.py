@@ -549,3 +549,14 @@ def test_parse_review_random_requests(overrides: Obj, keep_base: bool) -> None:
     for handler in (mutate, validate):
         answer = handler(parsed, view(), CONFIG)
         assert answer["response"]["uid"] == parsed.uid
+
+
+def test_validate_accepts_own_signature_when_a_concurrent_policy_changed_the_verdict() -> None:
+    """Bulk applies: policy q lands between p's mutation and p's validation, changing p's verdict."""
+    obj = policy("p", ALLOW_DOC)
+    final = apply_patch(obj, mutate(req("CREATE", obj), view(), CONFIG))
+    concurrent = policy("q", {"podSelector": {}, "ingress": [{"from": ip_from("198.51.100.0/24")}]}, uid="uid-q")
+    now = apply_patch(obj, mutate(req("CREATE", obj), view(concurrent), CONFIG))
+    assert now["metadata"]["annotations"][NP] != final["metadata"]["annotations"][NP]  # the verdict moved
+    answer = validate(req("CREATE", final), view(concurrent), CONFIG)
+    assert answer["response"]["allowed"] is True
