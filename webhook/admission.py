@@ -175,8 +175,8 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
         raise _Rejection(
             422,
             f"{_annotation_field(contract.NODEPORTS_KEY)}: the resulting annotation lists {cidrs} CIDRs, "
-            f"more than the limit of {config.max_cidrs_per_policy} (webhook setting NPG_MAX_CIDRS_PER_POLICY); use fewer, "
-            "larger ipBlocks or raise the setting",
+            f"more than the limit of {config.max_cidrs_per_policy} (webhook setting NPG_MAX_CIDRS_PER_POLICY); "
+            "use fewer, larger ipBlocks or raise the setting",
         )
     uid = _meta_str(obj, "uid") or _meta_str(request.old_object, "uid")
     return _Computed(namespace, name, uid, verdicts, resolution.warnings_for(name))
