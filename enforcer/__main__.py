@@ -13,12 +13,12 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from enforcer.backend import detect_backend
+from enforcer.backend import Backend, detect_backend
 from enforcer.dataplane import Dataplane
 from enforcer.loop import EnforcerMetrics, SyncLoop
 from enforcer.policies import PolicyStore, RejectedAnnotation, trim_policy
@@ -35,9 +35,11 @@ def _api_client(settings: EnforcerSettings) -> Any:
 
     configuration = client.Configuration()
     if settings.kubeconfig:
-        config.load_kube_config(config_file=str(settings.kubeconfig), client_configuration=configuration)
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(settings.kubeconfig), client_configuration=configuration
+        )
     else:
-        config.load_incluster_config(client_configuration=configuration)
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     return client.ApiClient(configuration)
 
 
@@ -194,11 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(os.environ.get("NPG_LOG_LEVEL", "INFO"))
     if args.command == "cleanup":
-        backend = args.backend or os.environ.get("NPG_BACKEND", "auto")
-        chosen = detect_backend() if backend == "auto" else backend
+        choice = args.backend or os.environ.get("NPG_BACKEND", "auto")
+        if choice not in ("auto", "legacy", "nft"):
+            print(f"nodeport-guard-enforcer: NPG_BACKEND={choice!r}: expected auto, legacy or nft", file=sys.stderr)
+            return 2
+        # "auto" cleans both backends: rules written under one stay if the host switched to the other.
+        backends: tuple[Backend, ...] = ("legacy", "nft") if choice == "auto" else (cast(Backend, choice),)
         lock = os.environ.get("NPG_XTABLES_LOCK", "/run/xtables.lock")
-        Dataplane(chosen, (1, 65535), lock_path=lock).cleanup()
-        logger.info("removed all nodeport-guard chains, rules and sets", extra={"backend": chosen})
+        for backend in backends:
+            Dataplane(backend, (1, 65535), lock_path=lock).cleanup()
+            logger.info("removed all nodeport-guard chains, rules and sets", extra={"backend": backend})
         return 0
     try:
         settings = EnforcerSettings.from_env(os.environ)
