@@ -190,11 +190,8 @@ class Dataplane:
             backend=self.backend,
             rules_added=rules_added,
             rules_removed=rules_removed,
-            members_added=sum(len(c.adds) for c in changes if c.action in ("create", "update"))
-            + sum(len(set(c.adds) - set(c.removes)) for c in changes if c.action == "rebuild"),
-            members_removed=sum(len(c.removes) for c in changes if c.action in ("update", "rebuild"))
-            - sum(len(set(c.removes) & set(c.adds)) for c in changes if c.action == "rebuild")
-            + sum(len(sets[c.name].members) for c in changes if c.action == "destroy" and c.name in sets),
+            members_added=sum(c.added for c in changes),
+            members_removed=sum(c.removed for c in changes),
             sets_created=sum(1 for c in changes if c.action == "create"),
             sets_rebuilt=sum(1 for c in changes if c.action == "rebuild"),
             sets_destroyed=sum(1 for c in changes if c.action in ("destroy", "stray")),
@@ -350,7 +347,6 @@ def _write_skeleton_iptc(
                         if name in existing:
                             table.delete_chain(name)
                 table.commit()
-                table.refresh()
             return
         except iptc.IPTCError as exc:
             # EAGAIN: the table changed under a writer that ignored the lock; re-read and redo.

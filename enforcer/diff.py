@@ -6,7 +6,6 @@ import hashlib
 import ipaddress
 import logging
 import re
-import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -193,8 +192,10 @@ class SetChange:
     # "create" (absent), "rebuild" (swap in a fresh copy), "update" (add/del), "destroy" (no longer
     # needed, after our rules are gone), "stray" (unreferenced leftover, destroyed first), "none"
     action: SetAction
-    adds: tuple[str, ...] = ()
-    removes: tuple[str, ...] = ()
+    adds: tuple[str, ...] = ()  # members to write (for "rebuild": every member of the fresh copy)
+    removes: tuple[str, ...] = ()  # members to delete ("update" only)
+    added: int = 0  # net effect, for reports
+    removed: int = 0
 
 
 def plan_set_changes(
@@ -213,20 +214,20 @@ def plan_set_changes(
         want = desired.get(name)
         have = installed.get(name)
         if want is None:
-            changes.append(SetChange(name, "destroy"))
+            changes.append(SetChange(name, "destroy", removed=len(have.members) if have else 0))
         elif have is None:
-            changes.append(SetChange(name, "create", adds=tuple(sorted(want))))
-        elif not header_matches(have.header, name, nodeport_range):
-            changes.append(SetChange(name, "rebuild", adds=tuple(sorted(want)), removes=tuple(sorted(have.members))))
+            changes.append(SetChange(name, "create", adds=tuple(sorted(want)), added=len(want)))
         else:
             adds = tuple(sorted(want - have.members))
             removes = tuple(sorted(have.members - want))
-            if not adds and not removes:
+            if not header_matches(have.header, name, nodeport_range):
+                changes.append(SetChange(name, "rebuild", tuple(sorted(want)), (), len(adds), len(removes)))
+            elif not adds and not removes:
                 changes.append(SetChange(name, "none"))
             elif len(adds) + len(removes) <= max(incremental_limit, len(want) // 4):
-                changes.append(SetChange(name, "update", adds=adds, removes=removes))
+                changes.append(SetChange(name, "update", adds, removes, len(adds), len(removes)))
             else:
-                changes.append(SetChange(name, "rebuild", adds=tuple(sorted(want)), removes=removes))
+                changes.append(SetChange(name, "rebuild", tuple(sorted(want)), (), len(adds), len(removes)))
     return tuple(changes)
 
 
@@ -426,11 +427,6 @@ def render_skeleton_restore(installed: InstalledRules, skeleton: Iterable[Skelet
         out.append(f"-X {chain}")
     out.append("COMMIT")
     return "".join(line + "\n" for line in out)
-
-
-def hook_rule_args(text: str) -> list[str]:
-    """The argument list of a saved hook rule (after `-A PREROUTING`), for a `-D` by specification."""
-    return shlex.split(text)
 
 
 # --- whole diff -----------------------------------------------------------------------------

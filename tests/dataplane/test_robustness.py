@@ -54,7 +54,10 @@ def test_kill_9_mid_sync_then_next_sync_converges_exactly(node: Node, backend: s
     node.cli("sync", "--state-json", str(paths[0]), backend=backend)
     whole = (time.monotonic() - start) / 2
     killed_mid_way = 0
-    for round_, fraction in enumerate((0.55, 0.65, 0.75, 0.8, 0.85, 0.9, 0.95, 0.7, 0.6)):
+    fractions = (0.55, 0.65, 0.75, 0.8, 0.85, 0.9, 0.95, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
+    for round_, fraction in enumerate(fractions):
+        if round_ >= 6 and killed_mid_way >= 3:
+            break  # enough interrupted syncs; later rounds only guard against a slow, loaded machine
         target = (round_ + 1) % 3
         proc = node.spawn_cli("sync", "--state-json", str(paths[target]), backend=backend)
         time.sleep(whole * fraction)

@@ -71,6 +71,7 @@ def test_small_change_is_incremental_and_large_change_rebuilds() -> None:
     many["npg-4-tcp"] = frozenset(str(p) for p in range(30000, 30100))
     changes = {c.name: c for c in diff.plan_set_changes(many, installed, RANGE, incremental_limit=10)}
     assert changes["npg-4-tcp"].action == "rebuild"
+    assert (changes["npg-4-tcp"].added, changes["npg-4-tcp"].removed) == (99, 0)  # 30080 was there
     lines = diff.render_ipset_restore([changes["npg-4-tcp"]], RANGE, "fill").splitlines()
     assert lines[0] == "create npg-4-tcp-t bitmap:port range 30000-32767"
     assert lines[-2:] == ["swap npg-4-tcp-t npg-4-tcp", "destroy npg-4-tcp-t"]
