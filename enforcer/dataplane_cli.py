@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lock-path", default=DEFAULT_LOCK_PATH)
     parser.add_argument("--clear-conntrack", action="store_true")
     parser.add_argument("--repeat", type=int, default=1, help="sync this many times (for tests)")
+    parser.add_argument(
+        "--announce", action="store_true", help="print `syncing` right before each sync (lets tests kill mid-sync)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -47,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.state_json, encoding="utf-8") as f:
             state = decode_state(f.read())
         for _ in range(args.repeat):
+            if args.announce:
+                print("syncing", flush=True)
             report = dp.sync(state)
             print(json.dumps(dataclasses.asdict(report), sort_keys=True), flush=True)
     elif args.command == "installed":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -48,19 +49,19 @@ def test_kill_9_mid_sync_then_next_sync_converges_exactly(node: Node, backend: s
     states = [big_state(30000, 1000, 0), big_state(30500, 1000, 3), DesiredState()]
     dp = NetnsDataplane(node, backend, tmp_path)
     paths = [dp.write_state(s) for s in states]
-    # How long a whole sync process takes here (startup included): kill at fractions of it.
-    start = time.monotonic()
+    # How long the sync itself takes here (its report's `seconds`): kill at fractions of it.
     node.cli("sync", "--state-json", str(paths[2]), backend=backend)
-    node.cli("sync", "--state-json", str(paths[0]), backend=backend)
-    whole = (time.monotonic() - start) / 2
+    out = node.cli("sync", "--state-json", str(paths[0]), backend=backend).stdout
+    seconds = float(json.loads(out.splitlines()[-1])["seconds"])
     killed_mid_way = 0
-    fractions = (0.55, 0.65, 0.75, 0.8, 0.85, 0.9, 0.95, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
-    for round_, fraction in enumerate(fractions):
-        if round_ >= 6 and killed_mid_way >= 3:
-            break  # enough interrupted syncs; later rounds only guard against a slow, loaded machine
+    for round_, fraction in enumerate((0.1, 0.3, 0.5, 0.7, 0.9, 0.2, 0.4, 0.6, 0.8, 0.05, 0.15, 0.25)):
+        if round_ >= 6 and killed_mid_way >= 4:
+            break  # enough interrupted syncs; later rounds only guard against a jittery, loaded machine
         target = (round_ + 1) % 3
-        proc = node.spawn_cli("sync", "--state-json", str(paths[target]), backend=backend)
-        time.sleep(whole * fraction)
+        proc = node.spawn_cli("sync", "--announce", "--state-json", str(paths[target]), backend=backend)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "syncing"
+        time.sleep(seconds * fraction)
         if proc.poll() is None:
             killed_mid_way += 1
             os.kill(proc.pid, signal.SIGKILL)
@@ -75,7 +76,7 @@ def test_kill_9_mid_sync_then_next_sync_converges_exactly(node: Node, backend: s
         node.cli("cleanup", backend=backend)
         node.cli("sync", "--state-json", str(paths[recovery]), backend=backend)
         assert (node.iptables_save(backend), node.ipset_save()) == snapshot
-    assert killed_mid_way >= 3, "too few syncs were interrupted; the kill timing needs adjusting"
+    assert killed_mid_way >= 4, "too few syncs were interrupted; the kill timing needs adjusting"
 
 
 _WRITER = r"""
