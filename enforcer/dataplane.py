@@ -19,6 +19,7 @@ from enforcer.plan import (
     Family,
     Network,
     PortKey,
+    check_nodeport_range,
 )
 from enforcer.xtables_lock import DEFAULT_LOCK_PATH, xtables_lock
 
@@ -42,6 +43,7 @@ class SyncReport:
     sets_rebuilt: int
     sets_destroyed: int
     drift_repaired: bool
+    full_readback: bool  # set members were dumped, not taken from our last write (see _read_sets_cheaply)
     conntrack_deleted: int
     seconds: float
 
@@ -68,6 +70,7 @@ class Dataplane:
     ) -> None:
         if backend not in ("legacy", "nft"):
             raise ValueError(f"backend {backend!r}: must be 'legacy' or 'nft' (see enforcer.backend.detect_backend)")
+        check_nodeport_range(nodeport_range)
         self.backend: Backend = backend
         self.nodeport_range = nodeport_range
         self.lock_path = lock_path
@@ -155,7 +158,7 @@ class Dataplane:
         raise last_error
 
     def _sync_once(self, state: DesiredState, start: float, full: bool) -> SyncReport:
-        sets, _ = self._read_sets_cheaply(full)
+        sets, dumped = self._read_sets_cheaply(full)
         rules = {f: self._read_rules(f) for f in FAMILIES}
         desired_members = diff.render_members(state, self._memo)
         diffs = [diff.plan_family_diff(f, desired_members, sets, rules[f], self.nodeport_range) for f in FAMILIES]
@@ -196,6 +199,7 @@ class Dataplane:
             sets_rebuilt=sum(1 for c in changes if c.action == "rebuild"),
             sets_destroyed=sum(1 for c in changes if c.action in ("destroy", "stray")),
             drift_repaired=drift,
+            full_readback=dumped,
             conntrack_deleted=deleted,
             seconds=time.monotonic() - start,
         )

@@ -175,7 +175,8 @@ def _allowed_intervals(allow: SourceSet, family: Family) -> _Intervals:
     return _to_intervals(union)
 
 
-def _check_range(nodeport_range: tuple[int, int]) -> None:
+def check_nodeport_range(nodeport_range: tuple[int, int]) -> None:
+    """Raise ValueError unless the range is 1 <= first <= last <= 65535."""
     lo, hi = nodeport_range
     if not 1 <= lo <= hi <= 65535:
         raise ValueError(f"nodeport_range {lo}-{hi}: must be 1 <= first <= last <= 65535 (e.g. 30000-32767)")
@@ -189,7 +190,7 @@ def plan_desired_state(
     A port is protected in a family when any annotation lists it for that family; the allowed
     sources are the intersection of all those verdicts (fail closed while policies disagree).
     """
-    _check_range(nodeport_range)
+    check_nodeport_range(nodeport_range)
     lo, hi = nodeport_range
     allowed: dict[PortKey, _Intervals] = {}
     rejected: list[RejectedEntry] = []
