@@ -177,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures = merge_figures(_load_previous(), fresh, selected, ORDER)
     machine = machine_info(started, load_before)
     machine["benchmarks run"] = f"{', '.join(selected)} in {elapsed / 60:.1f} min"
+    # Other work on the machine (builds, other test runs) shows here; the ratios are taken within a run.
+    machine["load average after the run (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     notes = {b.name: b.notes for b in BENCHMARKS}
     RESULTS_JSON.write_text(json.dumps([figure_to_json(f) for f in figures], indent=1) + "\n", encoding="utf-8")
     RESULTS_MD.write_text(render_markdown(figures, machine, notes), encoding="utf-8")

@@ -26,8 +26,10 @@ NOTES = (
     f"(full objects as the apiserver lists them, with signed annotations) page by page "
     f"({LIST_PAGE_SIZE} per page, as ListWatch lists), trims them into the PolicyStore, then runs "
     "`SyncLoop.sync_once` twice (verify every HMAC, plan, program 10,000 NodePorts with 3 prefixes each "
-    "from empty, then a resync reading everything back). The figure is the process's peak RSS "
-    f"(`resource.getrusage(RUSAGE_SELF).ru_maxrss`), {RUNS} runs, legacy backend."
+    "from empty, then a resync reading everything back). The figure is the process's peak RSS, VmHWM "
+    "from /proc/self/status. (Not `getrusage().ru_maxrss`: Linux carries it across exec, so a process "
+    "spawned by a large parent reports the parent's peak.) "
+    f"{RUNS} runs, legacy backend."
 )
 
 
@@ -92,7 +94,7 @@ def run(workdir: Path) -> list[Figure]:
                     f"the worker programmed {answer['ports']} ports from {answer['policies']} policies, "
                     f"expected {POLICIES}"
                 )
-            peaks.append(float(answer["ru_maxrss_mb"]))
+            peaks.append(float(answer["hwm_mb"]))
             answers.append(answer)
     last = answers[-1]
     return [

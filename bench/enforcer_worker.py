@@ -5,7 +5,7 @@ dataplane runs here, never in the benchmark runner. Each command prints one JSON
 
   full        our Dataplane.sync from empty vs `ipset restore` + `iptables-restore` (interleaved)
   incremental one policy added at a time while N are programmed: the enforcer's sync_once
-  memory      a fresh process listing N signed policies page by page, verify + plan + sync; max RSS
+  memory      a fresh process listing N signed policies page by page, verify + plan + sync; VmHWM
   program     program a DesiredState file (for the per-packet benchmark) and print the report
   cleanup     remove everything of ours
 """
@@ -189,7 +189,7 @@ def cmd_memory(dp: Dataplane, pages_dir: Path, key_file: Path) -> dict[str, Any]
         "rss_after_imports_mb": rss_after_imports,
         "rss_mb": rss,
         "hwm_mb": hwm,
-        "ru_maxrss_mb": max_rss,
+        "ru_maxrss_mb": max_rss,  # inherited across exec from the spawning process: informational only
         "ports": ports,
         "policies": len(store.snapshot()),
         "first_sync_seconds": report.seconds,
