@@ -308,6 +308,17 @@ def render_markdown(figures: Sequence[Figure], machine: Mapping[str, str], notes
     lines += ["## Machine and versions", ""]
     lines += [f"- {k}: {v}" for k, v in machine.items()]
     lines += ["", "## Figures", "", render_table(figures)]
+    missed = [f for f in figures if f.met is False]
+    if missed:
+        lines += ["## Targets missed", ""]
+        for f in missed:
+            assert f.target is not None
+            value = f.value_of(f.target.statistic)
+            shown = (
+                f"{value:.2f}" if f.target.statistic == "ratio" else f"{format_value(value or 0.0, f.unit)} {f.unit}"
+            )
+            lines.append(f"- {f.benchmark} / {f.name}: {f.target.statistic} {shown}, target {f.target.text}")
+        lines.append("")
     unmeasured = [f for f in figures if not f.measured]
     if unmeasured:
         lines += ["## Not measured", ""]

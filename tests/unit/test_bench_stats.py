@@ -149,4 +149,7 @@ def test_markdown_shows_spread_ratio_target_and_unmeasured() -> None:
     assert "| enforcer | full sync | 180 ms |" in text
     assert "150 - 300" in text and "1.80 (1.50 - 3.00)" in text and "ratio <= 2" in text
     assert "NOT MEASURED" in text and "control plane not built" in text
+    assert "## Targets missed" not in text
+    slow = _ratio_figure([300.0, 300.0, 300.0], [100.0, 100.0, 100.0], Target("ratio", "<=", 2.0, "ratio <= 2"))
+    assert "- enforcer / full sync: ratio 3.00, target ratio <= 2" in render_markdown([slow], {}, {})
     assert "how it was measured" in text and "backend=legacy" in text
