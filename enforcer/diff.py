@@ -89,25 +89,36 @@ def render_members(
     rendering 10k ports x 3 prefixes through `ipaddress` costs more than the incremental budget.
     A hit is an identity test when the caller reuses ProtectedPort objects of unchanged ports.
     """
+    memo = {} if memo is None else memo
     members: dict[str, set[str]] = {}
-    fresh: MembersMemo = {}
+    # Per (family, protocol): (port set, allow set); avoids formatting names 10k times.
+    targets: dict[tuple[Family, Protocol], tuple[set[str], set[str]]] = {}
+    count = 0
     for p in state.ports if isinstance(state, DesiredState) else state:
-        fam = p.key.family
-        if allow_set_name(fam) not in members:
-            for name in set_names(fam):
-                members[name] = set()
-        members[port_set_name(fam, p.key.protocol)].add(str(p.key.port))
-        hit = memo.get(p.key) if memo is not None else None
-        if hit is not None and (hit[0] is p or hit[0].allowed == p.allowed):
+        key = p.key
+        count += 1
+        target = targets.get((key.family, key.protocol))
+        if target is None:
+            for name in set_names(key.family):
+                members.setdefault(name, set())
+            target = (members[port_set_name(key.family, key.protocol)], members[allow_set_name(key.family)])
+            targets[(key.family, key.protocol)] = target
+        target[0].add(str(key.port))
+        hit = memo.get(key)
+        if hit is not None and hit[0] is p:
             rendered = hit[1]
+        elif hit is not None and hit[0].allowed == p.allowed:
+            rendered = hit[1]
+            memo[key] = (p, rendered)  # next time, an identity hit
         else:
-            rendered = tuple(render_allow_member(n, p.key.protocol, p.key.port) for n in p.allowed)
-        fresh[p.key] = (p, rendered)
-        members[allow_set_name(fam)].update(rendered)
-    if memo is not None:
-        # Keep only the current ports, so the memo never outgrows the state.
-        memo.clear()
-        memo.update(fresh)
+            rendered = tuple(render_allow_member(n, key.protocol, key.port) for n in p.allowed)
+            memo[key] = (p, rendered)
+        target[1].update(rendered)
+    if len(memo) != count:
+        # Ports were removed: keep only the current ones, so the memo never outgrows the state.
+        current = {p.key for p in (state.ports if isinstance(state, DesiredState) else state)}
+        for stale in [k for k in memo if k not in current]:
+            del memo[stale]
     return {k: frozenset(v) for k, v in sorted(members.items())}
 
 
