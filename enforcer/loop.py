@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from enforcer.dataplane import Dataplane, SyncReport
-from enforcer.plan import plan_desired_state
-from enforcer.policies import PolicyStore, RejectedAnnotation, verify_policies
+from enforcer.incremental import IncrementalPlanner
+from enforcer.policies import PolicyStore, RejectedAnnotation, VerificationCache
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +70,24 @@ class SyncLoop:
     ready: threading.Event = field(default_factory=threading.Event)
     _reported: set[tuple[str, str, str, str]] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self._verification = VerificationCache()
+        self._planner = IncrementalPlanner(self.nodeport_range)
+
     def sync_once(self) -> SyncReport:
+        """Verify and plan what changed, then bring the dataplane to the whole plan."""
         started = time.perf_counter()
-        verified = verify_policies(self.store.snapshot(), self.signing_key())
-        plan = plan_desired_state(verified.annotations, self.nodeport_range)
+        annotations, rejected = self._verification.verify(self.store.snapshot(), self.signing_key())
+        plan = self._planner.plan(annotations)
         report = self.dataplane.sync(plan.state)
         self.metrics.sync_duration.observe(time.perf_counter() - started)
         self.metrics.protected_ports.set(len(plan.state.ports))
-        self.metrics.rejected_annotations.set(len(verified.rejected))
+        self.metrics.rejected_annotations.set(len(rejected))
         self.metrics.rejected_entries.set(len(plan.rejected))
         if report.drift_repaired:
             self.metrics.drift_repairs.inc()
             logger.warning("repaired drift in our chains or sets", extra={"report": str(report)})
-        self._report_rejections(verified.rejected, [str(r) for r in plan.rejected])
+        self._report_rejections(rejected, [f"{r.namespace}/{r.name}: {r.reason}" for r in plan.rejected])
         return report
 
     def _report_rejections(self, rejected: tuple[RejectedAnnotation, ...], plan_rejections: list[str]) -> None:

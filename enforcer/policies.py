@@ -51,21 +51,58 @@ def trim_policy(obj: Obj) -> StoredPolicy:
     )
 
 
+def verify_policy(p: StoredPolicy, key: bytes) -> Annotation | RejectedAnnotation | None:
+    """Pure: the verified annotation of one policy, why it was refused, or None when it has none."""
+    if not p.annotations:
+        return None
+    try:
+        return read_signed(dict(p.annotations), p.namespace, p.name, p.uid, key)
+    except ContractError as exc:
+        return RejectedAnnotation(p.namespace, p.name, p.resource_version, str(exc))
+
+
 def verify_policies(policies: Iterable[StoredPolicy], key: bytes) -> Verified:
     """Pure: the annotations that verify, and why the others were refused."""
     good: list[Annotation] = []
     rejected: list[RejectedAnnotation] = []
     for p in sorted(policies, key=lambda p: (p.namespace, p.name)):
-        if not p.annotations:
-            continue
-        try:
-            annotation = read_signed(dict(p.annotations), p.namespace, p.name, p.uid, key)
-        except ContractError as exc:
-            rejected.append(RejectedAnnotation(p.namespace, p.name, p.resource_version, str(exc)))
-            continue
-        if annotation is not None:
-            good.append(annotation)
+        result = verify_policy(p, key)
+        if isinstance(result, RejectedAnnotation):
+            rejected.append(result)
+        elif result is not None:
+            good.append(result)
     return Verified(tuple(good), tuple(rejected))
+
+
+class VerificationCache:
+    """Re-verifies only policies whose annotations, uid or the key changed since the last call.
+
+    Unchanged policies return the very same Annotation object, which the incremental planner
+    recognises by identity.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[tuple[str, tuple[tuple[str, str], ...], bytes], object]] = {}
+
+    def verify(
+        self, policies: Iterable[StoredPolicy], key: bytes
+    ) -> tuple[dict[tuple[str, str], Annotation], tuple[RejectedAnnotation, ...]]:
+        fresh: dict[tuple[str, str], tuple[tuple[str, tuple[tuple[str, str], ...], bytes], object]] = {}
+        good: dict[tuple[str, str], Annotation] = {}
+        rejected: list[RejectedAnnotation] = []
+        for p in policies:
+            pid = (p.namespace, p.name)
+            fingerprint = (p.uid, p.annotations, key)
+            cached = self._seen.get(pid)
+            result = cached[1] if cached is not None and cached[0] == fingerprint else verify_policy(p, key)
+            fresh[pid] = (fingerprint, result)
+            if isinstance(result, Annotation):
+                good[pid] = result
+            elif isinstance(result, RejectedAnnotation):
+                rejected.append(result)
+        self._seen = fresh
+        rejected.sort(key=lambda r: (r.namespace, r.name))
+        return good, tuple(rejected)
 
 
 class PolicyStore(ObjectSink[StoredPolicy]):
