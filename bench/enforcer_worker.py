@@ -112,7 +112,7 @@ def _sync_loop(dp: Dataplane, store: Any, key: bytes) -> Any:
     from enforcer.loop import SyncLoop
 
     return SyncLoop(
-        store=store, dataplane=dp, signing_key=lambda: key, nodeport_range=dp.nodeport_range, stop=threading.Event()
+        store=store, dataplane=dp, signing_keys=lambda: (key,), nodeport_range=dp.nodeport_range, stop=threading.Event()
     )
 
 

@@ -79,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument(
         "--replace-signing-key",
         action="store_true",
-        help="overwrite an existing signing key in the cluster with the local signing.key",
+        help="rotate: the local signing.key becomes the key, the old one stays accepted as 'previous'",
+    )
+    ins.add_argument(
+        "--drop-previous-signing-key",
+        action="store_true",
+        help="finish a rotation: stop accepting the previous key (after the webhook re-signed every annotation)",
     )
     ins.add_argument(
         "--signing-key-only",
@@ -134,7 +139,14 @@ def cmd_install(args: argparse.Namespace) -> int:
         tls = (serving.cert_pem(), serving.key_pem(), store.read_ca_cert_pem())
     api_client = load_api_client(args.kubeconfig)
     try:
-        report = install(api_client, args.namespace, tls, store.read_signing_key(), args.replace_signing_key)
+        report = install(
+            api_client,
+            args.namespace,
+            tls,
+            store.read_signing_key(),
+            args.replace_signing_key,
+            args.drop_previous_signing_key,
+        )
     finally:
         api_client.close()
     logger.info("Secret %s/nodeport-guard-signing-key: %s", args.namespace, report.signing_secret)

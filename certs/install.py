@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 TLS_SECRET = "nodeport-guard-webhook-tls"  # noqa: S105
 SIGNING_SECRET = "nodeport-guard-signing-key"  # noqa: S105
 SIGNING_SECRET_KEY = "key"  # noqa: S105
+SIGNING_PREVIOUS_KEY = "previous"
 WEBHOOK_CONFIGURATION = "nodeport-guard"
 LABELS = {"app.kubernetes.io/part-of": "nodeport-guard", "app.kubernetes.io/managed-by": "nodeport-guard-certs"}
 
@@ -52,18 +53,36 @@ def apply_tls_secret(api_client: Any, namespace: str, cert_pem: bytes, key_pem: 
     return _apply_secret(api_client, namespace, TLS_SECRET, "kubernetes.io/tls", data)
 
 
-def apply_signing_secret(api_client: Any, namespace: str, key: bytes | None, replace: bool) -> Outcome:
+def apply_signing_secret(
+    api_client: Any, namespace: str, key: bytes | None, replace: bool, drop_previous: bool = False
+) -> Outcome:
     """Create Secret `nodeport-guard-signing-key`; an existing key is kept unless `replace`.
 
-    Replacing the key invalidates every signed annotation until the webhook re-signs them, so
-    it only happens on request.
+    Replacing keeps the old key under `previous`, which enforcers keep accepting, so existing
+    annotations stay valid until the webhook has re-signed them (rotation opens no window);
+    `drop_previous` removes it once that is done. See docs/operations.md, "Signing-key rotation".
     """
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
     existing = _read_secret(core, namespace, SIGNING_SECRET)
     if existing is not None:
-        current = base64.b64decode((existing.data or {}).get(SIGNING_SECRET_KEY) or b"")
+        data = existing.data or {}
+        current = base64.b64decode(data.get(SIGNING_SECRET_KEY) or b"")
+        if drop_previous and current:
+            if not data.get(SIGNING_PREVIOUS_KEY):
+                return "kept"
+            return _apply_secret(
+                api_client, namespace, SIGNING_SECRET, "Opaque", {SIGNING_SECRET_KEY: current}, exact=True
+            )
+        if current and replace and key is not None and key != current:
+            return _apply_secret(
+                api_client,
+                namespace,
+                SIGNING_SECRET,
+                "Opaque",
+                {SIGNING_SECRET_KEY: key, SIGNING_PREVIOUS_KEY: current},
+            )
         if current and not replace:
             if key is not None and key != current:
                 logger.warning(
@@ -78,7 +97,7 @@ def apply_signing_secret(api_client: Any, namespace: str, key: bytes | None, rep
             f"Secret {namespace}/{SIGNING_SECRET} has no data key '{SIGNING_SECRET_KEY}' and there is no local "
             "signing.key; run `python -m certs generate` first"
         )
-    return _apply_secret(api_client, namespace, SIGNING_SECRET, "Opaque", {SIGNING_SECRET_KEY: key})
+    return _apply_secret(api_client, namespace, SIGNING_SECRET, "Opaque", {SIGNING_SECRET_KEY: key}, exact=True)
 
 
 def inject_ca_bundle(api_client: Any, ca_pem: bytes) -> tuple[tuple[WebhookKind, str, Outcome], ...]:
@@ -128,9 +147,10 @@ def install(
     tls: tuple[bytes, bytes, bytes] | None,
     signing_key: bytes | None,
     replace_signing_key: bool = False,
+    drop_previous_signing_key: bool = False,
 ) -> InstallReport:
     """Install the signing key and, when `tls` = (cert, key, ca) is given, the TLS Secret and caBundles."""
-    signing = apply_signing_secret(api_client, namespace, signing_key, replace_signing_key)
+    signing = apply_signing_secret(api_client, namespace, signing_key, replace_signing_key, drop_previous_signing_key)
     if tls is None:
         return InstallReport(tls_secret=None, signing_secret=signing, ca_bundles=())
     cert_pem, key_pem, ca_pem = tls
@@ -154,7 +174,10 @@ def _read_secret(core: Any, namespace: str, name: str) -> Any:
         raise
 
 
-def _apply_secret(api_client: Any, namespace: str, name: str, secret_type: str, data: dict[str, bytes]) -> Outcome:
+def _apply_secret(
+    api_client: Any, namespace: str, name: str, secret_type: str, data: dict[str, bytes], exact: bool = False
+) -> Outcome:
+    """Create or update a Secret; with `exact`, data keys not in `data` are removed too."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -183,13 +206,15 @@ def _apply_secret(api_client: Any, namespace: str, name: str, secret_type: str, 
             f"delete it (`kubectl delete secret -n {namespace} {name}`) and run install again"
         )
     current = existing.data or {}
-    if all(current.get(k) == v for k, v in encoded.items()):
+    stale = sorted(set(current) - set(encoded)) if exact else []
+    if not stale and all(current.get(k) == v for k, v in encoded.items()):
         return "unchanged"
+    patch_data: dict[str, bytes | str | None] = {**encoded, **dict.fromkeys(stale)}  # null removes a key
     # Merge patch with the resourceVersion: fails (409) instead of overwriting a concurrent change.
     core.patch_namespaced_secret(
         name,
         namespace,
-        {"metadata": {"resourceVersion": existing.metadata.resource_version, "labels": LABELS}, "data": encoded},
+        {"metadata": {"resourceVersion": existing.metadata.resource_version, "labels": LABELS}, "data": patch_data},
     )
     logger.info("updated Secret %s/%s", namespace, name)
     return "updated"

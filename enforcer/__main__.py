@@ -44,38 +44,44 @@ def _api_client(settings: EnforcerSettings) -> Any:
 
 
 class SigningKeySource:
-    """The shared HMAC key, from a file or the Secret; re-read periodically so rotation takes effect."""
+    """The shared HMAC keys (current, then previous during a rotation), from a file or the Secret.
+
+    Re-read periodically so that a rotation takes effect without a restart.
+    """
 
     def __init__(self, settings: EnforcerSettings, api_client: Any) -> None:
         self._settings = settings
         self._api_client = api_client
-        self._key: bytes | None = None
+        self._keys: tuple[bytes, ...] | None = None
         self._fetched = 0.0
 
-    def _read(self) -> bytes:
+    def _read(self) -> tuple[bytes, ...]:
         if self._settings.signing_key_file is not None:
-            return self._settings.signing_key_file.read_bytes()
+            return (self._settings.signing_key_file.read_bytes(),)
         from kubernetes import client
 
         assert self._settings.signing_key_secret is not None
         namespace, name = self._settings.signing_key_secret
         secret = client.CoreV1Api(self._api_client).read_namespaced_secret(name, namespace)
-        data = (secret.data or {}).get("key")
-        if not data:
+        data = secret.data or {}
+        if not data.get("key"):
             raise SettingsError(f"Secret {namespace}/{name} has no data key 'key'; run `python -m certs install`")
-        return base64.b64decode(data)
+        keys = [base64.b64decode(data["key"])]
+        if data.get("previous"):
+            keys.append(base64.b64decode(data["previous"]))
+        return tuple(keys)
 
-    def __call__(self) -> bytes:
+    def __call__(self) -> tuple[bytes, ...]:
         now = time.monotonic()
-        if self._key is None or now - self._fetched > KEY_REFRESH_SECONDS:
+        if self._keys is None or now - self._fetched > KEY_REFRESH_SECONDS:
             try:
-                self._key = self._read()
+                self._keys = self._read()
                 self._fetched = now
             except Exception:
-                if self._key is None:
+                if self._keys is None:
                     raise
                 logger.warning("could not refresh the signing key; using the previous one", exc_info=True)
-        return self._key
+        return self._keys
 
 
 def _event_recorder(api_client: Any, node_name: str) -> Any:
@@ -172,7 +178,7 @@ def run(settings: EnforcerSettings) -> int:
     loop = SyncLoop(
         store=store,
         dataplane=dataplane,
-        signing_key=SigningKeySource(settings, api_client),
+        signing_keys=SigningKeySource(settings, api_client),
         nodeport_range=settings.nodeport_range,
         stop=stop,
         metrics=metrics,

@@ -60,7 +60,7 @@ class EnforcerMetrics:
 class SyncLoop:
     store: PolicyStore
     dataplane: Dataplane
-    signing_key: Callable[[], bytes]
+    signing_keys: Callable[[], tuple[bytes, ...]]
     nodeport_range: tuple[int, int]
     stop: threading.Event
     metrics: EnforcerMetrics = field(default_factory=EnforcerMetrics)
@@ -77,7 +77,7 @@ class SyncLoop:
     def sync_once(self) -> SyncReport:
         """Verify and plan what changed, then bring the dataplane to the whole plan."""
         started = time.perf_counter()
-        annotations, rejected = self._verification.verify(self.store.snapshot(), self.signing_key())
+        annotations, rejected = self._verification.verify(self.store.snapshot(), self.signing_keys())
         plan = self._planner.plan(annotations)
         report = self.dataplane.sync(plan.state)
         self.metrics.sync_duration.observe(time.perf_counter() - started)

@@ -51,27 +51,33 @@ def trim_policy(obj: Obj) -> StoredPolicy:
     )
 
 
-def verify_policy(p: StoredPolicy, key: bytes) -> Annotation | RejectedAnnotation | None:
+SigningKeys = tuple[bytes, ...]  # the current key first, then any previous one still accepted
+
+
+def verify_policy(p: StoredPolicy, keys: SigningKeys) -> Annotation | RejectedAnnotation | None:
     """Pure: the verified annotation of one policy, why it was refused, or None when it has none."""
     if not p.annotations:
         return None
     try:
-        return read_signed(dict(p.annotations), p.namespace, p.name, p.uid, key)
+        return read_signed(dict(p.annotations), p.namespace, p.name, p.uid, keys[0], keys[1:])
     except ContractError as exc:
         return RejectedAnnotation(p.namespace, p.name, p.resource_version, str(exc))
 
 
-def verify_policies(policies: Iterable[StoredPolicy], key: bytes) -> Verified:
+def verify_policies(policies: Iterable[StoredPolicy], keys: SigningKeys) -> Verified:
     """Pure: the annotations that verify, and why the others were refused."""
     good: list[Annotation] = []
     rejected: list[RejectedAnnotation] = []
     for p in sorted(policies, key=lambda p: (p.namespace, p.name)):
-        result = verify_policy(p, key)
+        result = verify_policy(p, keys)
         if isinstance(result, RejectedAnnotation):
             rejected.append(result)
         elif result is not None:
             good.append(result)
     return Verified(tuple(good), tuple(rejected))
+
+
+_Fingerprint = tuple[str, tuple[tuple[str, str], ...], SigningKeys]
 
 
 class VerificationCache:
@@ -82,19 +88,19 @@ class VerificationCache:
     """
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], tuple[tuple[str, tuple[tuple[str, str], ...], bytes], object]] = {}
+        self._seen: dict[tuple[str, str], tuple[_Fingerprint, object]] = {}
 
     def verify(
-        self, policies: Iterable[StoredPolicy], key: bytes
+        self, policies: Iterable[StoredPolicy], keys: SigningKeys
     ) -> tuple[dict[tuple[str, str], Annotation], tuple[RejectedAnnotation, ...]]:
-        fresh: dict[tuple[str, str], tuple[tuple[str, tuple[tuple[str, str], ...], bytes], object]] = {}
+        fresh: dict[tuple[str, str], tuple[_Fingerprint, object]] = {}
         good: dict[tuple[str, str], Annotation] = {}
         rejected: list[RejectedAnnotation] = []
         for p in policies:
             pid = (p.namespace, p.name)
-            fingerprint = (p.uid, p.annotations, key)
+            fingerprint = (p.uid, p.annotations, keys)
             cached = self._seen.get(pid)
-            result = cached[1] if cached is not None and cached[0] == fingerprint else verify_policy(p, key)
+            result = cached[1] if cached is not None and cached[0] == fingerprint else verify_policy(p, keys)
             fresh[pid] = (fingerprint, result)
             if isinstance(result, Annotation):
                 good[pid] = result

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -255,12 +255,18 @@ def decode(value: str) -> Annotation:
 
 
 def read_signed(
-    annotations: Mapping[str, str] | None, namespace: str, name: str, uid: str, key: bytes
+    annotations: Mapping[str, str] | None,
+    namespace: str,
+    name: str,
+    uid: str,
+    key: bytes,
+    previous_keys: Sequence[bytes] = (),
 ) -> Annotation | None:
     """The verified annotation of a stored policy, or None when it carries none.
 
     Raises ContractError when an annotation is present but forged, stale, malformed or
     bound to another object. A signature made before the uid existed (uid "") is accepted.
+    `previous_keys` are accepted too, so a key rotation opens no window (docs/operations.md).
     """
     annotations = annotations or {}
     value = annotations.get(NODEPORTS_KEY)
@@ -270,7 +276,7 @@ def read_signed(
     if value is None or signature is None:
         missing = NODEPORTS_KEY if value is None else SIGNATURE_KEY
         raise ContractError(missing, "annotation missing (the pair must be written together by the webhook)")
-    if not verify(value, signature, key):
+    if not any(verify(value, signature, k) for k in (key, *previous_keys)):
         raise ContractError(SIGNATURE_KEY, "signature does not match (forged, edited, or signed with another key)")
     annotation = decode(value)
     ref = annotation.policy

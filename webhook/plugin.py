@@ -48,7 +48,7 @@ def describe_sources(verdict: NodePortVerdict) -> str:
     return "; ".join(parts)
 
 
-def inspect_policy(obj: dict[str, Any], key: bytes | None) -> PolicyReport:
+def inspect_policy(obj: dict[str, Any], keys: tuple[bytes, ...] | None) -> PolicyReport:
     """Pure: classify one stored policy's annotation."""
     meta = obj.get("metadata") or {}
     ns, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
@@ -56,10 +56,10 @@ def inspect_policy(obj: dict[str, Any], key: bytes | None) -> PolicyReport:
     if NODEPORTS_KEY not in annotations and SIGNATURE_KEY not in annotations:
         return PolicyReport(ns, name, "none", "affects no NodePort (no nodeport-guard annotation)", None)
     try:
-        if key is None:
+        if not keys:
             annotation = decode(annotations.get(NODEPORTS_KEY, ""))
             return PolicyReport(ns, name, "unverified", "signing key not readable; signature not checked", annotation)
-        verified = read_signed(annotations, ns, name, uid, key)
+        verified = read_signed(annotations, ns, name, uid, keys[0], keys[1:])
         return PolicyReport(ns, name, "verified", "signature valid", verified)
     except ContractError as exc:
         return PolicyReport(ns, name, "rejected", f"enforcers ignore it: {exc}", None)
@@ -113,7 +113,7 @@ def _client(kubeconfig: str | None) -> Any:
     return client.ApiClient(configuration)
 
 
-def _read_key(api: Any, secret_ref: str) -> bytes | None:
+def _read_keys(api: Any, secret_ref: str) -> tuple[bytes, ...] | None:
     from kubernetes import client
 
     ns, _, name = secret_ref.partition("/")
@@ -121,8 +121,8 @@ def _read_key(api: Any, secret_ref: str) -> bytes | None:
         secret = client.CoreV1Api(api).read_namespaced_secret(name, ns)
     except client.ApiException:
         return None
-    data = (secret.data or {}).get("key")
-    return base64.b64decode(data) if data else None
+    data = secret.data or {}
+    return tuple(base64.b64decode(data[k]) for k in ("key", "previous") if data.get(k)) or None
 
 
 def _list_policies(api: Any, namespace: str) -> list[dict[str, Any]]:
@@ -146,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     args = parser.parse_args(argv)
     api = _client(args.kubeconfig)
-    key = _read_key(api, args.key_secret)
+    keys = _read_keys(api, args.key_secret)
     policies = _list_policies(api, args.namespace)
     if args.command == "explain":
         found = [p for p in policies if p["metadata"]["name"] == args.policy]
         if not found:
             print(f"error: NetworkPolicy {args.namespace}/{args.policy} not found", file=sys.stderr)
             return 1
-        report = inspect_policy(found[0], key)
+        report = inspect_policy(found[0], keys)
         if args.output == "json":
             print(json.dumps(_report_json(report), indent=2))
             return 0
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if rows:
             print(render_table(rows, ["NODEPORT", "PROTOCOL", "SERVICE", "FAMILIES", "ALLOWED SOURCES"]))
         return 0
-    reports = [inspect_policy(p, key) for p in policies]
+    reports = [inspect_policy(p, keys) for p in policies]
     by_port: dict[tuple[int, str], list[tuple[PolicyReport, NodePortVerdict]]] = {}
     for r in reports:
         for v in r.annotation.node_ports if r.annotation else ():

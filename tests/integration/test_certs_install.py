@@ -160,7 +160,21 @@ def test_new_ca_updates_tls_and_bundles_but_keeps_the_signing_key_unless_asked(
 
     ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace, "--replace-signing-key")
     signing = secret(control_plane, namespace, "nodeport-guard-signing-key")
-    assert signing["data"] == {"key": b64((cert_dir / "signing.key").read_bytes())}
+    # The old key stays accepted (as 'previous') until the webhook has re-signed every annotation.
+    new_key = b64((cert_dir / "signing.key").read_bytes())
+    assert signing["data"] == {"key": new_key, "previous": b64(first_key)}
+    ok(
+        "install",
+        "--kubeconfig",
+        kubeconfig,
+        "--dir",
+        str(cert_dir),
+        "--namespace",
+        namespace,
+        "--signing-key-only",
+        "--drop-previous-signing-key",
+    )
+    assert secret(control_plane, namespace, "nodeport-guard-signing-key")["data"] == {"key": new_key}
 
 
 def test_rotate_updates_the_tls_secret(
