@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from webhook.contract import PROTOCOLS, Annotation, CidrRule, IPFamily, Protocol, SourceSet
+from webhook.intervals import Intervals, intersect, merge, of_networks, subtract, to_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +22,6 @@ DEFAULT_NODEPORT_RANGE: tuple[int, int] = (30000, 32767)
 _FAMILY_OF: dict[IPFamily, Family] = {"IPv4": 4, "IPv6": 6}
 _BITS: dict[Family, int] = {4: 32, 6: 128}
 
-# Inclusive integer address intervals, sorted and disjoint: the exact form used for set arithmetic.
-_Intervals = list[tuple[int, int]]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -103,86 +102,30 @@ class PlanResult:
     rejected: tuple[RejectedEntry, ...]
 
 
-def _to_intervals(nets: Iterable[Network]) -> _Intervals:
-    spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in nets)
-    merged: _Intervals = []
-    for lo, hi in spans:
-        if merged and lo <= merged[-1][1] + 1:
-            if hi > merged[-1][1]:
-                merged[-1] = (merged[-1][0], hi)
-        else:
-            merged.append((lo, hi))
-    return merged
-
-
-def _intersect(a: _Intervals, b: _Intervals) -> _Intervals:
-    out: _Intervals = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        lo = max(a[i][0], b[j][0])
-        hi = min(a[i][1], b[j][1])
-        if lo <= hi:
-            out.append((lo, hi))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return out
-
-
-def _subtract(a: _Intervals, b: _Intervals) -> _Intervals:
-    out: _Intervals = []
-    j = 0
-    for lo, hi in a:
-        cur = lo
-        while j < len(b) and b[j][1] < cur:
-            j += 1
-        k = j
-        while k < len(b) and b[k][0] <= hi:
-            if b[k][0] > cur:
-                out.append((cur, b[k][0] - 1))
-            cur = max(cur, b[k][1] + 1)
-            k += 1
-        if cur <= hi:
-            out.append((cur, hi))
-    return out
-
-
-def _to_networks(intervals: _Intervals, family: Family) -> list[Network]:
-    cls = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
-    nets: list[Network] = []
-    for lo, hi in intervals:
-        nets.extend(ipaddress.summarize_address_range(cls(lo), cls(hi)))
-    return nets
-
-
 def _collapse(nets: Iterable[Network], family: Family) -> list[Network]:
-    return _to_networks(_to_intervals(nets), family)
+    return to_prefixes(of_networks(nets), family)
 
 
-def _everything(family: Family) -> _Intervals:
-    return [(0, (1 << _BITS[family]) - 1)]
+def _everything(family: Family) -> Intervals:
+    return ((0, (1 << _BITS[family]) - 1),)
 
 
 def _is_everything(nets: Iterable[Network], family: Family) -> bool:
-    return _to_intervals(nets) == _everything(family)
+    return of_networks(nets) == _everything(family)
 
 
-def _rule_intervals(rule: CidrRule, family: Family) -> _Intervals:
+def _rule_intervals(rule: CidrRule, family: Family) -> Intervals:
     net = ipaddress.ip_network(rule.cidr, strict=False)
     if net.version != family:
-        return []
+        return ()
     excepts = [ipaddress.ip_network(e, strict=False) for e in rule.excepts]
-    return _subtract(_to_intervals([net]), _to_intervals(e for e in excepts if e.version == family))
+    return subtract(of_networks([net]), of_networks(e for e in excepts if e.version == family))
 
 
-def _allowed_intervals(allow: SourceSet, family: Family) -> _Intervals:
+def _allowed_intervals(allow: SourceSet, family: Family) -> Intervals:
     if allow.all_sources:
         return _everything(family)
-    union: list[Network] = []
-    for rule in allow.cidrs:
-        union.extend(_to_networks(_rule_intervals(rule, family), family))
-    return _to_intervals(union)
+    return merge(span for rule in allow.cidrs for span in _rule_intervals(rule, family))
 
 
 def check_nodeport_range(nodeport_range: tuple[int, int]) -> None:
@@ -196,7 +139,7 @@ def check_nodeport_range(nodeport_range: tuple[int, int]) -> None:
 class Contribution:
     """What one verified annotation asks for: allowed intervals per PortKey, and what it may not ask."""
 
-    allowed: dict[PortKey, _Intervals]
+    allowed: dict[PortKey, Intervals]
     rejected: tuple[RejectedEntry, ...]
 
 
@@ -204,7 +147,7 @@ def plan_contribution(annotation: Annotation, nodeport_range: tuple[int, int]) -
     """Pure: one annotation's part of the plan (its verdicts per port and family; out-of-range refusals)."""
     lo, hi = nodeport_range
     ref = annotation.policy
-    allowed: dict[PortKey, _Intervals] = {}
+    allowed: dict[PortKey, Intervals] = {}
     rejected: list[RejectedEntry] = []
     for verdict in annotation.node_ports:
         if not lo <= verdict.node_port <= hi:
@@ -227,19 +170,19 @@ def plan_contribution(annotation: Annotation, nodeport_range: tuple[int, int]) -
             family = _FAMILY_OF[ip_family]
             key = PortKey(family=family, protocol=verdict.protocol, port=verdict.node_port)
             mine = _allowed_intervals(verdict.allow, family)
-            allowed[key] = _intersect(allowed[key], mine) if key in allowed else mine
+            allowed[key] = intersect(allowed[key], mine) if key in allowed else mine
     return Contribution(allowed=allowed, rejected=tuple(rejected))
 
 
 def protected_port(key: PortKey, contributions: Iterable[Contribution]) -> ProtectedPort | None:
     """The intersection of every contribution's verdict for `key`; None when it allows every source."""
-    intervals: _Intervals | None = None
+    intervals: Intervals | None = None
     for c in contributions:
         mine = c.allowed[key]
-        intervals = mine if intervals is None else _intersect(intervals, mine)
+        intervals = mine if intervals is None else intersect(intervals, mine)
     if intervals is None or intervals == _everything(key.family):
         return None
-    return ProtectedPort(key=key, allowed=tuple(_to_networks(intervals, key.family)))
+    return ProtectedPort(key=key, allowed=tuple(to_prefixes(intervals, key.family)))
 
 
 def _log_rejected(rejected: Iterable[RejectedEntry]) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from webhook import contract
 from webhook.contract import CidrRule, IPFamily, NodePortVerdict, SourceSet
+from webhook.intervals import Intervals, intersect, merge, of_network, subtract, to_prefixes
 
 if TYPE_CHECKING:
     from webhook.snapshot import ClusterView
@@ -40,58 +41,7 @@ class SemanticsError(ValueError):
 
 # --- exact address-set arithmetic -----------------------------------------------------------
 
-Intervals = tuple[tuple[int, int], ...]
-
-
-def _merge(intervals: Iterable[tuple[int, int]]) -> Intervals:
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(intervals):
-        if out and start <= out[-1][1] + 1:
-            if end > out[-1][1]:
-                out[-1] = (out[-1][0], end)
-        else:
-            out.append((start, end))
-    return tuple(out)
-
-
-def _intersect(a: Intervals, b: Intervals) -> Intervals:
-    out: list[tuple[int, int]] = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        start = max(a[i][0], b[j][0])
-        end = min(a[i][1], b[j][1])
-        if start <= end:
-            out.append((start, end))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return tuple(out)
-
-
-def _subtract(a: Intervals, b: Intervals) -> Intervals:
-    out: list[tuple[int, int]] = []
-    j = 0
-    for start, end in a:
-        cur = start
-        while j < len(b) and b[j][1] < cur:
-            j += 1
-        k = j
-        while k < len(b) and b[k][0] <= end:
-            if b[k][0] > cur:
-                out.append((cur, b[k][0] - 1))
-            cur = max(cur, b[k][1] + 1)
-            k += 1
-        if cur <= end:
-            out.append((cur, end))
-    return tuple(out)
-
-
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _interval(net: Network) -> tuple[int, int]:
-    return int(net.network_address), int(net.broadcast_address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +63,8 @@ class Addresses:
     def of_networks(networks: Iterable[Network]) -> Addresses:
         nets = list(networks)
         return Addresses(
-            v4=_merge(_interval(n) for n in nets if n.version == 4),
-            v6=_merge(_interval(n) for n in nets if n.version == 6),
+            v4=merge(of_network(n) for n in nets if n.version == 4),
+            v6=merge(of_network(n) for n in nets if n.version == 6),
         )
 
     def is_empty(self) -> bool:
@@ -128,17 +78,17 @@ class Addresses:
             return self
         if self.is_empty() or other.is_everyone():
             return other
-        return Addresses(v4=_merge(self.v4 + other.v4), v6=_merge(self.v6 + other.v6))
+        return Addresses(v4=merge(self.v4 + other.v4), v6=merge(self.v6 + other.v6))
 
     def intersection(self, other: Addresses) -> Addresses:
         if self.is_everyone() or other.is_empty():
             return other
         if other.is_everyone() or self.is_empty():
             return self
-        return Addresses(v4=_intersect(self.v4, other.v4), v6=_intersect(self.v6, other.v6))
+        return Addresses(v4=intersect(self.v4, other.v4), v6=intersect(self.v6, other.v6))
 
     def difference(self, other: Addresses) -> Addresses:
-        return Addresses(v4=_subtract(self.v4, other.v4), v6=_subtract(self.v6, other.v6))
+        return Addresses(v4=subtract(self.v4, other.v4), v6=subtract(self.v6, other.v6))
 
     def contains(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         ip = ipaddress.ip_address(address) if isinstance(address, str) else address
@@ -148,14 +98,6 @@ class Addresses:
 
 _EVERYONE = Addresses(v4=((0, V4_MAX),), v6=((0, V6_MAX),))
 _NOBODY = Addresses()
-
-
-def _prefixes(intervals: Intervals, version: int) -> list[Network]:
-    make: Any = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
-    out: list[Network] = []
-    for start, end in intervals:
-        out.extend(ipaddress.summarize_address_range(make(start), make(end)))
-    return out
 
 
 # --- label selectors ------------------------------------------------------------------------
@@ -439,8 +381,8 @@ def compile_ip_block(block: Mapping[str, Any], path: str, *, strict: bool) -> Ip
         exact = exact and inside
         excepts.append(enet)
     cidr_part: Intervals = ((net[1], net[2]),)
-    except_part = _merge((e[1], e[2]) for e in excepts if e[0] == net[0])
-    part = _subtract(cidr_part, except_part)
+    except_part = merge((e[1], e[2]) for e in excepts if e[0] == net[0])
+    part = subtract(cidr_part, except_part)
     addresses = Addresses(v4=part) if net[0] == 4 else Addresses(v6=part)
     return IpBlock(
         cidr=net_text(net),
@@ -570,7 +512,7 @@ def render_source_set(addresses: Addresses, blocks: Iterable[IpBlock] = ()) -> S
         if same is not None:
             rules.append(CidrRule(cidr=same.cidr, excepts=same.excepts))
         else:
-            rules.extend(CidrRule(cidr=str(n)) for n in _prefixes(part, version))
+            rules.extend(CidrRule(cidr=str(n)) for n in to_prefixes(part, version))
     return SourceSet(all_sources=False, cidrs=tuple(sorted(rules)))
 
 
