@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.controlplane.harness import ControlPlane, ControlPlaneError, free_port, write_kubeconfig
+from tests.controlplane.harness import ControlPlane, ControlPlaneError, free_port, log_tail, write_kubeconfig
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "nodeport-guard"
@@ -51,6 +51,44 @@ def run_python(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     if proc.returncode != 0:
         raise ControlPlaneError(f"python {' '.join(args)} failed: {proc.stderr or proc.stdout}")
     return proc
+
+
+def run_kubectl_plugin(
+    plane: ControlPlane, *args: str, kubeconfig: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl nodeport-guard ...` as a user runs it: kubectl finds our plugin on PATH, KUBECONFIG passes on."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "KUBECONFIG": str(kubeconfig or plane.kubeconfig),
+    }
+    return subprocess.run(
+        [str(plane.binaries.kubectl), "nodeport-guard", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def delete_namespaced_objects(plane: ControlPlane, namespace: str) -> None:
+    """Free what a test namespace holds (Services hold ClusterIPs and nodePorts), then the namespace.
+
+    Without a namespace controller a deleted namespace never finishes terminating: tests use fresh names.
+    """
+    plane.kubectl(
+        "delete",
+        "services,networkpolicies,pods",
+        "--all",
+        "-n",
+        namespace,
+        "--wait=true",
+        "--grace-period=0",
+        "--force",
+        check=False,
+    )
+    plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def install_manifests(plane: ControlPlane, workdir: Path) -> Installation:
@@ -150,10 +188,7 @@ class WebhookServer:
         raise ControlPlaneError(f"webhook not ready after {timeout}s ({last}):\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -256,10 +291,7 @@ class EnforcerProcess:
         raise ControlPlaneError(f"enforcer not ready after {timeout}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def kill(self) -> None:
         """kill -9, as a crashed or OOM-killed pod would die."""

@@ -7,7 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.components import Installation, WebhookServer, install_manifests, remove_webhooks
+from tests.components import (
+    Installation,
+    WebhookServer,
+    install_manifests,
+    remove_webhooks,
+)
 from tests.controlplane.harness import ControlPlane, running_control_plane
 
 

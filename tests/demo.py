@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -18,7 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.components import REPO, EnforcerProcess, WebhookServer, install_manifests, remove_webhooks
+from tests.components import (
+    REPO,
+    EnforcerProcess,
+    WebhookServer,
+    install_manifests,
+    remove_webhooks,
+    run_kubectl_plugin,
+)
 from tests.controlplane.harness import ControlPlane, running_control_plane
 from tests.kube_objects import as_list, nodeport_service, pod, policy
 from tests.netns import CLIENT_A4, CLIENT_B4, NODE_V4, Node, make_node
@@ -68,19 +74,6 @@ def kubectl_apply(plane: ControlPlane, story: Story, *objects: dict[str, Any]) -
     result = plane.kubectl("apply", "-n", NS, "-f", "-", input=as_list(*objects), check=False)
     story.show("$ kubectl apply -f policy.yaml\n" + (result.stdout + result.stderr).strip())
     return result
-
-
-def kubectl_plugin(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
-    """`kubectl nodeport-guard ...`: kubectl finds our plugin on PATH and passes KUBECONFIG on."""
-    env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
-    return subprocess.run(
-        [str(plane.binaries.kubectl), "nodeport-guard", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def client_sees(node: Node, src: str, port: int, expected: str) -> bool:
@@ -154,7 +147,7 @@ def tell(plane: ControlPlane, node: Node, enforcer: EnforcerProcess, story: Stor
     story.say("The webhook stored the verdict in a signed annotation:")
     story.show(json.dumps(json.loads(value), indent=2))
     story.expect("annotation names the NodePort", f'"nodePort":{node_port}' in value)
-    explain = kubectl_plugin(plane, "explain", "-n", NS, "deny-all")
+    explain = run_kubectl_plugin(plane, "explain", "-n", NS, "deny-all")
     story.show("$ kubectl nodeport-guard explain -n shop deny-all\n" + explain.stdout + explain.stderr)
     story.expect("kubectl nodeport-guard explain verifies it", "verified" in explain.stdout, explain.stderr)
 

@@ -58,7 +58,7 @@ def _wait_http(url: str, ctx: ssl.SSLContext | None, timeout: float, proc: subpr
     last = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ControlPlaneError(f"{log.stem} exited with {proc.returncode}; log tail:\n{_tail(log)}")
+            raise ControlPlaneError(f"{log.stem} exited with {proc.returncode}; log tail:\n{log_tail(log)}")
         try:
             with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:  # noqa: S310 - loopback URL we built
                 if resp.status == 200:
@@ -66,10 +66,10 @@ def _wait_http(url: str, ctx: ssl.SSLContext | None, timeout: float, proc: subpr
         except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
             last = str(exc)
         time.sleep(0.2)
-    raise ControlPlaneError(f"{url} not ready after {timeout}s ({last}); log tail:\n{_tail(log)}")
+    raise ControlPlaneError(f"{url} not ready after {timeout}s ({last}); log tail:\n{log_tail(log)}")
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -168,7 +168,7 @@ class ControlPlane:
                 return
             except ControlPlaneError:
                 self._stop_process(proc)
-                if "address already in use" not in _tail(log):
+                if "address already in use" not in log_tail(log):
                     raise
         raise ControlPlaneError("etcd could not get a free port after 3 attempts")
 
@@ -210,7 +210,7 @@ class ControlPlane:
                 return
             except ControlPlaneError:
                 self._stop_process(proc)
-                if "address already in use" not in _tail(log, 200):
+                if "address already in use" not in log_tail(log, 200):
                     raise
         raise ControlPlaneError("kube-apiserver could not get a free port after 3 attempts")
 

@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.components import WebhookServer
+from tests.components import WebhookServer, run_kubectl_plugin
 from tests.controlplane.harness import ControlPlane
 from tests.kube_objects import as_list, nodeport_service, pod, policy
 
 HTTP = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-
-
-def _plugin(plane: ControlPlane, *args: str, kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "KUBECONFIG": str(kubeconfig or plane.kubeconfig),
-    }
-    return subprocess.run(
-        [str(plane.binaries.kubectl), "nodeport-guard", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 @pytest.fixture
@@ -48,7 +29,7 @@ def protected(control_plane: ControlPlane, namespace: str, webhook: WebhookServe
 
 
 def test_explain_table_names_nodeport_and_sources(control_plane: ControlPlane, namespace: str, protected: int) -> None:
-    result = _plugin(control_plane, "explain", "-n", namespace, "allow-doc")
+    result = run_kubectl_plugin(control_plane, "explain", "-n", namespace, "allow-doc")
     assert result.returncode == 0, result.stderr
     assert f"NetworkPolicy {namespace}/allow-doc: verified" in result.stdout
     row = next(line for line in result.stdout.splitlines() if line.startswith(str(protected)))
@@ -56,7 +37,7 @@ def test_explain_table_names_nodeport_and_sources(control_plane: ControlPlane, n
 
 
 def test_explain_json_and_missing_policy(control_plane: ControlPlane, namespace: str, protected: int) -> None:
-    result = _plugin(control_plane, "explain", "-n", namespace, "deny-all", "-o", "json")
+    result = run_kubectl_plugin(control_plane, "explain", "-n", namespace, "deny-all", "-o", "json")
     report = json.loads(result.stdout)
     assert report["status"] == "verified"
     assert report["nodePorts"] == [
@@ -69,17 +50,17 @@ def test_explain_json_and_missing_policy(control_plane: ControlPlane, namespace:
             "allow": [{"cidr": "198.51.100.0/24", "except": ["198.51.100.7/32"]}],
         }
     ]
-    missing = _plugin(control_plane, "explain", "-n", namespace, "nope")
+    missing = run_kubectl_plugin(control_plane, "explain", "-n", namespace, "nope")
     assert missing.returncode == 1 and "not found" in missing.stderr
 
 
 def test_ports_lists_each_protected_nodeport_with_its_policies(
     control_plane: ControlPlane, namespace: str, protected: int
 ) -> None:
-    table = _plugin(control_plane, "ports", "-n", namespace)
+    table = run_kubectl_plugin(control_plane, "ports", "-n", namespace)
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0].split() == ["NODEPORT", "PROTOCOL", "SERVICE", "POLICIES", "ALLOWED", "SOURCES"]
-    rows = json.loads(_plugin(control_plane, "ports", "-n", namespace, "-o", "json").stdout)
+    rows = json.loads(run_kubectl_plugin(control_plane, "ports", "-n", namespace, "-o", "json").stdout)
     assert [(r["nodePort"], r["protocol"], r["service"], r["policies"]) for r in rows] == [
         (protected, "TCP", "web", ["allow-doc", "deny-all"])
     ]
@@ -102,6 +83,6 @@ def test_without_access_to_the_key_the_plugin_says_unverified(
         "--role=np-reader",
         f"--serviceaccount={namespace}:viewer",
     )
-    result = _plugin(control_plane, "explain", "-n", namespace, "deny-all", kubeconfig=kubeconfig)
+    result = run_kubectl_plugin(control_plane, "explain", "-n", namespace, "deny-all", kubeconfig=kubeconfig)
     assert result.returncode == 0, result.stderr
     assert "unverified" in result.stdout and str(protected) in result.stdout

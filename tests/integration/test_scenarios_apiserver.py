@@ -19,7 +19,7 @@ import pytest
 
 from enforcer.plan import PortKey, plan_desired_state
 from enforcer.policies import trim_policy, verify_policies
-from tests.components import Installation, WebhookServer
+from tests.components import Installation, WebhookServer, delete_namespaced_objects
 from tests.controlplane.harness import ControlPlane
 from tests.kube_objects import as_list, pod
 from webhook.contract import Annotation
@@ -53,19 +53,7 @@ def case_namespaces(request: pytest.FixtureRequest, control_plane: ControlPlane)
         control_plane.kubectl("create", "namespace", real)
     yield mapping
     for real in mapping.values():
-        # The cases pin nodePorts: free them for the next case.
-        control_plane.kubectl(
-            "delete",
-            "services,networkpolicies,pods",
-            "--all",
-            "-n",
-            real,
-            "--wait=true",
-            "--grace-period=0",
-            "--force",
-            check=False,
-        )
-        control_plane.kubectl("delete", "namespace", real, "--wait=false", check=False)
+        delete_namespaced_objects(control_plane, real)  # the cases pin nodePorts: free them for the next
 
 
 def _relocated(obj: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
