@@ -175,13 +175,18 @@ class Node:
         return "\n".join(out)
 
     def ipset_save(self) -> str:
-        """`ipset save` without the random initval, members sorted per set."""
+        """`ipset save` without the random initval and the kernel's current hashsize, members sorted.
+
+        The kernel doubles a hash set's hashsize as it grows and never shrinks it, so a set filled
+        member by member and one built in one restore differ there while holding the same members.
+        """
         lines = []
         for line in self.run(["ipset", "save"]).stdout.splitlines():
             tokens = line.split()
-            if tokens[:1] == ["create"] and "initval" in tokens:
-                i = tokens.index("initval")
-                del tokens[i : i + 2]
+            for option in ("initval", "hashsize"):
+                if tokens[:1] == ["create"] and option in tokens:
+                    i = tokens.index(option)
+                    del tokens[i : i + 2]
             lines.append(" ".join(tokens))
         return "\n".join(sorted(lines))
 

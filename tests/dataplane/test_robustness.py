@@ -44,6 +44,14 @@ def wait_quiet(node: Node, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def _snapshot_diff(before: tuple[str, str], after: tuple[str, str]) -> str:
+    lines_before = set("\n".join(before).splitlines())
+    lines_after = set("\n".join(after).splitlines())
+    only_before = sorted(lines_before - lines_after)[:10]
+    only_after = sorted(lines_after - lines_before)[:10]
+    return f"only after recovery: {only_before}\nonly in a fresh install: {only_after}"
+
+
 @BACKENDS
 def test_kill_9_mid_sync_then_next_sync_converges_exactly(node: Node, backend: str, tmp_path: Path) -> None:
     states = [big_state(30000, 1000, 0), big_state(30500, 1000, 3), DesiredState()]
@@ -75,7 +83,8 @@ def test_kill_9_mid_sync_then_next_sync_converges_exactly(node: Node, backend: s
         # The same state programmed from scratch must give byte-identical tables and sets.
         node.cli("cleanup", backend=backend)
         node.cli("sync", "--state-json", str(paths[recovery]), backend=backend)
-        assert (node.iptables_save(backend), node.ipset_save()) == snapshot
+        fresh = (node.iptables_save(backend), node.ipset_save())
+        assert fresh == snapshot, _snapshot_diff(snapshot, fresh)
     assert killed_mid_way >= 4, "too few syncs were interrupted; the kill timing needs adjusting"
 
 
