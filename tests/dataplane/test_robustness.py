@@ -114,7 +114,8 @@ def test_concurrent_restore_writer_loses_nothing(node: Node, backend: str, tmp_p
     dp = NetnsDataplane(node, backend, tmp_path)
     want = big_state(30000, 50, 1)
     env = {**os.environ, "XTABLES_LOCKFILE": node.lock_path}
-    writer = node.spawn([sys.executable, "-c", _WRITER, restore, "10"], env=env)
+    # 30 s of a kube-proxy-like writer (iptables-restore --noflush -w) while our rules churn.
+    writer = node.spawn([sys.executable, "-c", _WRITER, restore, "30"], env=env)
     syncs = 0
     while writer.poll() is None:
         # Alternate install and removal so every sync commits to the same table the writer uses.
