@@ -159,20 +159,18 @@ class ClusterCache(ObjectSink[Obj]):
             return list(self._objects["networkpolicies"].get(namespace, {}).values())
 
     def pods_matching(self, namespace: str, selector: Mapping[str, Any]) -> Sequence[Obj]:
+        match_labels: Mapping[str, str] = selector.get("matchLabels") or {}
         with self._lock:
             pods = self._objects["pods"].get(namespace, {})
-            match_labels: Mapping[str, str] = selector.get("matchLabels") or {}
-            if match_labels:
-                index = self._pod_labels.get(namespace, {})
-                candidates: set[str] | None = None
-                for kv in match_labels.items():
-                    names = index.get(kv, set())
-                    candidates = set(names) if candidates is None else candidates & names
-                    if not candidates:
-                        return []
-                selected = [pods[n] for n in sorted(candidates or ())]
-            else:
+            if not match_labels:
                 selected = list(pods.values())
+            else:
+                index = self._pod_labels.get(namespace, {})
+                postings = sorted((index.get(kv, set()) for kv in match_labels.items()), key=len)
+                candidates = postings[0].intersection(*postings[1:]) if len(postings) > 1 else postings[0]
+                selected = [pods[n] for n in sorted(candidates)]
+        if not selector.get("matchExpressions"):
+            return selected  # the label index answered matchLabels exactly
         return [p for p in selected if selector_matches(selector, p["metadata"].get("labels") or {})]
 
     # --- introspection -----------------------------------------------------------------
