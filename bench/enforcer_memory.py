@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 from bench import data
+from bench.enforcer_worker import run_in_node
 from bench.stats import Figure, Target, not_measured, summarize
-from tests import netns
 from tests.netns import make_node
 from webhook.listwatch import LIST_PAGE_SIZE
 
@@ -65,30 +64,19 @@ def run(workdir: Path) -> list[Figure]:
     answers = []
     with make_node(lock_path=str(workdir / "xtables.lock")) as node:
         for _ in range(RUNS):
-            out = netns.run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    node.node_ns,
-                    sys.executable,
-                    "-m",
-                    "bench.enforcer_worker",
-                    "memory",
-                    "--backend",
-                    "legacy",
-                    "--nodeport-range",
-                    f"{NODEPORT_RANGE[0]}-{NODEPORT_RANGE[1]}",
-                    "--lock-path",
-                    node.lock_path,
-                    "--pages-dir",
-                    str(pages),
-                    "--key-file",
-                    str(key_file),
-                ],
-                timeout=300,
-            ).stdout
-            answer = json.loads(out.strip().splitlines()[-1])
+            answer = run_in_node(
+                node.node_ns,
+                node.lock_path,
+                "memory",
+                "legacy",
+                NODEPORT_RANGE,
+                "--pages-dir",
+                str(pages),
+                "--key-file",
+                str(key_file),
+            )
+            if answer is None:
+                raise RuntimeError("the memory worker printed no result")
             if answer["ports"] != POLICIES or answer["policies"] != POLICIES:
                 raise RuntimeError(
                     f"the worker programmed {answer['ports']} ports from {answer['policies']} policies, "

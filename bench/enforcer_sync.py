@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from bench import data
+from bench.enforcer_worker import run_in_node
 from bench.stats import Figure, Floor, JsonScalar, Target, not_measured, ratios, summarize
 from enforcer.plan import encode_state
-from tests import netns
 from tests.netns import Node, make_node
 
 logger = logging.getLogger(__name__)
@@ -47,27 +45,9 @@ NOTES = (
 
 
 def _worker(node: Node, command: str, backend: str, *args: str) -> dict[str, Any]:
-    result = netns.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            node.node_ns,
-            sys.executable,
-            "-m",
-            "bench.enforcer_worker",
-            command,
-            "--backend",
-            backend,
-            "--nodeport-range",
-            f"{NODEPORT_RANGE[0]}-{NODEPORT_RANGE[1]}",
-            "--lock-path",
-            node.lock_path,
-            *args,
-        ],
-        timeout=WORKER_TIMEOUT,
-    )
-    answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    answer = run_in_node(node.node_ns, node.lock_path, command, backend, NODEPORT_RANGE, *args, timeout=WORKER_TIMEOUT)
+    if answer is None:
+        raise RuntimeError(f"bench.enforcer_worker {command} printed no result")
     return answer
 
 

@@ -197,6 +197,46 @@ def cmd_memory(dp: Dataplane, pages_dir: Path, key_file: Path) -> dict[str, Any]
     }
 
 
+def run_in_node(
+    node_ns: str,
+    lock_path: str,
+    command: str,
+    backend: str,
+    nodeport_range: tuple[int, int],
+    *args: str,
+    timeout: float = 300.0,
+) -> dict[str, Any] | None:
+    """Caller side: run this module's `command` inside the node namespace; its last JSON line, if any."""
+    proc = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            node_ns,
+            sys.executable,
+            "-m",
+            "bench.enforcer_worker",
+            command,
+            "--backend",
+            backend,
+            "--nodeport-range",
+            f"{nodeport_range[0]}-{nodeport_range[1]}",
+            "--lock-path",
+            lock_path,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.enforcer_worker {command} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+    lines = proc.stdout.strip().splitlines()
+    answer: dict[str, Any] | None = json.loads(lines[-1]) if lines else None
+    return answer
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.enforcer_worker")
     parser.add_argument("command", choices=["full", "incremental", "memory", "program", "cleanup"])

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bench import data
+from bench.enforcer_worker import run_in_node
 from bench.stats import Figure, Floor, Target, not_measured, ratios, summarize
 from enforcer.plan import DesiredState, Network, PortKey, encode_state
 from tests import netns
@@ -72,27 +73,7 @@ def _state(ports: int) -> DesiredState:
 
 
 def _program(node: Node, state_file: Path) -> None:
-    netns.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            node.node_ns,
-            sys.executable,
-            "-m",
-            "bench.enforcer_worker",
-            "program",
-            "--backend",
-            "legacy",
-            "--nodeport-range",
-            f"{NODEPORT_RANGE[0]}-{NODEPORT_RANGE[1]}",
-            "--lock-path",
-            node.lock_path,
-            "--state-json",
-            str(state_file),
-        ],
-        timeout=300,
-    )
+    run_in_node(node.node_ns, node.lock_path, "program", "legacy", NODEPORT_RANGE, "--state-json", str(state_file))
 
 
 def _rate(node: Node) -> float:
@@ -120,24 +101,7 @@ def run(workdir: Path) -> list[Figure]:
             for n in (FEW, MANY) if i % 2 == 0 else (MANY, FEW):
                 _program(node, files[n])
                 rates[n].append(_rate(node))
-        netns.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                node.node_ns,
-                sys.executable,
-                "-m",
-                "bench.enforcer_worker",
-                "cleanup",
-                "--backend",
-                "legacy",
-                "--nodeport-range",
-                f"{NODEPORT_RANGE[0]}-{NODEPORT_RANGE[1]}",
-                "--lock-path",
-                node.lock_path,
-            ],
-        )
+        run_in_node(node.node_ns, node.lock_path, "cleanup", "legacy", NODEPORT_RANGE)
     return [
         Figure(
             NAME,
