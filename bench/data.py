@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from enforcer.plan import DesiredState, Network, PortKey
+from tests.builders import ip_from, pod, policy, service
 from webhook.contract import Annotation, CidrRule, NodePortVerdict, PolicyRef, SourceSet, render_annotations
 
 logger = logging.getLogger(__name__)
@@ -26,42 +27,6 @@ POLICIES_PER_NAMESPACE = 5
 NODEPORT_FIRST = 30000
 DEFAULT_RANGE_SIZE = 2768  # 30000-32767
 BENCH_SIGNING_KEY = b"nodeport-guard-benchmark-signing-key"
-
-
-def service(name: str, selector: dict[str, str], ports: list[Obj], namespace: str) -> Obj:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"type": "NodePort", "selector": selector, "ports": ports},
-    }
-
-
-def pod(name: str, labels: dict[str, str], ports: list[Obj], namespace: str) -> Obj:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {"containers": [{"name": "main", "image": "example", "ports": ports}]},
-        "status": {"phase": "Running"},
-    }
-
-
-def policy(name: str, spec: Obj, namespace: str, uid: str = "") -> Obj:
-    meta: Obj = {"name": name, "namespace": namespace}
-    if uid:
-        meta["uid"] = uid
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta, "spec": spec}
-
-
-def ip_from(*cidrs: str, excepts: list[str] | None = None) -> list[Obj]:
-    peers: list[Obj] = []
-    for cidr in cidrs:
-        block: Obj = {"cidr": cidr}
-        if excepts:
-            block["except"] = list(excepts)
-        peers.append({"ipBlock": block})
-    return peers
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +54,14 @@ def build_cluster(
         for s in range(services_per_namespace):
             node_port = NODEPORT_FIRST + (n * services_per_namespace + s) % DEFAULT_RANGE_SIZE
             port = {"name": "http", "port": 80, "targetPort": "http", "nodePort": node_port}
-            services.append(service(f"svc-{s}", {"app": f"app-{s}"}, [port], ns))
+            services.append(service(f"svc-{s}", {"app": f"app-{s}"}, [port], namespace=ns))
             for p in range(pods_per_service):
                 labels = {"app": f"app-{s}", "tier": rnd.choice(["a", "b"])}
-                pods.append(pod(f"pod-{s}-{p}", labels, [{"name": "http", "containerPort": 8080}], ns))
+                pods.append(
+                    pod(
+                        f"pod-{s}-{p}", labels, [{"name": "http", "containerPort": 8080}], namespace=ns, phase="Running"
+                    )
+                )
         for k in range(policies_per_namespace):
             spec = {
                 "podSelector": {"matchLabels": {"app": f"app-{(k * 4) % services_per_namespace}"}},
@@ -101,7 +70,7 @@ def build_cluster(
                     {"from": ip_from("198.51.100.0/24", "2001:db8::/32")},
                 ],
             }
-            policies.append(policy(f"pol-{k}", spec, ns, uid=f"uid-{n}-{k}"))
+            policies.append(policy(f"pol-{k}", spec, namespace=ns, uid=f"uid-{n}-{k}"))
     return Cluster(services, pods, policies)
 
 
@@ -140,7 +109,7 @@ def new_policy_reviews(
                 {"from": ip_from("198.51.100.0/25")},
             ],
         }
-        reviews.append(admission_review(namespace, policy(f"new-{i}", spec, namespace), uid=f"bench-{i}"))
+        reviews.append(admission_review(namespace, policy(f"new-{i}", spec, namespace=namespace), uid=f"bench-{i}"))
     return reviews
 
 

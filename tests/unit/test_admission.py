@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_semantics import HTTP, WEB_PORT, Obj, ip_from, pod, policy, service
+from tests.builders import HTTP, WEB_PORT, Obj, ip_from, pod, policy, service
 from webhook import contract
 from webhook.admission import AdmissionConfig, mutate, resolve_all_annotations, validate
 from webhook.review import AdmissionRequest, ReviewError, allowed, denied, parse_review
