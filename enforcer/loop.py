@@ -74,12 +74,16 @@ class SyncLoop:
         self._verification = VerificationCache()
         self._planner = IncrementalPlanner(self.nodeport_range)
 
-    def sync_once(self) -> SyncReport:
-        """Verify and plan what changed, then bring the dataplane to the whole plan."""
+    def sync_once(self, full_readback: bool = False) -> SyncReport:
+        """Verify and plan what changed, then bring the dataplane to the whole plan.
+
+        `full_readback` re-reads every set member instead of trusting our last write: the periodic
+        resync does, so a member edited by hand (same count) is repaired within one period.
+        """
         started = time.perf_counter()
         annotations, rejected = self._verification.verify(self.store.snapshot(), self.signing_keys())
         plan = self._planner.plan(annotations)
-        report = self.dataplane.sync(plan.state)
+        report = self.dataplane.sync(plan.state, full_readback=full_readback)
         self.metrics.sync_duration.observe(time.perf_counter() - started)
         self.metrics.protected_ports.set(len(plan.state.ports))
         self.metrics.rejected_annotations.set(len(rejected))
@@ -128,7 +132,7 @@ class SyncLoop:
                 self.stop.wait(self.debounce_seconds)  # coalesce a burst of events into one sync
             self.store.changed.clear()
             try:
-                self.sync_once()
+                self.sync_once(full_readback=not changed)
                 self.ready.set()
                 next_resync = time.monotonic() + self.resync_seconds
             except Exception as exc:

@@ -301,6 +301,25 @@ def test_drift_is_repaired_within_one_resync(
     assert _metric(enforcer, "nodeport_guard_drift_repairs_total") > before
 
 
+def test_a_hand_edited_set_member_is_repaired_within_one_resync(
+    control_plane: ControlPlane,
+    namespace: str,
+    enforced: tuple[Node, EnforcerProcess],
+) -> None:
+    node, _ = enforced
+    tcp_port, _ = _deploy_app(control_plane, namespace)
+    node.listen(tcp_port)
+    _apply(control_plane, namespace, policy("allow-a", {}, [{"from": [{"ipBlock": {"cidr": "198.51.100.0/24"}}]}]))
+    _eventually(node, CLIENT_B4, NODE_V4[0], tcp_port, "timeout")
+    # Swap the allowed member for another one: same member count, so only a full read-back sees it.
+    node.run(["ipset", "del", "npg-4-allow", f"198.51.100.0/24,tcp:{tcp_port}"])
+    node.run(["ipset", "add", "npg-4-allow", f"203.0.113.0/24,tcp:{tcp_port}"])
+    assert node.connect(CLIENT_B4, NODE_V4[0], tcp_port) == "connected"
+    # The fixture's resync period is 2 s.
+    _eventually(node, CLIENT_B4, NODE_V4[0], tcp_port, "timeout", timeout=2.0 + 4.0)
+    _eventually(node, CLIENT_A4, NODE_V4[0], tcp_port, "connected")
+
+
 def test_kill_9_mid_sync_then_restart_converges_to_the_plan(
     control_plane: ControlPlane,
     installation: Installation,
