@@ -3,6 +3,8 @@
 #   docker build -t nodeport-guard:0.1.0 .
 # The default user is non-root 65532 (the webhook); the enforcer's DaemonSet runs it as root
 # with only NET_ADMIN and NET_RAW, which iptables/ipset need.
+# Pinned by tag, not by digest: no registry is reachable from where this was written to look the
+# digest up. Pin it by digest (python:3.11-slim-bookworm@sha256:...) in your own build.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build: wheels for the project and every dependency (python-iptables compiles a small C helper)
@@ -24,9 +26,10 @@ LABEL org.opencontainers.image.title="nodeport-guard" \
       org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.licenses="Apache-2.0"
 # iptables brings both backends (iptables-legacy-* and iptables-nft-*) and the libxtables that
-# python-iptables loads; conntrack is used only with NPG_CLEAR_CONNTRACK=true.
+# python-iptables loads; conntrack and iproute2 (the node's local addresses) are used only with
+# NPG_CLEAR_CONNTRACK=true.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables ipset conntrack \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables ipset conntrack iproute2 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 65532 nonroot \
  && useradd --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin nonroot
