@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from webhook import contract
@@ -13,6 +13,7 @@ from webhook.review import AdmissionRequest, JsonPatch, allowed, denied
 from webhook.semantics import (
     NamespaceResolution,
     Policy,
+    PolicyMemo,
     SemanticsError,
     compile_policy,
     resolve_namespace,
@@ -33,6 +34,8 @@ class AdmissionConfig:
     signing_key: bytes
     max_cidrs_per_policy: int = 1000
     max_nodeports_per_policy: int = 1000
+    # Compiled stored policies shared by every request; results do not depend on it.
+    compiled: PolicyMemo = field(default_factory=PolicyMemo, compare=False, repr=False)
 
 
 class _Rejection(Exception):
@@ -153,7 +156,7 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
             "aggregate the ranges",
         )
     try:
-        resolution = resolve_policy(namespace, name, view, replace=obj)
+        resolution = resolve_policy(namespace, name, view, replace=obj, memo=config.compiled, replace_compiled=policy)
     except SemanticsError as exc:
         raise _Rejection(500, f"a stored NetworkPolicy in namespace {namespace} cannot be interpreted: {exc}") from exc
     verdicts = resolution.verdicts_for(name)

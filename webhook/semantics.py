@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -589,19 +591,67 @@ class _Collector:
         self.warnings.setdefault(policy, set()).add(message)
 
 
+class PolicyMemo:
+    """Compiled forms of stored policies, reused across resolutions (a pure cache: same results).
+
+    Keyed by object identity: the webhook's cache replaces a policy's dict when it changes and
+    never edits one in place. Each entry holds its object, so an id cannot be reused while it is
+    remembered; the least recently used entries are dropped beyond `capacity`.
+    """
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[tuple[int, bool], tuple[Mapping[str, Any], Policy]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def compile(self, obj: Mapping[str, Any], with_rules: bool) -> Policy:
+        key = (id(obj), with_rules)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is obj:
+                self._entries.move_to_end(key)
+                return entry[1]
+        policy = compile_policy(obj, with_rules=with_rules)
+        with self._lock:
+            self._entries[key] = (obj, policy)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+        return policy
+
+
 class _Compiler:
-    """Compiles the rules of a policy the first time a resolution needs them (local to a call)."""
+    """Compiles a policy the first time a resolution needs it; stored ones through the memo."""
 
-    __slots__ = ("_done", "_objs")
+    __slots__ = ("_done", "_memo", "_objs", "_replace", "_replace_compiled")
 
-    def __init__(self, objs: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        objs: Mapping[str, Mapping[str, Any]],
+        memo: PolicyMemo | None,
+        replace: Mapping[str, Any] | None,
+        replace_compiled: Policy | None,
+    ) -> None:
         self._objs = objs
         self._done: dict[str, Policy] = {}
+        self._memo = memo
+        # The policy being admitted is new on every request: never remembered, and compiled once
+        # (the admission already did, strictly, which gives the same Policy for a valid object).
+        self._replace = replace
+        self._replace_compiled = replace_compiled
+
+    def compile(self, obj: Mapping[str, Any], with_rules: bool) -> Policy:
+        if obj is self._replace:
+            if self._replace_compiled is None:
+                self._replace_compiled = compile_policy(obj)
+            return self._replace_compiled
+        if self._memo is None:
+            return compile_policy(obj, with_rules=with_rules)
+        return self._memo.compile(obj, with_rules)
 
     def rules_of(self, head: Policy) -> Policy:
         policy = self._done.get(head.name)
         if policy is None:
-            policy = self._done[head.name] = compile_policy(self._objs[head.name])
+            policy = self._done[head.name] = self.compile(self._objs[head.name], True)
         return policy
 
 
@@ -725,11 +775,13 @@ def _resolve(
     replace: Mapping[str, Any] | None,
     remove: tuple[str, str] | None,
     focus: str | None,
+    memo: PolicyMemo | None = None,
+    replace_compiled: Policy | None = None,
 ) -> NamespaceResolution:
     objs = _effective_policies(namespace, view, replace, remove)
-    compiled = [compile_policy(o, with_rules=False) for o in objs]
+    full = _Compiler({_meta(o, "name"): o for o in objs}, memo, replace, replace_compiled)
+    compiled = [full.compile(o, False) for o in objs]
     ingress = [p for p in compiled if p.affects_ingress]
-    full = _Compiler({_meta(o, "name"): o for o in objs})
     out = _Collector()
     focus_policy = next((p for p in ingress if p.name == focus), None) if focus is not None else None
     if ingress and (focus is None or focus_policy is not None):
@@ -780,7 +832,13 @@ def resolve_policy(
     name: str,
     view: ClusterView,
     replace: Mapping[str, Any] | None = None,
+    memo: PolicyMemo | None = None,
+    replace_compiled: Policy | None = None,
 ) -> NamespaceResolution:
     """Like resolve_namespace but computes only what policy `name` needs (verdicts and warnings
-    for the NodePorts whose pods it selects); the admission path uses this."""
-    return _resolve(namespace, view, replace, None, focus=name)
+    for the NodePorts whose pods it selects); the admission path uses this.
+
+    `memo` reuses compiled stored policies across calls; `replace_compiled` is `replace` already
+    compiled (strictly) by the caller. Neither changes the result.
+    """
+    return _resolve(namespace, view, replace, None, focus=name, memo=memo, replace_compiled=replace_compiled)
