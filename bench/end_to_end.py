@@ -225,19 +225,7 @@ def run(workdir: Path) -> list[Figure]:
                         )
                 finally:
                     enforcer.stop()
-                    node.run(
-                        [
-                            "env",
-                            f"NPG_XTABLES_LOCK={node.lock_path}",
-                            sys.executable,
-                            "-m",
-                            "enforcer",
-                            "cleanup",
-                            "--backend",
-                            BACKEND,
-                        ],
-                        check=False,
-                    )
+                    enforcer.cleanup_node()
         finally:
             remove_webhooks(plane)
             webhook.stop()

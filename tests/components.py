@@ -242,7 +242,7 @@ class EnforcerProcess:
             "NPG_BACKEND": self.backend,
             "NPG_RESYNC_SECONDS": str(self.resync_seconds),
             "NPG_METRICS_BIND": f"127.0.0.1:{self.metrics_port}",
-            "NPG_XTABLES_LOCK": str(self.workdir / f"xtables-{self.netns}.lock"),
+            "NPG_XTABLES_LOCK": str(self.xtables_lock),
             **self.extra_env,
         }
         with self.log_path.open("ab") as log:
@@ -292,6 +292,35 @@ class EnforcerProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
+
+    @property
+    def xtables_lock(self) -> Path:
+        # Per node: nothing of ours ever holds the host's /run/xtables.lock.
+        return self.workdir / f"xtables-{self.netns}.lock"
+
+    def cleanup_node(self) -> subprocess.CompletedProcess[str]:
+        """`nodeport-guard-enforcer cleanup` in the node namespace: the documented uninstall step."""
+        return subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.netns,
+                "env",
+                f"NPG_XTABLES_LOCK={self.xtables_lock}",
+                sys.executable,
+                "-m",
+                "enforcer",
+                "cleanup",
+                "--backend",
+                self.backend,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
 
     def kill(self) -> None:
         """kill -9, as a crashed or OOM-killed pod would die."""

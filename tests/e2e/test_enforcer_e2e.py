@@ -8,7 +8,6 @@ NodePort the apiserver allocated. Both iptables backends are exercised.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,19 +74,7 @@ def enforced(
             enforcer.stop()
             print(enforcer.log_tail(60))
         # `enforcer cleanup`, the documented uninstall step, restores the node exactly.
-        cleanup = node.run(
-            [
-                "env",
-                f"NPG_XTABLES_LOCK={node.lock_path}",
-                sys.executable,
-                "-m",
-                "enforcer",
-                "cleanup",
-                "--backend",
-                request.param,
-            ],
-            check=False,
-        )
+        cleanup = enforcer.cleanup_node()
         assert cleanup.returncode == 0, cleanup.stderr
         assert _node_state(node, request.param) == before
 
@@ -366,7 +353,9 @@ def test_kill_9_mid_sync_then_restart_converges_to_the_plan(
     finally:
         # One deletecollection request, not 1,000 DELETEs.
         control_plane.kubectl(
-            "delete", "--raw",
+            "delete",
+            "--raw",
             "/apis/networking.k8s.io/v1/namespaces/kube-system/networkpolicies?labelSelector=npg-test%3Dbulk",
-            check=False, timeout=300,
+            check=False,
+            timeout=300,
         )
