@@ -46,8 +46,10 @@ def _eventually(check: Callable[[], bool], timeout: float = 2.0, what: str = "co
 def web_app(control_plane: ControlPlane, namespace: str, webhook: WebhookServer) -> int:
     """Two pods behind a NodePort Service; returns the allocated nodePort."""
     result = _apply(
-        control_plane, namespace,
-        pod("web-1", {"app": "web", "tier": "a"}, HTTP), pod("web-2", {"app": "web", "tier": "b"}, HTTP),
+        control_plane,
+        namespace,
+        pod("web-1", {"app": "web", "tier": "a"}, HTTP),
+        pod("web-2", {"app": "web", "tier": "b"}, HTTP),
         nodeport_service("web", {"app": "web"}, [{"port": 80, "targetPort": "http"}]),
     )
     assert result.returncode == 0, result.stderr
@@ -63,7 +65,7 @@ def test_deny_all_annotates_exactly_that_nodeport(control_plane: ControlPlane, n
     verdict = ports[(web_app, "TCP")]
     assert verdict.service == "web" and verdict.service_port == 80
     assert not verdict.allow.all_sources and verdict.allow.cidrs == ()
-    assert "drop all external traffic" in result.stderr.lower() or "Warning:" in result.stderr
+    assert f"NodePort {web_app}/TCP): all external traffic will be dropped" in result.stderr
 
 
 def test_signature_binds_the_stored_uid_after_reconcile(
@@ -92,9 +94,7 @@ def test_server_dry_run_shows_annotation_and_stores_nothing(
     control_plane: ControlPlane, namespace: str, web_app: int
 ) -> None:
     body = as_list(policy("deny-all", {}, []))
-    result = control_plane.kubectl(
-        "apply", "-n", namespace, "--dry-run=server", "-o", "json", "-f", "-", input=body
-    )
+    result = control_plane.kubectl("apply", "-n", namespace, "--dry-run=server", "-o", "json", "-f", "-", input=body)
     shown = json.loads(result.stdout)
     shown = shown["items"][0] if shown.get("kind") == "List" else shown
     assert list(node_ports_of(shown)) == [(web_app, "TCP")]
@@ -121,7 +121,13 @@ def test_hand_set_annotation_rejected(control_plane: ControlPlane, namespace: st
 def test_hand_edit_of_stored_annotation_rejected(control_plane: ControlPlane, namespace: str, web_app: int) -> None:
     assert _apply(control_plane, namespace, policy("deny-all", {}, [])).returncode == 0
     result = control_plane.kubectl(
-        "annotate", "--overwrite", "-n", namespace, "networkpolicy", "deny-all", f"{NODEPORTS_KEY}=edited",
+        "annotate",
+        "--overwrite",
+        "-n",
+        namespace,
+        "networkpolicy",
+        "deny-all",
+        f"{NODEPORTS_KEY}=edited",
         check=False,
     )
     assert result.returncode != 0
@@ -168,13 +174,37 @@ def test_warnings_printed_by_kubectl(
     assert any(expected.lower() in w.lower() and f"{web_app}" in w and "web" in w for w in warnings), warnings
 
 
+def test_ipv4_cidr_on_an_ipv6_only_service_is_warned(
+    control_plane: ControlPlane, namespace: str, webhook: WebhookServer
+) -> None:
+    result = _apply(
+        control_plane,
+        namespace,
+        pod("v6-1", {"app": "v6"}, HTTP),
+        nodeport_service(
+            "v6", {"app": "v6"}, [{"port": 80, "targetPort": "http"}], ipFamilies=["IPv6"], ipFamilyPolicy="SingleStack"
+        ),
+    )
+    assert result.returncode == 0, result.stderr
+    node_port = _node_port(control_plane, namespace, "v6")
+    result = _apply(
+        control_plane, namespace, policy("v4-only", {}, [{"from": [{"ipBlock": {"cidr": "198.51.100.0/24"}}]}])
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert any(f"NodePort {node_port}/TCP" in w and "IPv4" in w and "IPv6-only" in w for w in warnings), warnings
+
+
 def test_new_service_and_deletion_update_annotation_within_2s(
     control_plane: ControlPlane, namespace: str, web_app: int
 ) -> None:
     assert _apply(control_plane, namespace, policy("deny-all", {}, [])).returncode == 0
-    assert _apply(
-        control_plane, namespace, nodeport_service("web-admin", {"app": "web"}, [{"port": 81, "targetPort": 8080}])
-    ).returncode == 0
+    assert (
+        _apply(
+            control_plane, namespace, nodeport_service("web-admin", {"app": "web"}, [{"port": 81, "targetPort": 8080}])
+        ).returncode
+        == 0
+    )
     second = _node_port(control_plane, namespace, "web-admin")
 
     def ports() -> set[int]:
