@@ -275,10 +275,13 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
     return allowed(request.uid, None, computed.warnings)
 
 
-def resolve_all_annotations(namespace: str, view: ClusterView, key: bytes) -> dict[str, dict[str, str] | None]:
+def resolve_all_annotations(
+    namespace: str, view: ClusterView, key: bytes, memo: PolicyMemo | None = None
+) -> dict[str, dict[str, str] | None]:
     """For the reconciler: the nodeport-guard annotations each stored policy of `namespace` should
-    carry now (None = none of ours), signed with the stored uids."""
-    resolution: NamespaceResolution = resolve_namespace(namespace, view)
+    carry now (None = none of ours), signed with the stored uids. `memo` is the admission's
+    cache of compiled stored policies (every Pod or Service event re-resolves a namespace)."""
+    resolution: NamespaceResolution = resolve_namespace(namespace, view, memo=memo)
     out: dict[str, dict[str, str] | None] = {}
     for name in resolution.policies:
         rendered = render_policy_annotations(

@@ -197,6 +197,11 @@ def start_cluster_runtime(settings: WebhookSettings, stop: threading.Event) -> R
     api_client = _api_client(settings)
     metrics = WebhookMetrics()
     cache = ClusterCache()
+    config = admission.AdmissionConfig(
+        signing_key=key,
+        max_cidrs_per_policy=settings.max_cidrs_per_policy,
+        max_nodeports_per_policy=settings.max_nodeports_per_policy,
+    )
     reconciler: Reconciler | None = None
     if settings.reconcile:
         leader = threading.Event()
@@ -209,6 +214,7 @@ def start_cluster_runtime(settings: WebhookSettings, stop: threading.Event) -> R
             resync_seconds=settings.resync_seconds,
             on_patched=lambda _p: metrics.annotation_patches.inc(),
             excluded_namespaces=settings.excluded_namespaces,
+            memo=config.compiled,
         )
         cache.add_listener(reconciler.mark_dirty)
         if settings.lease_namespace:
@@ -237,11 +243,7 @@ def start_cluster_runtime(settings: WebhookSettings, stop: threading.Event) -> R
         reconciler.start()
     return Runtime(
         view=cache,
-        config=admission.AdmissionConfig(
-            signing_key=key,
-            max_cidrs_per_policy=settings.max_cidrs_per_policy,
-            max_nodeports_per_policy=settings.max_nodeports_per_policy,
-        ),
+        config=config,
         ready=lambda: all(w.synced.is_set() for w in watches),
         max_body_bytes=settings.max_body_bytes,
         metrics=metrics,

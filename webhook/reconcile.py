@@ -19,6 +19,7 @@ from typing import Any
 from webhook.admission import resolve_all_annotations
 from webhook.cache import ClusterCache
 from webhook.contract import owned_keys
+from webhook.semantics import PolicyMemo
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,11 @@ class AnnotationPatch:
     annotations: dict[str, str | None]
 
 
-def plan_patches(namespace: str, cache: ClusterCache, signing_key: bytes) -> list[AnnotationPatch]:
+def plan_patches(
+    namespace: str, cache: ClusterCache, signing_key: bytes, memo: PolicyMemo | None = None
+) -> list[AnnotationPatch]:
     """Pure given a cache snapshot: the patches that make stored annotations match the verdicts."""
-    desired_by_policy = resolve_all_annotations(namespace, cache, signing_key)
+    desired_by_policy = resolve_all_annotations(namespace, cache, signing_key, memo)
     patches = []
     for name, desired in sorted(desired_by_policy.items()):
         stored_policy = cache.policy(namespace, name)
@@ -129,6 +132,7 @@ class Reconciler:
         resync_seconds: float = 60.0,
         on_patched: Callable[[AnnotationPatch], None] | None = None,
         excluded_namespaces: tuple[str, ...] = (),
+        memo: PolicyMemo | None = None,
     ) -> None:
         self._cache = cache
         self._key = signing_key
@@ -138,6 +142,7 @@ class Reconciler:
         self._resync = resync_seconds
         self._on_patched = on_patched
         self._excluded = frozenset(excluded_namespaces)
+        self._memo = memo
         self._dirty: set[str] = set()
         self._wake = threading.Condition()
 
@@ -161,7 +166,7 @@ class Reconciler:
 
     def reconcile_namespace(self, namespace: str) -> int:
         failures = 0
-        for patch in plan_patches(namespace, self._cache, self._key):
+        for patch in plan_patches(namespace, self._cache, self._key, self._memo):
             try:
                 self._patch_policy(patch)
                 logger.info("annotation updated", extra={"namespace": patch.namespace, "policy": patch.name})

@@ -818,13 +818,14 @@ def resolve_namespace(
     view: ClusterView,
     replace: Mapping[str, Any] | None = None,
     remove: tuple[str, str] | None = None,
+    memo: PolicyMemo | None = None,
 ) -> NamespaceResolution:
     """The namespace-wide NodePort verdicts for every policy of `namespace`.
 
     `replace` is a policy in its new form (replacing the stored one of the same name, or added);
-    `remove` is (namespace, name) of a policy being deleted.
+    `remove` is (namespace, name) of a policy being deleted; `memo` reuses compiled stored policies.
     """
-    return _resolve(namespace, view, replace, remove, focus=None)
+    return _resolve(namespace, view, replace, remove, focus=None, memo=memo)
 
 
 def resolve_policy(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench import data
 from tests.builders import policy
-from webhook.admission import AdmissionConfig, mutate
+from webhook.admission import AdmissionConfig, mutate, resolve_all_annotations
 from webhook.review import parse_review
 from webhook.semantics import PolicyMemo, compile_policy
 from webhook.snapshot import StaticClusterView
@@ -31,3 +31,15 @@ def test_admission_answers_do_not_depend_on_the_memo() -> None:
         for request in requests:
             fresh = AdmissionConfig(signing_key=data.BENCH_SIGNING_KEY)
             assert mutate(request, view, warm) == mutate(request, view, fresh)
+
+
+def test_reconciler_answers_do_not_depend_on_the_memo() -> None:
+    cluster = data.build_cluster(namespaces=10, services_per_namespace=5)
+    view = StaticClusterView(cluster.services, cluster.pods, cluster.policies)
+    memo = PolicyMemo()
+    for _ in range(2):
+        for i in range(10):
+            namespace = f"ns-{i}"
+            expected = resolve_all_annotations(namespace, view, data.BENCH_SIGNING_KEY)
+            assert any(expected.values()), namespace  # real verdicts are compared
+            assert resolve_all_annotations(namespace, view, data.BENCH_SIGNING_KEY, memo) == expected
