@@ -307,7 +307,7 @@ def test_a_hand_edited_set_member_is_repaired_within_one_resync(
     _eventually(node, CLIENT_A4, NODE_V4[0], tcp_port, "connected")
 
 
-def test_kill_9_mid_sync_then_restart_converges_to_the_plan(
+def test_kill_9_during_a_burst_then_restart_converges_to_the_plan(
     control_plane: ControlPlane,
     installation: Installation,
     enforced: tuple[Node, EnforcerProcess],
@@ -340,7 +340,9 @@ def test_kill_9_mid_sync_then_restart_converges_to_the_plan(
                     "kind": "NetworkPolicy",
                 }
             )
-        # Annotating 1,000 policies arrives as a burst of watch events: kill the enforcer in the middle.
+        # Annotating 1,000 policies arrives as a burst of watch events; the enforcer is killed right after
+        # the writes, while it may still be folding them in. A kill guaranteed to land inside one sync is
+        # tests/dataplane/test_robustness.py's (it waits for the sync's own 'syncing' marker).
         writer = control_plane.kubectl(
             "apply", "--server-side", "--force-conflicts", "-f", "-", input=as_list(*patches), timeout=300, check=False
         )

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from webhook.admission import AdmissionConfig
 from webhook.app import Runtime, build_app
-from webhook.contract import NODEPORTS_KEY
+from webhook.contract import NODEPORTS_KEY, SIGNATURE_KEY, decode
 from webhook.snapshot import StaticClusterView
 
 KEY = b"k" * 32
@@ -64,7 +64,11 @@ def test_mutate_returns_review_with_patch_adding_annotation() -> None:
     assert body["response"]["uid"] == "0f8e-1" and body["response"]["allowed"] is True
     patch = json.loads(base64.b64decode(body["response"]["patch"]))
     assert body["response"]["patchType"] == "JSONPatch"
-    assert any(NODEPORTS_KEY.replace("/", "~1") in op["path"] or "annotations" in op["path"] for op in patch)
+    # The policy has no annotations yet: one op adds the map with both of ours.
+    assert [op["op"] for op in patch] == ["add"] and patch[0]["path"] == "/metadata/annotations"
+    annotation = decode(patch[0]["value"][NODEPORTS_KEY])
+    assert [(v.node_port, v.service) for v in annotation.node_ports] == [(30080, "web")]
+    assert patch[0]["value"][SIGNATURE_KEY].startswith("hmac-sha256:")
 
 
 @pytest.mark.parametrize(
