@@ -17,14 +17,23 @@ from typing import Any, Literal, get_args
 ANNOTATION_PREFIX = "nodeport-guard.io/"
 NODEPORTS_KEY = ANNOTATION_PREFIX + "nodeports"
 SIGNATURE_KEY = ANNOTATION_PREFIX + "signature"
-CONTRACT_VERSION = 1
+# The version this build writes. It also reads version 1 (a namespace-wide verdict copied into
+# every policy) during an upgrade, and composes it fail-closed: see docs/annotation.md.
+CONTRACT_VERSION = 2
+READ_VERSIONS = (1, 2)
 SIGNATURE_SCHEME = "hmac-sha256"
 # Upper bound on what the enforcer will accept from one annotation (the webhook's own,
 # configurable limits are lower); protects the node from a huge or hostile value.
 MAX_ANNOTATION_BYTES = 256 * 1024
+# A pod group id: lowercase hex of a SHA-256 prefix (see pod_group_id).
+GROUP_ID_LENGTH = 32
 
 Protocol = Literal["TCP", "UDP", "SCTP"]
 IPFamily = Literal["IPv4", "IPv6"]
+# all: this policy selects every endpoint pod of the NodePort and lets `allow` in on each.
+# some: `groups` lists every endpoint pod group with what this policy lets in (None: not selected).
+# verdict: a version-1 entry, the namespace-wide verdict; only ever intersected (fail closed).
+Scope = Literal["all", "some", "verdict"]
 PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
 IP_FAMILIES: tuple[IPFamily, ...] = get_args(IPFamily)
 
@@ -61,10 +70,13 @@ class SourceSet:
     def nobody() -> SourceSet:
         return SourceSet(all_sources=False)
 
+    def is_nobody(self) -> bool:
+        return not self.all_sources and not self.cidrs
+
 
 @dataclass(frozen=True, slots=True)
 class NodePortVerdict:
-    """The namespace-wide verdict for one NodePort of one Service port."""
+    """The namespace-wide verdict for one NodePort of one Service port (what the enforcer composes)."""
 
     node_port: int
     protocol: Protocol
@@ -72,6 +84,37 @@ class NodePortVerdict:
     service_port: int
     ip_families: tuple[IPFamily, ...]
     allow: SourceSet
+
+
+@dataclass(frozen=True, slots=True)
+class PodGroup:
+    """Endpoint pods of a NodePort that look alike to every policy (same labels, same named ports).
+
+    `allow` is what the annotated policy lets in on these pods; None when it does not select them.
+    """
+
+    id: str
+    allow: SourceSet | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodePortEntry:
+    """One policy's own part in one NodePort (version 2), or a version-1 verdict (scope "verdict")."""
+
+    node_port: int
+    protocol: Protocol
+    service: str
+    service_port: int
+    ip_families: tuple[IPFamily, ...]
+    scope: Scope
+    allow: SourceSet = SourceSet(all_sources=False)  # scope all and verdict
+    groups: tuple[PodGroup, ...] = ()  # scope some: every endpoint group, sorted by id
+
+    def sources(self) -> tuple[SourceSet, ...]:
+        """Every source set the entry names (for counting and display)."""
+        if self.scope == "some":
+            return tuple(g.allow for g in self.groups if g.allow is not None)
+        return (self.allow,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,30 +129,59 @@ class PolicyRef:
 @dataclass(frozen=True, slots=True)
 class Annotation:
     policy: PolicyRef
-    node_ports: tuple[NodePortVerdict, ...]
+    node_ports: tuple[NodePortEntry, ...]
     version: int = CONTRACT_VERSION
 
 
-def _sort_key(v: NodePortVerdict) -> tuple[int, str, str, int]:
+def pod_group_id(labels: Mapping[str, str], named_ports: Mapping[tuple[str, str], int]) -> str:
+    """The id of a pod group: a digest of what any policy's verdict on a pod can depend on.
+
+    Selection depends only on the labels, and port coverage only on the named containerPorts, so
+    pods with equal digests are selected and covered alike by every policy: each policy's
+    annotation names them the same way without looking at any other policy.
+    """
+    canonical = json.dumps(
+        [sorted(labels.items()), sorted([name, protocol, number] for (name, protocol), number in named_ports.items())],
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:GROUP_ID_LENGTH]
+
+
+def _sort_key(v: NodePortEntry) -> tuple[int, str, str, int]:
     return (v.node_port, v.protocol, v.service, v.service_port)
 
 
+def _source_json(allow: SourceSet) -> dict[str, Any]:
+    out: dict[str, Any] = {"all": allow.all_sources}
+    if not allow.all_sources:
+        out["cidrs"] = [{"cidr": c.cidr, "except": sorted(c.excepts)} for c in sorted(allow.cidrs)]
+    return out
+
+
+def _entry_json(entry: NodePortEntry, version: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "nodePort": entry.node_port,
+        "protocol": entry.protocol,
+        "service": entry.service,
+        "servicePort": entry.service_port,
+        "ipFamilies": sorted(entry.ip_families),
+    }
+    if version == 1:
+        out["allow"] = _source_json(entry.allow)
+    elif entry.scope == "all":
+        out["pods"] = "all"
+        out["allow"] = _source_json(entry.allow)
+    else:
+        out["pods"] = "some"
+        out["groups"] = [
+            {"id": g.id, "allow": None if g.allow is None else _source_json(g.allow)}
+            for g in sorted(entry.groups, key=lambda g: g.id)
+        ]
+    return out
+
+
 def _to_json(annotation: Annotation) -> dict[str, Any]:
-    ports = []
-    for v in sorted(annotation.node_ports, key=_sort_key):
-        allow: dict[str, Any] = {"all": v.allow.all_sources}
-        if not v.allow.all_sources:
-            allow["cidrs"] = [{"cidr": c.cidr, "except": sorted(c.excepts)} for c in sorted(v.allow.cidrs)]
-        ports.append(
-            {
-                "nodePort": v.node_port,
-                "protocol": v.protocol,
-                "service": v.service,
-                "servicePort": v.service_port,
-                "ipFamilies": sorted(v.ip_families),
-                "allow": allow,
-            }
-        )
     return {
         "version": annotation.version,
         "policy": {
@@ -117,12 +189,14 @@ def _to_json(annotation: Annotation) -> dict[str, Any]:
             "name": annotation.policy.name,
             "uid": annotation.policy.uid,
         },
-        "nodePorts": ports,
+        "nodePorts": [_entry_json(v, annotation.version) for v in sorted(annotation.node_ports, key=_sort_key)],
     }
 
 
 def encode(annotation: Annotation) -> str:
     """Canonical JSON: sorted keys and lists, no whitespace; equal annotations give equal strings."""
+    if annotation.version not in READ_VERSIONS:
+        raise ContractError("$.version", f"cannot encode version {annotation.version}")
     return json.dumps(_to_json(annotation), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
@@ -188,9 +262,48 @@ def _decode_cidr_rule(obj: Any, field: str) -> CidrRule:
     return CidrRule(cidr=cidr, excepts=tuple(parsed))
 
 
-def _decode_verdict(obj: Any, field: str) -> NodePortVerdict:
+def _decode_source_set(obj: Any, field: str) -> SourceSet:
+    allow = _expect(obj, dict, field)
+    all_sources = _expect(allow.get("all"), bool, f"{field}.all")
+    if all_sources:
+        _exact_keys(allow, {"all"}, field)
+        return SourceSet.everyone()
+    _exact_keys(allow, {"all", "cidrs"}, field)
+    cidrs = _expect(allow["cidrs"], list, f"{field}.cidrs")
+    return SourceSet(
+        all_sources=False,
+        cidrs=tuple(_decode_cidr_rule(c, f"{field}.cidrs[{i}]") for i, c in enumerate(cidrs)),
+    )
+
+
+def _decode_group(obj: Any, field: str) -> PodGroup:
     _expect(obj, dict, field)
-    _exact_keys(obj, {"nodePort", "protocol", "service", "servicePort", "ipFamilies", "allow"}, field)
+    _exact_keys(obj, {"id", "allow"}, field)
+    group_id = _expect(obj["id"], str, f"{field}.id")
+    if len(group_id) != GROUP_ID_LENGTH or any(c not in "0123456789abcdef" for c in group_id):
+        raise ContractError(f"{field}.id", f"{group_id!r} is not {GROUP_ID_LENGTH} lowercase hex digits")
+    allow = None if obj["allow"] is None else _decode_source_set(obj["allow"], f"{field}.allow")
+    return PodGroup(id=group_id, allow=allow)
+
+
+_ENTRY_KEYS = {"nodePort", "protocol", "service", "servicePort", "ipFamilies"}
+
+
+def _decode_entry(obj: Any, field: str, version: int) -> NodePortEntry:
+    _expect(obj, dict, field)
+    if version == 1:
+        _exact_keys(obj, _ENTRY_KEYS | {"allow"}, field)
+        scope: Scope = "verdict"
+    else:
+        pods = _expect(obj.get("pods"), str, f"{field}.pods")
+        if pods == "all":
+            _exact_keys(obj, _ENTRY_KEYS | {"pods", "allow"}, field)
+            scope = "all"
+        elif pods == "some":
+            _exact_keys(obj, _ENTRY_KEYS | {"pods", "groups"}, field)
+            scope = "some"
+        else:
+            raise ContractError(f"{field}.pods", f"{pods!r} is not 'all' or 'some'")
     node_port = _expect(obj["nodePort"], int, f"{field}.nodePort")
     if not 1 <= node_port <= 65535:
         raise ContractError(f"{field}.nodePort", f"{node_port} is not a port number")
@@ -202,25 +315,26 @@ def _decode_verdict(obj: Any, field: str) -> NodePortVerdict:
     families = _expect(obj["ipFamilies"], list, f"{field}.ipFamilies")
     if not families or any(f not in IP_FAMILIES for f in families) or len(set(families)) != len(families):
         raise ContractError(f"{field}.ipFamilies", f"{families!r} must be a non-empty subset of {list(IP_FAMILIES)}")
-    allow = _expect(obj["allow"], dict, f"{field}.allow")
-    all_sources = _expect(allow.get("all"), bool, f"{field}.allow.all")
-    if all_sources:
-        _exact_keys(allow, {"all"}, f"{field}.allow")
-        source_set = SourceSet.everyone()
+    allow = SourceSet.nobody()
+    groups: tuple[PodGroup, ...] = ()
+    if scope == "some":
+        raw_groups = _expect(obj["groups"], list, f"{field}.groups")
+        if not raw_groups:
+            raise ContractError(f"{field}.groups", "must name at least one endpoint group")
+        groups = tuple(_decode_group(g, f"{field}.groups[{i}]") for i, g in enumerate(raw_groups))
+        if len({g.id for g in groups}) != len(groups):
+            raise ContractError(f"{field}.groups", "duplicate group id")
     else:
-        _exact_keys(allow, {"all", "cidrs"}, f"{field}.allow")
-        cidrs = _expect(allow["cidrs"], list, f"{field}.allow.cidrs")
-        source_set = SourceSet(
-            all_sources=False,
-            cidrs=tuple(_decode_cidr_rule(c, f"{field}.allow.cidrs[{i}]") for i, c in enumerate(cidrs)),
-        )
-    return NodePortVerdict(
+        allow = _decode_source_set(obj["allow"], f"{field}.allow")
+    return NodePortEntry(
         node_port=node_port,
         protocol=protocol,
         service=service,
         service_port=service_port,
         ip_families=tuple(families),
-        allow=source_set,
+        scope=scope,
+        allow=allow,
+        groups=groups,
     )
 
 
@@ -235,8 +349,10 @@ def decode(value: str) -> Annotation:
     _expect(obj, dict, "$")
     _exact_keys(obj, {"version", "policy", "nodePorts"}, "$")
     version = _expect(obj["version"], int, "$.version")
-    if version != CONTRACT_VERSION:
-        raise ContractError("$.version", f"unsupported version {version}; this build reads {CONTRACT_VERSION}")
+    if version not in READ_VERSIONS:
+        raise ContractError(
+            "$.version", f"unsupported version {version}; this build reads {', '.join(map(str, READ_VERSIONS))}"
+        )
     policy = _expect(obj["policy"], dict, "$.policy")
     _exact_keys(policy, {"namespace", "name", "uid"}, "$.policy")
     ref = PolicyRef(
@@ -245,13 +361,13 @@ def decode(value: str) -> Annotation:
         uid=_expect(policy["uid"], str, "$.policy.uid"),
     )
     ports = _expect(obj["nodePorts"], list, "$.nodePorts")
-    verdicts = tuple(_decode_verdict(p, f"$.nodePorts[{i}]") for i, p in enumerate(ports))
+    entries = tuple(_decode_entry(p, f"$.nodePorts[{i}]", version) for i, p in enumerate(ports))
     seen: set[tuple[int, str]] = set()
-    for i, v in enumerate(verdicts):
+    for i, v in enumerate(entries):
         if (v.node_port, v.protocol) in seen:
             raise ContractError(f"$.nodePorts[{i}]", f"duplicate {v.protocol} nodePort {v.node_port}")
         seen.add((v.node_port, v.protocol))
-    return Annotation(policy=ref, node_ports=verdicts, version=version)
+    return Annotation(policy=ref, node_ports=entries, version=version)
 
 
 def read_signed(

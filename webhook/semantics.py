@@ -550,7 +550,37 @@ class NamespaceResolution:
         return self.warnings.get(name, ())
 
 
-def _ip_families(service: Mapping[str, Any]) -> tuple[IPFamily, ...]:
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    """One port of a NodePort Service that nodeport-guard may filter (healthCheckNodePort excluded)."""
+
+    node_port: int
+    protocol: contract.Protocol
+    service_port: int
+    target: int | str  # targetPort, defaulted to the Service port
+
+    def describe(self, service: str) -> str:
+        return f"Service {service} port {self.service_port} (NodePort {self.node_port}/{self.protocol})"
+
+
+def nodeport_service_ports(service: Mapping[str, Any]) -> list[ServicePort]:
+    spec = service.get("spec") or {}
+    health = spec.get("healthCheckNodePort")
+    out: list[ServicePort] = []
+    for port in spec.get("ports") or []:
+        node_port = port.get("nodePort")
+        if not isinstance(node_port, int) or isinstance(node_port, bool) or node_port == health:
+            continue
+        protocol = port.get("protocol") or "TCP"
+        service_port = port.get("port")
+        if protocol not in contract.PROTOCOLS or not isinstance(service_port, int):
+            continue
+        target = port.get("targetPort")
+        out.append(ServicePort(node_port, protocol, service_port, service_port if target in (None, "", 0) else target))
+    return out
+
+
+def service_ip_families(service: Mapping[str, Any]) -> tuple[IPFamily, ...]:
     families = (service.get("spec") or {}).get("ipFamilies") or ["IPv4"]
     return tuple(sorted({f for f in families if f in contract.IP_FAMILIES})) or ("IPv4",)
 
@@ -662,26 +692,16 @@ def _resolve_service(
     full: _Compiler,
     out: _Collector,
 ) -> None:
-    spec = service.get("spec") or {}
     selecting = [[full.rules_of(p) for p in heads if p.selects(pod)] for pod in backing]
     if not any(selecting):
         return
     named = [pod_named_ports(pod) for pod in backing]
     name = _meta(service, "name")
-    families = _ip_families(service)
-    health = spec.get("healthCheckNodePort")
+    families = service_ip_families(service)
     involved = sorted({p.name: p for sel in selecting for p in sel}.values(), key=lambda p: p.name)
-    for port in spec.get("ports") or []:
-        node_port = port.get("nodePort")
-        if not isinstance(node_port, int) or isinstance(node_port, bool) or node_port == health:
-            continue
-        protocol = port.get("protocol") or "TCP"
-        service_port = port.get("port")
-        if protocol not in contract.PROTOCOLS or not isinstance(service_port, int):
-            continue
-        target = port.get("targetPort")
-        target = service_port if target in (None, "", 0) else target
-        prefix = f"Service {name} port {service_port} (NodePort {node_port}/{protocol})"
+    for sp in nodeport_service_ports(service):
+        node_port, protocol, service_port, target = sp.node_port, sp.protocol, sp.service_port, sp.target
+        prefix = sp.describe(name)
         result = _EVERYONE
         resolved_any = False
         blocks: list[IpBlock] = []
@@ -725,45 +745,70 @@ def _resolve_service(
                     "add an ipBlock peer (or omit 'from') on a rule covering that port to allow clients",
                 )
             chosen = sum(1 for sel in selecting if any(q is policy for q in sel))
-            if chosen < len(backing):
-                out.warn(
-                    policy.name,
-                    f"{prefix}: this policy selects only some of the pods behind the Service ({chosen} of "
-                    f"{len(backing)}); partial coverage fails closed: a source is allowed on the NodePort only "
-                    "if every pod accepts it; select all of its pods to make the intent explicit",
-                )
             srcs, sel, blks = per_policy.get(policy.name, (_NOBODY, False, []))
-            if sel and srcs.is_empty():
-                out.warn(
-                    policy.name,
-                    f"{prefix}: podSelector/namespaceSelector peers are this policy's only sources for "
-                    "the NodePort, and they never match external clients; add an ipBlock peer to allow them",
-                )
-            for b in sorted({(b.version, b.cidr, b.path) for b in blks}):
-                if _family_name(b[0]) not in families:
-                    out.warn(
-                        policy.name,
-                        f"{prefix}: {b[2]} {b[1]} is {_family_name(b[0])} but the Service is "
-                        f"{'/'.join(families)}-only, so it never matches NodePort traffic",
-                    )
             mine_named = [n for n, s2 in zip(named, selecting, strict=True) if any(q is policy for q in s2)]
-            for rule in policy.rules:
-                for i, pp in enumerate(rule.ports):
-                    if isinstance(pp.port, str) and not any((pp.port, pp.protocol) in n for n in mine_named):
-                        out.warn(
-                            policy.name,
-                            f"{prefix}: {rule.path}.ports[{i}].port {pp.port!r} ({pp.protocol}) matches no "
-                            "containerPort of the selected pods behind this Service; name a containerPort "
-                            "the pods declare (with the same protocol) or use a number",
-                        )
+            for message in coverage_warnings(
+                prefix,
+                policy,
+                chosen=chosen,
+                backing=len(backing),
+                own_sources=srcs,
+                selector_peers=sel,
+                blocks=blks,
+                families=families,
+                selected_named=mine_named,
+            ):
+                out.warn(policy.name, message)
 
 
-def _is_nodeport_service(service: Mapping[str, Any]) -> bool:
+def coverage_warnings(
+    prefix: str,
+    policy: Policy,
+    *,
+    chosen: int,
+    backing: int,
+    own_sources: Addresses,
+    selector_peers: bool,
+    blocks: Iterable[IpBlock],
+    families: Sequence[IPFamily],
+    selected_named: Sequence[NamedPorts],
+) -> list[str]:
+    """What is doubtful in how one policy covers one Service port (its own content only)."""
+    out: list[str] = []
+    if chosen < backing:
+        out.append(
+            f"{prefix}: this policy selects only some of the pods behind the Service ({chosen} of "
+            f"{backing}); partial coverage fails closed: a source is allowed on the NodePort only "
+            "if every pod accepts it; select all of its pods to make the intent explicit"
+        )
+    if selector_peers and own_sources.is_empty():
+        out.append(
+            f"{prefix}: podSelector/namespaceSelector peers are this policy's only sources for "
+            "the NodePort, and they never match external clients; add an ipBlock peer to allow them"
+        )
+    for version, cidr, path in sorted({(b.version, b.cidr, b.path) for b in blocks}):
+        if _family_name(version) not in families:
+            out.append(
+                f"{prefix}: {path} {cidr} is {_family_name(version)} but the Service is "
+                f"{'/'.join(families)}-only, so it never matches NodePort traffic"
+            )
+    for rule in policy.rules:
+        for i, pp in enumerate(rule.ports):
+            if isinstance(pp.port, str) and not any((pp.port, pp.protocol) in n for n in selected_named):
+                out.append(
+                    f"{prefix}: {rule.path}.ports[{i}].port {pp.port!r} ({pp.protocol}) matches no "
+                    "containerPort of the selected pods behind this Service; name a containerPort "
+                    "the pods declare (with the same protocol) or use a number"
+                )
+    return out
+
+
+def is_nodeport_service(service: Mapping[str, Any]) -> bool:
     spec = service.get("spec") or {}
     return spec.get("type") in NODEPORT_SERVICE_TYPES and bool(spec.get("selector"))
 
 
-def _backing_pods(namespace: str, service: Mapping[str, Any], view: ClusterView) -> list[KubeObject]:
+def backing_pods(namespace: str, service: Mapping[str, Any], view: ClusterView) -> list[KubeObject]:
     selector = (service.get("spec") or {}).get("selector") or {}
     pods = view.pods_matching(namespace, {"matchLabels": dict(selector)})
     return [p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES]
@@ -786,7 +831,7 @@ def _resolve(
     focus_policy = next((p for p in ingress if p.name == focus), None) if focus is not None else None
     if ingress and (focus is None or focus_policy is not None):
         # Order does not matter: verdicts and warnings are sorted when the result is built.
-        services = [s for s in view.services_in(namespace) if _is_nodeport_service(s)]
+        services = [s for s in view.services_in(namespace) if is_nodeport_service(s)]
         focus_labels: list[Mapping[str, str]] = []
         if focus_policy is not None:
             focus_obj = next(o for o in objs if _meta(o, "name") == focus)
@@ -797,7 +842,7 @@ def _resolve(
                 wanted = ((service.get("spec") or {}).get("selector") or {}).items()
                 if not any(wanted <= lb.items() for lb in focus_labels):
                     continue  # the focused policy selects no pod of this Service: no verdict for it
-            backing = _backing_pods(namespace, service, view)
+            backing = backing_pods(namespace, service, view)
             _resolve_service(service, backing, ingress, full, out)
     names = tuple(sorted(p.name for p in compiled)) if focus is None else (focus,)
     return NamespaceResolution(
