@@ -140,7 +140,7 @@ def signed_policy_annotations(
     ref = PolicyRef(namespace=f"ns-{index // 20}", name=f"pol-{index}", uid=f"uid-{index}")
     allow = SourceSet(False, tuple(sorted(CidrRule(c) for c in port_cidrs(index))))
     verdict = NodePortVerdict(node_port, "TCP", f"svc-{index}", 80, ("IPv4",), allow)
-    return ref, render_annotations(Annotation(ref, (verdict,)), key)
+    return ref, render_annotations(Annotation(ref, (verdict.entry(),)), key)
 
 
 def network_policy_with_annotations(ref: PolicyRef, annotations: dict[str, str], index: int) -> Obj:

@@ -9,8 +9,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from webhook.contract import PROTOCOLS, Annotation, CidrRule, IPFamily, Protocol, SourceSet
-from webhook.intervals import Intervals, intersect, merge, of_networks, subtract, to_prefixes
+from webhook.composition import Part, compose, part_of
+from webhook.contract import PROTOCOLS, Annotation, IPFamily, Protocol
+from webhook.intervals import Intervals, of_networks, to_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -114,20 +115,6 @@ def _is_everything(nets: Iterable[Network], family: Family) -> bool:
     return of_networks(nets) == _everything(family)
 
 
-def _rule_intervals(rule: CidrRule, family: Family) -> Intervals:
-    net = ipaddress.ip_network(rule.cidr, strict=False)
-    if net.version != family:
-        return ()
-    excepts = [ipaddress.ip_network(e, strict=False) for e in rule.excepts]
-    return subtract(of_networks([net]), of_networks(e for e in excepts if e.version == family))
-
-
-def _allowed_intervals(allow: SourceSet, family: Family) -> Intervals:
-    if allow.all_sources:
-        return _everything(family)
-    return merge(span for rule in allow.cidrs for span in _rule_intervals(rule, family))
-
-
 def check_nodeport_range(nodeport_range: tuple[int, int]) -> None:
     """Raise ValueError unless the range is 1 <= first <= last <= 65535."""
     lo, hi = nodeport_range
@@ -137,17 +124,17 @@ def check_nodeport_range(nodeport_range: tuple[int, int]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Contribution:
-    """What one verified annotation asks for: allowed intervals per PortKey, and what it may not ask."""
+    """What one verified annotation says: its part per PortKey, and the entries it may not ask."""
 
-    allowed: dict[PortKey, Intervals]
+    allowed: dict[PortKey, Part]
     rejected: tuple[RejectedEntry, ...]
 
 
 def plan_contribution(annotation: Annotation, nodeport_range: tuple[int, int]) -> Contribution:
-    """Pure: one annotation's part of the plan (its verdicts per port and family; out-of-range refusals)."""
+    """Pure: one annotation's part of the plan (its entries per port and family; out-of-range refusals)."""
     lo, hi = nodeport_range
     ref = annotation.policy
-    allowed: dict[PortKey, Intervals] = {}
+    allowed: dict[PortKey, Part] = {}
     rejected: list[RejectedEntry] = []
     for verdict in annotation.node_ports:
         if not lo <= verdict.node_port <= hi:
@@ -168,19 +155,17 @@ def plan_contribution(annotation: Annotation, nodeport_range: tuple[int, int]) -
             continue
         for ip_family in verdict.ip_families:
             family = _FAMILY_OF[ip_family]
+            # (nodePort, protocol) is unique in a decoded annotation, so one part per key.
             key = PortKey(family=family, protocol=verdict.protocol, port=verdict.node_port)
-            mine = _allowed_intervals(verdict.allow, family)
-            allowed[key] = intersect(allowed[key], mine) if key in allowed else mine
+            allowed[key] = part_of(verdict, family)
     return Contribution(allowed=allowed, rejected=tuple(rejected))
 
 
 def protected_port(key: PortKey, contributions: Iterable[Contribution]) -> ProtectedPort | None:
-    """The intersection of every contribution's verdict for `key`; None when it allows every source."""
-    intervals: Intervals | None = None
-    for c in contributions:
-        mine = c.allowed[key]
-        intervals = mine if intervals is None else intersect(intervals, mine)
-    if intervals is None or intervals == _everything(key.family):
+    """The NodePort's sources composed from every contribution's part (webhook/composition.py);
+    None when it allows every source."""
+    intervals = compose((c.allowed[key] for c in contributions), key.family)
+    if intervals == _everything(key.family):
         return None
     return ProtectedPort(key=key, allowed=tuple(to_prefixes(intervals, key.family)))
 
@@ -196,10 +181,10 @@ def _log_rejected(rejected: Iterable[RejectedEntry]) -> None:
 def plan_desired_state(
     annotations: Iterable[Annotation], nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE
 ) -> PlanResult:
-    """Intersect the verdicts of every annotation per (family, protocol, port); refuse out-of-range ports.
+    """Compose the entries of every annotation per (family, protocol, port); refuse out-of-range ports.
 
-    A port is protected in a family when any annotation lists it for that family; the allowed
-    sources are the intersection of all those verdicts (fail closed while policies disagree).
+    A port is protected in a family when any annotation lists it for that family and the
+    composition (webhook/composition.py) does not allow every source.
     """
     check_nodeport_range(nodeport_range)
     contributions = [plan_contribution(a, nodeport_range) for a in annotations]

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from webhook import contract
-from webhook.contract import Annotation, NodePortVerdict, PolicyRef
+from webhook.contract import Annotation, NodePortEntry, PolicyRef
+from webhook.contribution import namespace_endpoints, resolve_contribution
 from webhook.review import AdmissionRequest, JsonPatch, allowed, denied
-from webhook.semantics import (
-    NamespaceResolution,
-    Policy,
-    PolicyMemo,
-    SemanticsError,
-    compile_policy,
-    resolve_namespace,
-    resolve_policy,
-)
+from webhook.semantics import Policy, PolicyMemo, SemanticsError, compile_policy
 from webhook.snapshot import ClusterView
 
 logger = logging.getLogger(__name__)
@@ -82,8 +75,8 @@ def _owned(obj: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: annotations[k] for k in contract.owned_keys(annotations)}
 
 
-def count_cidrs(verdicts: tuple[NodePortVerdict, ...]) -> int:
-    return sum(1 + len(rule.excepts) for v in verdicts for rule in v.allow.cidrs)
+def count_cidrs(entries: tuple[NodePortEntry, ...]) -> int:
+    return sum(1 + len(rule.excepts) for e in entries for allow in e.sources() for rule in allow.cidrs)
 
 
 def _count_block_cidrs(policy: Policy) -> int:
@@ -91,12 +84,12 @@ def _count_block_cidrs(policy: Policy) -> int:
 
 
 def render_policy_annotations(
-    namespace: str, name: str, uid: str, verdicts: tuple[NodePortVerdict, ...], key: bytes
+    namespace: str, name: str, uid: str, entries: tuple[NodePortEntry, ...], key: bytes
 ) -> dict[str, str]:
     """Our annotations for a policy: none when it affects no NodePort."""
-    if not verdicts:
+    if not entries:
         return {}
-    return contract.render_annotations(Annotation(PolicyRef(namespace, name, uid), verdicts), key)
+    return contract.render_annotations(Annotation(PolicyRef(namespace, name, uid), entries), key)
 
 
 def _escape(key: str) -> str:
@@ -132,7 +125,7 @@ class _Computed:
     namespace: str
     name: str
     uid: str
-    verdicts: tuple[NodePortVerdict, ...]
+    entries: tuple[NodePortEntry, ...]
     warnings: tuple[str, ...]
 
 
@@ -155,25 +148,23 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
             f"limit of {config.max_cidrs_per_policy} (webhook setting NPG_MAX_CIDRS_PER_POLICY); split the policy or "
             "aggregate the ranges",
         )
-    try:
-        resolution = resolve_policy(namespace, name, view, replace=obj, memo=config.compiled, replace_compiled=policy)
-    except SemanticsError as exc:
-        raise _Rejection(500, f"a stored NetworkPolicy in namespace {namespace} cannot be interpreted: {exc}") from exc
-    verdicts = resolution.verdicts_for(name)
-    if verdicts and not name:
+    # Only this policy's own spec, its Services and their pods count: never the other policies.
+    contribution = resolve_contribution(policy, (obj.get("spec") or {}).get("podSelector"), view)
+    entries = contribution.entries
+    if entries and not name:
         raise _Rejection(
             422,
             "metadata.name: this policy affects NodePorts, and nodeport-guard binds its annotation to the "
             "policy name; set metadata.name instead of metadata.generateName",
         )
-    if len(verdicts) > config.max_nodeports_per_policy:
+    if len(entries) > config.max_nodeports_per_policy:
         raise _Rejection(
             422,
-            f"spec.podSelector: the policy affects {len(verdicts)} NodePorts, more than the limit of "
+            f"spec.podSelector: the policy affects {len(entries)} NodePorts, more than the limit of "
             f"{config.max_nodeports_per_policy} (webhook setting NPG_MAX_NODEPORTS_PER_POLICY); narrow the podSelector "
             "or raise the setting",
         )
-    cidrs = count_cidrs(verdicts)
+    cidrs = count_cidrs(entries)
     if cidrs > config.max_cidrs_per_policy:
         raise _Rejection(
             422,
@@ -182,7 +173,7 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
             "use fewer, larger ipBlocks or raise the setting",
         )
     uid = _meta_str(obj, "uid") or _meta_str(request.old_object, "uid")
-    return _Computed(namespace, name, uid, verdicts, resolution.warnings_for(name))
+    return _Computed(namespace, name, uid, entries, contribution.warnings)
 
 
 def _check_hand_edits(request: AdmissionRequest, desired: Mapping[str, str]) -> None:
@@ -207,8 +198,9 @@ def mutate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig
     try:
         computed = _compute(request, view, config)
         desired = render_policy_annotations(
-            computed.namespace, computed.name, computed.uid, computed.verdicts, config.signing_key
+            computed.namespace, computed.name, computed.uid, computed.entries, config.signing_key
         )
+        _check_size(desired)
         _check_hand_edits(request, desired)
     except _Rejection as rejection:
         logger.info(
@@ -239,7 +231,7 @@ def _genuine(final: Mapping[str, Any], computed: _Computed, key: bytes) -> bool:
     if signed is None:
         return False
     ports = {(v.node_port, v.protocol, v.service, v.service_port) for v in signed.node_ports}
-    return ports == {(v.node_port, v.protocol, v.service, v.service_port) for v in computed.verdicts}
+    return ports == {(v.node_port, v.protocol, v.service, v.service_port) for v in computed.entries}
 
 
 def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig) -> dict[str, Any]:
@@ -252,7 +244,7 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
         if request.operation == "CREATE":
             uids.add("")  # mutation signs before the apiserver assigns the uid
         expected = [
-            render_policy_annotations(computed.namespace, computed.name, u, computed.verdicts, config.signing_key)
+            render_policy_annotations(computed.namespace, computed.name, u, computed.entries, config.signing_key)
             for u in sorted(uids)
         ]
         final = _owned(request.object)
@@ -276,16 +268,46 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
 
 
 def resolve_all_annotations(
-    namespace: str, view: ClusterView, key: bytes, memo: PolicyMemo | None = None
+    namespace: str,
+    view: ClusterView,
+    key: bytes,
+    memo: PolicyMemo | None = None,
+    names: Collection[str] | None = None,
 ) -> dict[str, dict[str, str] | None]:
-    """For the reconciler: the nodeport-guard annotations each stored policy of `namespace` should
-    carry now (None = none of ours), signed with the stored uids. `memo` is the admission's
-    cache of compiled stored policies (every Pod or Service event re-resolves a namespace)."""
-    resolution: NamespaceResolution = resolve_namespace(namespace, view, memo=memo)
+    """For the reconciler: the nodeport-guard annotations stored policies of `namespace` should
+    carry now (None = none of ours), signed with the stored uids; every policy, or only `names`.
+
+    Each policy's annotation is its own part only, so this costs one contribution per policy and
+    the Services and pods are grouped once. `memo` is the admission's cache of compiled policies.
+    """
+    endpoints = namespace_endpoints(namespace, view)
     out: dict[str, dict[str, str] | None] = {}
-    for name in resolution.policies:
-        rendered = render_policy_annotations(
-            namespace, name, resolution.uids.get(name, ""), resolution.verdicts_for(name), key
-        )
-        out[name] = rendered or None
+    for obj in view.policies_in(namespace):
+        name = _meta_str(obj, "name")
+        if names is not None and name not in names:
+            continue
+        try:
+            policy = memo.compile(obj, True) if memo is not None else compile_policy(obj)
+        except SemanticsError as exc:
+            # A stored policy we cannot read (admitted while we were absent): it names no NodePort
+            # of ours; the enforcer then does not filter for it. Logged so an operator sees it.
+            logger.warning("stored policy cannot be interpreted", extra={"namespace": namespace, "policy": name,
+                                                                         "error": str(exc)})
+            out[name] = None
+            continue
+        spec = obj.get("spec") or {}
+        entries = resolve_contribution(policy, spec.get("podSelector"), view, endpoints).entries
+        out[name] = render_policy_annotations(namespace, name, policy.uid, entries, key) or None
     return out
+
+
+def _check_size(desired: Mapping[str, str]) -> None:
+    size = len(desired.get(contract.NODEPORTS_KEY, ""))
+    if size > contract.MAX_ANNOTATION_BYTES:
+        raise _Rejection(
+            422,
+            f"{_annotation_field(contract.NODEPORTS_KEY)}: the annotation would be {size} bytes, more than the "
+            f"contract's limit of {contract.MAX_ANNOTATION_BYTES} bytes (it grows with this policy's own CIDRs, "
+            "the NodePorts it affects and, under partial coverage, the distinct pod label sets behind them); split "
+            "the policy or select all pods of each Service",
+        )

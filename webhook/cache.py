@@ -81,10 +81,11 @@ class ClusterCache(ObjectSink[Obj]):
         self._objects: dict[str, dict[str, dict[str, Obj]]] = {k: defaultdict(dict) for k in KINDS}
         # pods: namespace -> (label key, value) -> pod names, for selector lookups without a scan.
         self._pod_labels: dict[str, dict[tuple[str, str], set[str]]] = defaultdict(lambda: defaultdict(set))
-        self._listeners: list[Callable[[str, str], None]] = []
+        self._listeners: list[Callable[[str, str, str | None], None]] = []
 
-    def add_listener(self, on_change: Callable[[str, str], None]) -> None:
-        """Called with (kind, namespace) after every change, outside the cache lock."""
+    def add_listener(self, on_change: Callable[[str, str, str | None], None]) -> None:
+        """Called with (kind, namespace, name) after every change, outside the cache lock; name is
+        None when a relist changed the namespace (any object of that kind in it may have changed)."""
         self._listeners.append(on_change)
 
     # --- ObjectSink --------------------------------------------------------------------
@@ -104,7 +105,7 @@ class ClusterCache(ObjectSink[Obj]):
                     for name, pod in pods.items():
                         self._index_pod(ns, name, pod)
         for ns in sorted(changed):
-            self._notify(kind, ns)
+            self._notify(kind, ns, None)
 
     def apply(self, kind: str, event: EventType, obj: Obj) -> None:
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
@@ -123,11 +124,11 @@ class ClusterCache(ObjectSink[Obj]):
                     self._index_pod(ns, name, obj)
             if old == (None if event == "DELETED" else obj):
                 return
-        self._notify(kind, ns)
+        self._notify(kind, ns, name)
 
-    def _notify(self, kind: str, namespace: str) -> None:
+    def _notify(self, kind: str, namespace: str, name: str | None) -> None:
         for listener in self._listeners:
-            listener(kind, namespace)
+            listener(kind, namespace, name)
 
     def _index_pod(self, ns: str, name: str, pod: Obj) -> None:
         for kv in (pod["metadata"].get("labels") or {}).items():

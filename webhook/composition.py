@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from webhook.contract import CidrRule, NodePortEntry, Scope, SourceSet
-from webhook.intervals import Intervals, intersect, merge, of_networks, subtract
+from webhook.intervals import Intervals, intersect, merge, of_networks, subtract, to_prefixes
 
 _BITS = {4: 32, 6: 128}
 
@@ -105,3 +105,24 @@ def compose(parts: Iterable[Part], family: int) -> Intervals:
     for verdict in verdicts:
         result = intersect(result, verdict)
     return result
+
+
+def render_intervals(by_family: dict[int, Intervals], candidates: Iterable[CidrRule]) -> SourceSet:
+    """A composed result back in the contract's SourceSet form, for people to read.
+
+    A family whose result is exactly one of `candidates` (the blocks the entries name) keeps that
+    block's cidr/except form; otherwise it is written as disjoint prefixes.
+    """
+    if all(v == everything(f) for f, v in by_family.items()):
+        return SourceSet.everyone()
+    known = list(candidates)
+    rules: list[CidrRule] = []
+    for family, intervals in sorted(by_family.items()):
+        if not intervals:
+            continue
+        same = next((r for r in sorted(known) if _rule_intervals(r, family) == intervals), None)
+        if same is not None:
+            rules.append(same)
+        else:
+            rules.extend(CidrRule(cidr=str(n)) for n in to_prefixes(intervals, family))
+    return SourceSet(all_sources=False, cidrs=tuple(sorted(rules)))

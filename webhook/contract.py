@@ -85,6 +85,13 @@ class NodePortVerdict:
     ip_families: tuple[IPFamily, ...]
     allow: SourceSet
 
+    def entry(self, scope: Scope = "all") -> NodePortEntry:
+        """This verdict as an annotation entry: of a policy selecting every endpoint pod and
+        allowing exactly it ("all"), or as a version-1 entry ("verdict")."""
+        return NodePortEntry(
+            self.node_port, self.protocol, self.service, self.service_port, self.ip_families, scope, self.allow
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class PodGroup:

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from webhook.composition import Part, compose, part_of, render_intervals
 from webhook.contract import (
     NODEPORTS_KEY,
     SIGNATURE_KEY,
     Annotation,
     ContractError,
-    NodePortVerdict,
+    SourceSet,
     decode,
     read_signed,
 )
@@ -37,15 +38,36 @@ class PolicyReport:
     annotation: Annotation | None
 
 
-def describe_sources(verdict: NodePortVerdict) -> str:
-    if verdict.allow.all_sources:
+PortId = tuple[int, str]  # (nodePort, protocol)
+
+
+def describe_sources(allow: SourceSet) -> str:
+    if allow.all_sources:
         return "all sources"
-    if not verdict.allow.cidrs:
+    if not allow.cidrs:
         return "none (all external traffic dropped)"
     parts = []
-    for rule in verdict.allow.cidrs:
+    for rule in allow.cidrs:
         parts.append(rule.cidr + (f" except {', '.join(rule.excepts)}" if rule.excepts else ""))
     return "; ".join(parts)
+
+
+def namespace_verdicts(reports: Sequence[PolicyReport]) -> dict[PortId, SourceSet]:
+    """Pure: each NodePort's allowed sources composed from every readable annotation, as the
+    enforcers compose them (an annotation that does not verify contributes nothing)."""
+    parts: dict[PortId, dict[int, list[Part]]] = {}
+    rules: dict[PortId, list[Any]] = {}
+    for report in reports:
+        for entry in report.annotation.node_ports if report.annotation else ():
+            port = (entry.node_port, entry.protocol)
+            for name in entry.ip_families:
+                family = 4 if name == "IPv4" else 6
+                parts.setdefault(port, {}).setdefault(family, []).append(part_of(entry, family))
+            rules.setdefault(port, []).extend(r for allow in entry.sources() for r in allow.cidrs)
+    return {
+        port: render_intervals({f: compose(ps, f) for f, ps in by_family.items()}, rules[port])
+        for port, by_family in parts.items()
+    }
 
 
 def inspect_policy(obj: dict[str, Any], keys: tuple[bytes, ...] | None) -> PolicyReport:
@@ -71,16 +93,38 @@ def render_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def explain_rows(report: PolicyReport) -> list[list[str]]:
+def _own_sources(report: PolicyReport, port: PortId) -> str:
+    """What this policy alone lets in on a NodePort (its part of the verdict)."""
+    entry = next(e for e in report.annotation.node_ports if (e.node_port, e.protocol) == port)  # type: ignore[union-attr]
+    if entry.scope == "some":
+        chosen = [g for g in entry.groups if g.allow is not None]
+        return f"on {len(chosen)} of {len(entry.groups)} pod groups: " + " | ".join(
+            describe_sources(g.allow) for g in chosen if g.allow is not None
+        )
+    return describe_sources(entry.allow)
+
+
+def explain_rows(report: PolicyReport, verdicts: dict[PortId, SourceSet]) -> list[list[str]]:
     if report.annotation is None:
         return []
     return [
-        [str(v.node_port), v.protocol, f"{v.service}:{v.service_port}", ",".join(v.ip_families), describe_sources(v)]
+        [
+            str(v.node_port),
+            v.protocol,
+            f"{v.service}:{v.service_port}",
+            ",".join(v.ip_families),
+            describe_sources(verdicts[(v.node_port, v.protocol)]),
+            _own_sources(report, (v.node_port, v.protocol)),
+        ]
         for v in report.annotation.node_ports
     ]
 
 
-def _report_json(report: PolicyReport) -> dict[str, Any]:
+def _allow_json(allow: SourceSet) -> str | list[dict[str, Any]]:
+    return "all" if allow.all_sources else [{"cidr": c.cidr, "except": list(c.excepts)} for c in allow.cidrs]
+
+
+def _report_json(report: PolicyReport, verdicts: dict[PortId, SourceSet]) -> dict[str, Any]:
     ports = []
     if report.annotation is not None:
         ports = [
@@ -90,9 +134,8 @@ def _report_json(report: PolicyReport) -> dict[str, Any]:
                 "service": v.service,
                 "servicePort": v.service_port,
                 "ipFamilies": list(v.ip_families),
-                "allow": "all"
-                if v.allow.all_sources
-                else [{"cidr": c.cidr, "except": list(c.excepts)} for c in v.allow.cidrs],
+                "allow": _allow_json(verdicts[(v.node_port, v.protocol)]),
+                "policyAllows": _own_sources(report, (v.node_port, v.protocol)),
             }
             for v in report.annotation.node_ports
         ]
@@ -148,22 +191,24 @@ def main(argv: list[str] | None = None) -> int:
     api = _client(args.kubeconfig)
     keys = _read_keys(api, args.key_secret)
     policies = _list_policies(api, args.namespace)
+    reports = [inspect_policy(p, keys) for p in policies]
+    verdicts = namespace_verdicts(reports)
     if args.command == "explain":
-        found = [p for p in policies if p["metadata"]["name"] == args.policy]
+        found = [r for r in reports if r.name == args.policy]
         if not found:
             print(f"error: NetworkPolicy {args.namespace}/{args.policy} not found", file=sys.stderr)
             return 1
-        report = inspect_policy(found[0], keys)
+        report = found[0]
         if args.output == "json":
-            print(json.dumps(_report_json(report), indent=2))
+            print(json.dumps(_report_json(report, verdicts), indent=2))
             return 0
         print(f"NetworkPolicy {report.namespace}/{report.name}: {report.status} ({report.detail})")
-        rows = explain_rows(report)
+        rows = explain_rows(report, verdicts)
         if rows:
-            print(render_table(rows, ["NODEPORT", "PROTOCOL", "SERVICE", "FAMILIES", "ALLOWED SOURCES"]))
+            header = ["NODEPORT", "PROTOCOL", "SERVICE", "FAMILIES", "ALLOWED SOURCES", "THIS POLICY ALLOWS"]
+            print(render_table(rows, header))
         return 0
-    reports = [inspect_policy(p, keys) for p in policies]
-    by_port: dict[tuple[int, str], list[tuple[PolicyReport, NodePortVerdict]]] = {}
+    by_port: dict[PortId, list[tuple[PolicyReport, Any]]] = {}
     for r in reports:
         for v in r.annotation.node_ports if r.annotation else ():
             by_port.setdefault((v.node_port, v.protocol), []).append((r, v))
@@ -174,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 "protocol": proto,
                 "service": entries[0][1].service,
                 "policies": sorted(r.name for r, _ in entries),
-                "allowedSources": describe_sources(entries[0][1]),
+                "allowedSources": describe_sources(verdicts[(port, proto)]),
                 "status": sorted({r.status for r, _ in entries}),
             }
             for (port, proto), entries in sorted(by_port.items())
@@ -187,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             proto,
             entries[0][1].service,
             ",".join(sorted(r.name for r, _ in entries)),
-            describe_sources(entries[0][1]),
+            describe_sources(verdicts[(port, proto)]),
         ]
         for (port, proto), entries in sorted(by_port.items())
     ]

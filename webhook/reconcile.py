@@ -1,9 +1,11 @@
-"""Keeps policy annotations true after admission: re-resolves changed namespaces and patches (I/O).
+"""Keeps policy annotations true after admission: re-resolves what changed and patches (I/O).
 
-Services, Pods and other policies change after a policy was admitted, and deletions never
-reach a webhook. The reconciler watches the cache's change notifications, debounces them,
-recomputes each dirty namespace with the same pure code the admission uses, and patches the
-policies whose annotations differ. With several replicas one leader does it (a Lease).
+A policy's annotation is its own part only (contract v2), so it changes when its own spec,
+uid, or the Services and pods it selects change, never when another policy does. The
+reconciler watches the cache's change notifications, debounces them, recomputes the changed
+policy (a policy event) or the policies of a namespace (a Service or Pod event; Services and
+pods are grouped once per pass), and patches only the policies whose stored annotations
+differ. With several replicas one leader does it (a Lease).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +37,15 @@ class AnnotationPatch:
 
 
 def plan_patches(
-    namespace: str, cache: ClusterCache, signing_key: bytes, memo: PolicyMemo | None = None
+    namespace: str,
+    cache: ClusterCache,
+    signing_key: bytes,
+    memo: PolicyMemo | None = None,
+    names: Collection[str] | None = None,
 ) -> list[AnnotationPatch]:
-    """Pure given a cache snapshot: the patches that make stored annotations match the verdicts."""
-    desired_by_policy = resolve_all_annotations(namespace, cache, signing_key, memo)
+    """Pure given a cache snapshot: the patches that make stored annotations (of every policy of
+    the namespace, or only `names`) match what the policies contribute now."""
+    desired_by_policy = resolve_all_annotations(namespace, cache, signing_key, memo, names)
     patches = []
     for name, desired in sorted(desired_by_policy.items()):
         stored_policy = cache.policy(namespace, name)
@@ -143,30 +150,39 @@ class Reconciler:
         self._on_patched = on_patched
         self._excluded = frozenset(excluded_namespaces)
         self._memo = memo
-        self._dirty: set[str] = set()
+        # namespace -> names of the policies to recompute, or None for every policy there.
+        self._dirty: dict[str, set[str] | None] = {}
         self._wake = threading.Condition()
 
-    def mark_dirty(self, _kind: str, namespace: str) -> None:
+    def mark_dirty(self, kind: str, namespace: str, name: str | None = None) -> None:
+        """A change in `namespace`: only policy `name` for a policy event, else every policy there."""
         if namespace in self._excluded:
             return
         with self._wake:
-            self._dirty.add(namespace)
+            if kind == "networkpolicies" and name is not None:
+                names = self._dirty.get(namespace, set())
+                if names is not None:
+                    names.add(name)
+                    self._dirty[namespace] = names
+            else:
+                self._dirty[namespace] = None
             self._wake.notify()
 
-    def _take_dirty(self, timeout: float) -> set[str]:
+    def _take_dirty(self, timeout: float) -> dict[str, set[str] | None]:
         with self._wake:
             if not self._dirty:
                 self._wake.wait(timeout)
             if not self._dirty:
-                return set()
+                return {}
         time.sleep(DEBOUNCE_SECONDS)  # let a burst of events land before recomputing
         with self._wake:
-            dirty, self._dirty = self._dirty, set()
+            dirty, self._dirty = self._dirty, {}
         return dirty
 
-    def reconcile_namespace(self, namespace: str) -> int:
+    def reconcile_namespace(self, namespace: str, names: Collection[str] | None = None) -> int:
+        """Patch the policies of `namespace` (all, or only `names`) whose annotations are not true."""
         failures = 0
-        for patch in plan_patches(namespace, self._cache, self._key, self._memo):
+        for patch in plan_patches(namespace, self._cache, self._key, self._memo, names):
             try:
                 self._patch_policy(patch)
                 logger.info("annotation updated", extra={"namespace": patch.namespace, "policy": patch.name})
@@ -185,11 +201,11 @@ class Reconciler:
         while not self._stop.is_set():
             dirty = self._take_dirty(timeout=1.0)
             if time.monotonic() >= next_resync:
-                dirty |= set(self._cache.namespaces()) - self._excluded
+                dirty.update(dict.fromkeys(set(self._cache.namespaces()) - self._excluded))
                 next_resync = time.monotonic() + self._resync
             if not dirty or not self._is_leader():
                 continue
-            retry = {ns for ns in sorted(dirty) if self.reconcile_namespace(ns)}
+            retry = [ns for ns in sorted(dirty) if self.reconcile_namespace(ns, dirty[ns])]
             if retry:
                 self._stop.wait(0.5)
                 for ns in retry:

@@ -36,7 +36,7 @@ def state(*entries: tuple[int, Protocol, int, list[str]]) -> DesiredState:
 
 def annotation(port: int, allow: SourceSet, proto: Protocol = "TCP") -> Annotation:
     verdict = NodePortVerdict(port, proto, "web", 80, ("IPv4",), allow)
-    return Annotation(PolicyRef("default", "p", "uid-1"), (verdict,))
+    return Annotation(PolicyRef("default", "p", "uid-1"), (verdict.entry(),))
 
 
 def prime(node: Node, backend: str) -> None:

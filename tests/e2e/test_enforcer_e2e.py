@@ -212,7 +212,7 @@ def test_only_local_nodeports_in_range_are_touched(
 
 
 def _sign(key: bytes, namespace: str, name: str, uid: str, verdicts: tuple[NodePortVerdict, ...]) -> dict[str, str]:
-    return render_annotations(Annotation(PolicyRef(namespace, name, uid), verdicts), key)
+    return render_annotations(Annotation(PolicyRef(namespace, name, uid), tuple(v.entry() for v in verdicts)), key)
 
 
 def _deny(port: int) -> NodePortVerdict:
@@ -327,7 +327,7 @@ def test_kill_9_during_a_burst_then_restart_converges_to_the_plan(
         patches = []
         annotations = []
         for i, name in enumerate(names):
-            annotation = Annotation(PolicyRef("kube-system", name, uids[name]), (_deny(30000 + i),))
+            annotation = Annotation(PolicyRef("kube-system", name, uids[name]), (_deny(30000 + i).entry(),))
             annotations.append(annotation)
             patches.append(
                 {

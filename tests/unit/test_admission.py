@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tests.builders import HTTP, WEB_PORT, Obj, ip_from, pod, policy, service
 from webhook import contract
 from webhook.admission import AdmissionConfig, mutate, resolve_all_annotations, validate
+from webhook.contract import CidrRule, SourceSet
 from webhook.review import AdmissionRequest, ReviewError, allowed, denied, parse_review
 from webhook.semantics import source_set_contains
 from webhook.snapshot import StaticClusterView
@@ -279,7 +280,23 @@ def test_cidr_limit_on_ip_blocks() -> None:
 
 
 def test_cidr_limit_on_resulting_annotation() -> None:
-    # Two pods accept different networks: the intersection fragments into many prefixes.
+    # The policy lists 4 CIDRs, but its annotation repeats them for each of the 3 NodePorts it affects.
+    services = [service(f"s{i}", {"app": "web"}, [dict(WEB_PORT, nodePort=30080 + i)]) for i in range(3)]
+    obj = policy(
+        "a",
+        {
+            "podSelector": {},
+            "ingress": [{"from": ip_from("192.0.2.0/24", excepts=["192.0.2.1/32", "192.0.2.2/32", "192.0.2.4/32"])}],
+        },
+    )
+    config = AdmissionConfig(signing_key=KEY, max_cidrs_per_policy=10)
+    code, text = _denied(mutate(req("CREATE", obj), view(services=services), config))
+    assert code == 422 and NP in text and "12 CIDRs" in text and "(webhook setting NPG_MAX_CIDRS_PER_POLICY)" in text
+
+
+def test_other_policies_never_change_this_policys_annotation() -> None:
+    # Two pods accept different networks (policy b selects one of them). Under contract v1 the
+    # namespace-wide verdict fragmented into many prefixes in a's annotation; now a carries its own part.
     pods = [pod("a", {"app": "web", "k": "a"}, [HTTP]), pod("b", {"app": "web", "k": "b"}, [HTTP])]
     other = policy(
         "b",
@@ -296,8 +313,10 @@ def test_cidr_limit_on_resulting_annotation() -> None:
         },
     )
     config = AdmissionConfig(signing_key=KEY, max_cidrs_per_policy=10)
-    code, text = _denied(mutate(req("CREATE", obj), view(other, pods=pods), config))
-    assert code == 422 and NP in text and "14 CIDRs" in text and "(webhook setting NPG_MAX_CIDRS_PER_POLICY)" in text
+    alone = mutate(req("CREATE", obj), view(pods=pods), config)["response"]
+    beside = mutate(req("CREATE", obj), view(other, pods=pods), config)["response"]
+    assert alone["allowed"] and beside["allowed"]
+    assert alone["patch"] == beside["patch"]
 
 
 def test_nodeport_limit() -> None:
@@ -447,7 +466,9 @@ def test_resolve_all_annotations_uses_stored_uids() -> None:
     read_a = contract.read_signed(result["a"], "default", "a", "uid-a", KEY)
     read_b = contract.read_signed(result["b"], "default", "b", "uid-b", KEY)
     assert read_a is not None and read_b is not None
-    assert read_a.node_ports == read_b.node_ports  # the namespace-wide verdict
+    # Each carries its own part (contract v2); composed, they give the namespace-wide verdict.
+    assert [e.allow for e in read_a.node_ports] == [SourceSet(False, (CidrRule("192.0.2.0/24"),))]
+    assert [e.allow for e in read_b.node_ports] == [SourceSet(False, (CidrRule("192.0.2.0/25"),))]
     assert read_a.policy.uid == "uid-a"
     # What the reconciler writes is what the mutating webhook would write on an update.
     stored_a = copy.deepcopy(a)
@@ -551,12 +572,12 @@ def test_parse_review_random_requests(overrides: Obj, keep_base: bool) -> None:
         assert answer["response"]["uid"] == parsed.uid
 
 
-def test_validate_accepts_own_signature_when_a_concurrent_policy_changed_the_verdict() -> None:
-    """Bulk applies: policy q lands between p's mutation and p's validation, changing p's verdict."""
+def test_a_concurrent_policy_changes_nothing_between_mutation_and_validation() -> None:
+    """Bulk applies: policy q lands between p's mutation and p's validation; p's own part is unchanged."""
     obj = policy("p", ALLOW_DOC)
     final = apply_patch(obj, mutate(req("CREATE", obj), view(), CONFIG))
     concurrent = policy("q", {"podSelector": {}, "ingress": [{"from": ip_from("198.51.100.0/24")}]}, uid="uid-q")
     now = apply_patch(obj, mutate(req("CREATE", obj), view(concurrent), CONFIG))
-    assert now["metadata"]["annotations"][NP] != final["metadata"]["annotations"][NP]  # the verdict moved
+    assert now["metadata"]["annotations"][NP] == final["metadata"]["annotations"][NP]
     answer = validate(req("CREATE", final), view(concurrent), CONFIG)
     assert answer["response"]["allowed"] is True

@@ -76,7 +76,7 @@ def test_pods_matching_equals_the_snapshot(
 def test_listeners_hear_each_changed_namespace_once_per_change() -> None:
     cache = ClusterCache()
     heard: list[tuple[str, str]] = []
-    cache.add_listener(lambda kind, ns: heard.append((kind, ns)))
+    cache.add_listener(lambda kind, ns, _name: heard.append((kind, ns)))
     pod = TRIMMERS["pods"](_pod("p", "ns1", {"app": "a"}))
     cache.replace("pods", [pod], "1")
     cache.apply("pods", "MODIFIED", pod)  # no change: nobody is told

@@ -10,7 +10,7 @@ OLD, NEW, OTHER = b"old-key-" * 4, b"new-key-" * 4, b"forged--" * 4
 
 def _stored(key: bytes, name: str = "p", uid: str = "u1") -> StoredPolicy:
     annotation = Annotation(
-        PolicyRef("ns", name, uid), (NodePortVerdict(30080, "TCP", "web", 80, ("IPv4",), SourceSet.nobody()),)
+        PolicyRef("ns", name, uid), (NodePortVerdict(30080, "TCP", "web", 80, ("IPv4",), SourceSet.nobody()).entry(),)
     )
     return StoredPolicy("ns", name, uid, "1", tuple(sorted(render_annotations(annotation, key).items())))
 

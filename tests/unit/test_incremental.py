@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from enforcer.incremental import IncrementalPlanner, PolicyId
 from enforcer.plan import plan_desired_state
-from webhook.contract import Annotation, CidrRule, NodePortVerdict, PolicyRef, SourceSet
+from webhook.contract import Annotation, CidrRule, NodePortEntry, NodePortVerdict, PodGroup, PolicyRef, SourceSet
 
 RANGE = (30000, 30010)
 V4 = ["198.51.100.0/24", "198.51.100.0/25", "198.51.100.128/26", "203.0.113.0/24", "0.0.0.0/0"]
@@ -34,13 +34,35 @@ verdicts = st.builds(
 policy_ids = st.sampled_from([("a", "p1"), ("a", "p2"), ("b", "p1"), ("b", "p3")])
 
 
-def _annotation(pid: PolicyId, ports: list[NodePortVerdict]) -> Annotation:
-    unique = {(v.node_port, v.protocol): v for v in ports}
-    return Annotation(PolicyRef(pid[0], pid[1], "uid"), tuple(unique.values()))
+GROUPS = ["0" * 32, "1" * 32, "2" * 32]
+# A version-2 entry of scope "some": each endpoint group selected (with sources) or not (None).
+some_groups = st.lists(st.one_of(st.none(), source_sets), min_size=1, max_size=3).map(
+    lambda allows: tuple(PodGroup(GROUPS[i], a) for i, a in enumerate(allows))
+)
 
 
-snapshots = st.dictionaries(policy_ids, st.lists(verdicts, max_size=4), max_size=4).map(
-    lambda d: {pid: _annotation(pid, ports) for pid, ports in d.items()}
+def _entry(v: NodePortVerdict, version: int, groups: tuple[PodGroup, ...] | None) -> NodePortEntry:
+    if version == 1:
+        return v.entry("verdict")
+    if groups is None:
+        return v.entry("all")
+    return NodePortEntry(v.node_port, v.protocol, v.service, v.service_port, v.ip_families, "some", groups=groups)
+
+
+Ports = list[tuple[NodePortVerdict, tuple[PodGroup, ...] | None]]
+
+
+def _annotation(pid: PolicyId, version: int, ports: Ports) -> Annotation:
+    unique = {(v.node_port, v.protocol): _entry(v, version, g) for v, g in ports}
+    return Annotation(PolicyRef(pid[0], pid[1], "uid"), tuple(unique.values()), version=version)
+
+
+# Version-1 and version-2 annotations mixed, as during an upgrade.
+versioned_ports: st.SearchStrategy[tuple[int, Ports]] = st.tuples(
+    st.sampled_from([1, 2]), st.lists(st.tuples(verdicts, st.one_of(st.none(), some_groups)), max_size=4)
+)
+snapshots = st.dictionaries(policy_ids, versioned_ports, max_size=4).map(
+    lambda d: {pid: _annotation(pid, vp[0], vp[1]) for pid, vp in d.items()}
 )
 
 
@@ -60,7 +82,7 @@ def test_unchanged_ports_keep_their_objects() -> None:
     planner = IncrementalPlanner(RANGE)
     first = {
         ("a", f"p{i}"): _annotation(
-            ("a", f"p{i}"), [NodePortVerdict(30000 + i, "TCP", "s", 80, ("IPv4",), SourceSet.nobody())]
+            ("a", f"p{i}"), 2, [(NodePortVerdict(30000 + i, "TCP", "s", 80, ("IPv4",), SourceSet.nobody()), None)]
         )
         for i in range(5)
     }
@@ -68,7 +90,7 @@ def test_unchanged_ports_keep_their_objects() -> None:
     second = {
         **first,
         ("a", "new"): _annotation(
-            ("a", "new"), [NodePortVerdict(30009, "TCP", "s", 80, ("IPv4",), SourceSet.nobody())]
+            ("a", "new"), 2, [(NodePortVerdict(30009, "TCP", "s", 80, ("IPv4",), SourceSet.nobody()), None)]
         ),
     }
     after = planner.plan(second).state.ports

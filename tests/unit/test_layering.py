@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 PURE = [
     "webhook/contract.py",
     "webhook/intervals.py",
+    "webhook/composition.py",
+    "webhook/contribution.py",
     "webhook/semantics.py",
     "webhook/review.py",
     "webhook/admission.py",
@@ -33,7 +35,13 @@ IO_LIBRARIES = {
     "prometheus_client",
 }
 # What the enforcer (a separate DaemonSet image entry point) may use from the webhook package.
-ENFORCER_MAY_IMPORT = {"webhook.contract", "webhook.intervals", "webhook.listwatch", "webhook.logs"}
+ENFORCER_MAY_IMPORT = {
+    "webhook.contract",
+    "webhook.composition",
+    "webhook.intervals",
+    "webhook.listwatch",
+    "webhook.logs",
+}
 
 
 def _imports(path: Path) -> set[str]:

@@ -29,7 +29,9 @@ def verdict(
 
 
 def ann(*verdicts: NodePortVerdict, name: str = "p") -> Annotation:
-    return Annotation(PolicyRef("ns", name, ""), verdicts)
+    # Version-1 annotations (namespace-wide verdicts): the enforcer intersects them, fail closed.
+    # How version-2 parts compose is tested in test_composition.py and test_incremental.py.
+    return Annotation(PolicyRef("ns", name, ""), tuple(v.entry("verdict") for v in verdicts), version=1)
 
 
 def cidrs(*rules: tuple[str, tuple[str, ...]] | str) -> SourceSet:
