@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from webhook.contract import NODEPORTS_KEY, Annotation, decode
+from webhook.contract import NODEPORTS_KEY, Annotation, SourceSet, decode
+from webhook.plugin import inspect_policy, namespace_verdicts
 
 Obj = dict[str, Any]
 
@@ -45,6 +46,13 @@ def as_list(*objects: Obj) -> str:
 def annotation_of(obj: Obj) -> Annotation | None:
     value = (obj.get("metadata", {}).get("annotations") or {}).get(NODEPORTS_KEY)
     return decode(value) if value is not None else None
+
+
+def composed_verdict(policies: list[Obj], node_port: int, protocol: str) -> SourceSet | None:
+    """A NodePort's verdict composed from the stored annotations as the enforcers compose them
+    (signatures not checked here); None when no annotation lists it."""
+    reports = [inspect_policy(p, None) for p in policies]
+    return namespace_verdicts(reports).get((node_port, protocol))
 
 
 def node_ports_of(obj: Obj) -> dict[tuple[int, str], Any]:

@@ -21,6 +21,7 @@ from webhook.contract import (
     SIGNATURE_KEY,
     Annotation,
     ContractError,
+    NodePortEntry,
     SourceSet,
     decode,
     read_signed,
@@ -124,6 +125,13 @@ def _allow_json(allow: SourceSet) -> str | list[dict[str, Any]]:
     return "all" if allow.all_sources else [{"cidr": c.cidr, "except": list(c.excepts)} for c in allow.cidrs]
 
 
+def _own_json(entry: NodePortEntry) -> Any:
+    """This policy's own part: its sources on every endpoint pod, or per endpoint pod group."""
+    if entry.scope != "some":
+        return _allow_json(entry.allow)
+    return {"groups": [{"id": g.id, "allow": None if g.allow is None else _allow_json(g.allow)} for g in entry.groups]}
+
+
 def _report_json(report: PolicyReport, verdicts: dict[PortId, SourceSet]) -> dict[str, Any]:
     ports = []
     if report.annotation is not None:
@@ -135,7 +143,7 @@ def _report_json(report: PolicyReport, verdicts: dict[PortId, SourceSet]) -> dic
                 "servicePort": v.service_port,
                 "ipFamilies": list(v.ip_families),
                 "allow": _allow_json(verdicts[(v.node_port, v.protocol)]),
-                "policyAllows": _own_sources(report, (v.node_port, v.protocol)),
+                "policyAllows": _own_json(v),
             }
             for v in report.annotation.node_ports
         ]

@@ -48,6 +48,7 @@ def test_explain_json_and_missing_policy(control_plane: ControlPlane, namespace:
             "servicePort": 80,
             "ipFamilies": ["IPv4"],
             "allow": [{"cidr": "198.51.100.0/24", "except": ["198.51.100.7/32"]}],
+            "policyAllows": [],  # deny-all's own part: nobody; the NodePort's verdict is the union
         }
     ]
     missing = run_kubectl_plugin(control_plane, "explain", "-n", namespace, "nope")

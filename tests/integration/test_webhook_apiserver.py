@@ -11,7 +11,7 @@ import pytest
 
 from tests.components import WebhookServer
 from tests.controlplane.harness import ControlPlane
-from tests.kube_objects import annotation_of, as_list, node_ports_of, nodeport_service, pod, policy
+from tests.kube_objects import annotation_of, as_list, composed_verdict, node_ports_of, nodeport_service, pod, policy
 from webhook.contract import NODEPORTS_KEY, SIGNATURE_KEY, CidrRule, read_signed
 
 HTTP = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
@@ -215,27 +215,27 @@ def test_new_service_and_deletion_update_annotation_within_2s(
     _eventually(lambda: ports() == {web_app}, what="deleted Service's NodePort removed")
 
 
-def test_two_policies_share_fail_closed_verdict_and_deletion_updates_the_other(
+def test_two_policies_compose_fail_closed_and_a_deletion_rewrites_nothing(
     control_plane: ControlPlane, namespace: str, web_app: int
 ) -> None:
     allow_a = policy("allow-a", {"matchLabels": {"tier": "a"}}, [{"from": [{"ipBlock": {"cidr": "198.51.100.0/24"}}]}])
     allow_b = policy("allow-b", {"matchLabels": {"tier": "b"}}, [{"from": [{"ipBlock": {"cidr": "198.51.100.0/25"}}]}])
     assert _apply(control_plane, namespace, allow_a, allow_b).returncode == 0
 
-    def verdict(name: str) -> Any:
-        return node_ports_of(_get_policy(control_plane, namespace, name)).get((web_app, "TCP"))
+    def stored() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = control_plane.kubectl_json("get", "networkpolicies", "-n", namespace)["items"]
+        return items
 
-    def agree_on_intersection() -> bool:
-        a, b = verdict("allow-a"), verdict("allow-b")
-        return a is not None and a == b and a.allow.cidrs == (CidrRule("198.51.100.0/25"),)
+    def composed_is(cidr: str) -> bool:
+        verdict = composed_verdict(stored(), web_app, "TCP")
+        return verdict is not None and verdict.cidrs == (CidrRule(cidr),)
 
-    _eventually(agree_on_intersection, what="both annotations carry the intersection")
+    # Each policy selects one of the two pods (partial coverage): the NodePort takes the intersection.
+    _eventually(lambda: composed_is("198.51.100.0/25"), what="the composed verdict is the intersection")
+    before = _get_policy(control_plane, namespace, "allow-a")["metadata"]["annotations"][NODEPORTS_KEY]
     control_plane.kubectl("delete", "networkpolicy", "allow-b", "-n", namespace)
-
-    def partial_after_delete() -> bool:
-        # web-2 (tier b) is no longer selected by any ingress policy: it accepts everything, so the
-        # NodePort's verdict is web-1's alone.
-        a = verdict("allow-a")
-        return a is not None and a.allow.cidrs == (CidrRule("198.51.100.0/24"),)
-
-    _eventually(partial_after_delete, what="remaining policy re-resolved after the other's deletion")
+    # web-2 (tier b) is no longer selected by any ingress policy: it accepts everything, so the
+    # NodePort's verdict is web-1's alone, at once: allow-a's annotation never held allow-b's sources.
+    assert composed_is("198.51.100.0/24")
+    time.sleep(1.0)  # the reconciler has seen the deletion: it must not have rewritten allow-a
+    assert _get_policy(control_plane, namespace, "allow-a")["metadata"]["annotations"][NODEPORTS_KEY] == before
