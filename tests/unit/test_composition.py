@@ -19,7 +19,7 @@ from webhook import contract
 from webhook.composition import Part, compose, everything, part_of, source_intervals
 from webhook.contract import NodePortEntry, PodGroup, SourceSet
 from webhook.contribution import resolve_contribution
-from webhook.intervals import Intervals
+from webhook.intervals import Intervals, intersect
 from webhook.semantics import compile_policy, resolve_namespace
 from webhook.snapshot import StaticClusterView
 
@@ -173,3 +173,59 @@ def test_part_of_reads_entries() -> None:
     group = PodGroup("0" * 32, allow)
     assert part_of(_entry("some", groups=(group, PodGroup("1" * 32, None))), V4).groups == (
         ("0" * 32, NET_A), ("1" * 32, None))
+
+
+# --- upgrade from version 1 ----------------------------------------------------------------
+
+
+def _v1_entries(view: StaticClusterView, namespace: str) -> dict[str, list[NodePortEntry]]:
+    """What nodeport-guard 0.1 stored: the namespace-wide verdict in each involved policy."""
+    resolution = resolve_namespace(namespace, view)
+    return {name: [v.entry("verdict") for v in resolution.verdicts_for(name)] for name in resolution.policies}
+
+
+def _v2_entries(view: StaticClusterView, namespace: str) -> dict[str, list[NodePortEntry]]:
+    out = {}
+    for obj in view.policies_in(namespace):
+        spec = obj.get("spec") or {}
+        out[obj["metadata"]["name"]] = list(
+            resolve_contribution(compile_policy(obj), spec.get("podSelector"), view).entries
+        )
+    return out
+
+
+def _allowed(entries: list[NodePortEntry]) -> dict[Key, Intervals]:
+    parts: dict[Key, list[Part]] = {}
+    for entry in entries:
+        for fam in entry.ip_families:
+            family = 4 if fam == "IPv4" else 6
+            parts.setdefault((entry.node_port, entry.protocol, family), []).append(part_of(entry, family))
+    return {key: compose(ps, key[2]) for key, ps in parts.items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pods=st.lists(st.tuples(LABELS, CONTAINER_PORTS), min_size=1, max_size=4),
+    specs=st.lists(POLICY_SPEC, min_size=1, max_size=4),
+    migrated=st.lists(st.booleans(), min_size=4, max_size=4),
+)
+def test_no_nodeport_opens_at_any_moment_of_an_upgrade(
+    pods: list[tuple[dict[str, str], list[dict[str, Any]]]], specs: list[dict[str, Any]], migrated: list[bool]
+) -> None:
+    """The reconciler rewrites version-1 annotations one policy at a time: whichever are rewritten
+    so far, every NodePort allows no more than the verdict before (and after) the upgrade."""
+    services = [b.service("web", {"app": "a"}, [{"port": 80, "targetPort": "http", "nodePort": 30080}])]
+    view = StaticClusterView(
+        services=services,
+        pods=[b.pod(f"p{i}", {"app": "a", **labels}, ports) for i, (labels, ports) in enumerate(pods)],
+        policies=[b.policy(f"np{i}", spec) for i, spec in enumerate(specs)],
+    )
+    old, new = _v1_entries(view, "default"), _v2_entries(view, "default")
+    before = _allowed([e for es in old.values() for e in es])
+    mixed = [e for i, name in enumerate(sorted(old)) for e in (new if migrated[i] else old)[name]]
+    during = _allowed(mixed)
+    after = _allowed([e for es in new.values() for e in es])
+    for key, allowed in before.items():
+        now = during.get(key, everything(key[2]))  # a NodePort no entry lists is not filtered
+        assert intersect(now, allowed) == now, f"{key} opened mid-upgrade: {now} wider than {allowed}"
+        assert after.get(key, everything(key[2])) == allowed, f"{key}: the upgrade changed the verdict"
