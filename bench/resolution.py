@@ -12,8 +12,8 @@ from bench import data
 from bench.stats import Figure, Target, summarize
 from webhook.admission import AdmissionConfig, mutate
 from webhook.cache import TRIMMERS, ClusterCache
+from webhook.namespace_resolution import resolve_policy
 from webhook.review import AdmissionRequest, parse_review
-from webhook.semantics import resolve_policy
 from webhook.snapshot import ClusterView, StaticClusterView
 
 logger = logging.getLogger(__name__)

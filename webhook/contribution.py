@@ -19,18 +19,19 @@ from webhook.contract import NodePortEntry, PodGroup, SourceSet
 from webhook.semantics import (
     Addresses,
     IpBlock,
-    NamedPorts,
     Policy,
-    ServicePort,
-    backing_pods,
-    coverage_warnings,
-    is_nodeport_service,
     labels_of,
-    nodeport_service_ports,
     pod_accepts,
     pod_named_ports,
     render_source_set,
     resolve_target_port,
+)
+from webhook.services import (
+    ServicePort,
+    backing_pods,
+    coverage_warnings,
+    is_nodeport_service,
+    nodeport_service_ports,
     service_ip_families,
 )
 from webhook.snapshot import ClusterView
@@ -49,7 +50,7 @@ class PodGroupInfo:
     """Backing pods of a Service that share labels and named ports (one group id), and how many."""
 
     labels: Mapping[str, str]
-    named: NamedPorts
+    named: Mapping[tuple[str, str], int]
     group: str
     count: int
 

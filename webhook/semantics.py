@@ -8,15 +8,15 @@ import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from webhook import contract
-from webhook.contract import CidrRule, IPFamily, NodePortVerdict, SourceSet
+from webhook.contract import CidrRule, SourceSet
 from webhook.intervals import Intervals, intersect, merge, of_network, subtract, to_prefixes
 
 if TYPE_CHECKING:
-    from webhook.snapshot import ClusterView
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def labels_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return labels if isinstance(labels, dict) else {}
 
 
-def _meta(obj: Mapping[str, Any], key: str) -> str:
+def meta_str(obj: Mapping[str, Any], key: str) -> str:
     meta = obj.get("metadata") or {}
     value = meta.get(key) if isinstance(meta, dict) else None
     return value if isinstance(value, str) else ""
@@ -465,9 +465,9 @@ def compile_policy(policy: Mapping[str, Any], *, strict: bool = False, with_rule
     if (affects_ingress or strict) and with_rules:
         rules = tuple(_compile_rule(r, f"spec.ingress[{i}]", strict=strict) for i, r in enumerate(raw_rules))
     return Policy(
-        namespace=_meta(policy, "namespace"),
-        name=_meta(policy, "name"),
-        uid=_meta(policy, "uid"),
+        namespace=meta_str(policy, "namespace"),
+        name=meta_str(policy, "name"),
+        uid=meta_str(policy, "uid"),
         selector=compile_selector(spec.get("podSelector"), "spec.podSelector"),
         affects_ingress=affects_ingress,
         rules=rules if affects_ingress else (),
@@ -530,97 +530,6 @@ def source_set_contains(sources: SourceSet, address: str) -> bool:
     return False
 
 
-# --- namespace resolution -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NamespaceResolution:
-    """Per policy of a namespace: the verdicts for its annotation and its warnings (sorted)."""
-
-    namespace: str
-    policies: tuple[str, ...]
-    uids: Mapping[str, str] = field(default_factory=dict)
-    verdicts: Mapping[str, tuple[NodePortVerdict, ...]] = field(default_factory=dict)
-    warnings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def verdicts_for(self, name: str) -> tuple[NodePortVerdict, ...]:
-        return self.verdicts.get(name, ())
-
-    def warnings_for(self, name: str) -> tuple[str, ...]:
-        return self.warnings.get(name, ())
-
-
-@dataclass(frozen=True, slots=True)
-class ServicePort:
-    """One port of a NodePort Service that nodeport-guard may filter (healthCheckNodePort excluded)."""
-
-    node_port: int
-    protocol: contract.Protocol
-    service_port: int
-    target: int | str  # targetPort, defaulted to the Service port
-
-    def describe(self, service: str) -> str:
-        return f"Service {service} port {self.service_port} (NodePort {self.node_port}/{self.protocol})"
-
-
-def nodeport_service_ports(service: Mapping[str, Any]) -> list[ServicePort]:
-    spec = service.get("spec") or {}
-    health = spec.get("healthCheckNodePort")
-    out: list[ServicePort] = []
-    for port in spec.get("ports") or []:
-        node_port = port.get("nodePort")
-        if not isinstance(node_port, int) or isinstance(node_port, bool) or node_port == health:
-            continue
-        protocol = port.get("protocol") or "TCP"
-        service_port = port.get("port")
-        if protocol not in contract.PROTOCOLS or not isinstance(service_port, int):
-            continue
-        target = port.get("targetPort")
-        out.append(ServicePort(node_port, protocol, service_port, service_port if target in (None, "", 0) else target))
-    return out
-
-
-def service_ip_families(service: Mapping[str, Any]) -> tuple[IPFamily, ...]:
-    families = (service.get("spec") or {}).get("ipFamilies") or ["IPv4"]
-    return tuple(sorted({f for f in families if f in contract.IP_FAMILIES})) or ("IPv4",)
-
-
-def _effective_policies(
-    namespace: str,
-    view: ClusterView,
-    replace: Mapping[str, Any] | None,
-    remove: tuple[str, str] | None,
-) -> list[Mapping[str, Any]]:
-    replace_name = _meta(replace, "name") if replace is not None else None
-    removed = remove[1] if remove is not None and remove[0] == namespace else None
-    out: list[Mapping[str, Any]] = []
-    for obj in view.policies_in(namespace):
-        name = _meta(obj, "name")
-        if name in (removed, replace_name):
-            continue
-        out.append(obj)
-    if replace is not None and replace_name != removed:
-        out.append(replace)
-    return sorted(out, key=lambda o: _meta(o, "name"))
-
-
-def _family_name(version: int) -> str:
-    return "IPv4" if version == 4 else "IPv6"
-
-
-class _Collector:
-    """Accumulates verdicts and warnings per policy during one resolution (local to a call)."""
-
-    __slots__ = ("verdicts", "warnings")
-
-    def __init__(self) -> None:
-        self.verdicts: dict[str, list[NodePortVerdict]] = {}
-        self.warnings: dict[str, set[str]] = {}
-
-    def warn(self, policy: str, message: str) -> None:
-        self.warnings.setdefault(policy, set()).add(message)
-
-
 class PolicyMemo:
     """Compiled forms of stored policies, reused across resolutions (a pure cache: same results).
 
@@ -647,244 +556,3 @@ class PolicyMemo:
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
         return policy
-
-
-class _Compiler:
-    """Compiles a policy the first time a resolution needs it; stored ones through the memo."""
-
-    __slots__ = ("_done", "_memo", "_objs", "_replace", "_replace_compiled")
-
-    def __init__(
-        self,
-        objs: Mapping[str, Mapping[str, Any]],
-        memo: PolicyMemo | None,
-        replace: Mapping[str, Any] | None,
-        replace_compiled: Policy | None,
-    ) -> None:
-        self._objs = objs
-        self._done: dict[str, Policy] = {}
-        self._memo = memo
-        # The policy being admitted is new on every request: never remembered, and compiled once
-        # (the admission already did, strictly, which gives the same Policy for a valid object).
-        self._replace = replace
-        self._replace_compiled = replace_compiled
-
-    def compile(self, obj: Mapping[str, Any], with_rules: bool) -> Policy:
-        if obj is self._replace:
-            if self._replace_compiled is None:
-                self._replace_compiled = compile_policy(obj)
-            return self._replace_compiled
-        if self._memo is None:
-            return compile_policy(obj, with_rules=with_rules)
-        return self._memo.compile(obj, with_rules)
-
-    def rules_of(self, head: Policy) -> Policy:
-        policy = self._done.get(head.name)
-        if policy is None:
-            policy = self._done[head.name] = self.compile(self._objs[head.name], True)
-        return policy
-
-
-def _resolve_service(
-    service: Mapping[str, Any],
-    backing: Sequence[Mapping[str, Any]],
-    heads: Sequence[Policy],
-    full: _Compiler,
-    out: _Collector,
-) -> None:
-    selecting = [[full.rules_of(p) for p in heads if p.selects(pod)] for pod in backing]
-    if not any(selecting):
-        return
-    named = [pod_named_ports(pod) for pod in backing]
-    name = _meta(service, "name")
-    families = service_ip_families(service)
-    involved = sorted({p.name: p for sel in selecting for p in sel}.values(), key=lambda p: p.name)
-    for sp in nodeport_service_ports(service):
-        node_port, protocol, service_port, target = sp.node_port, sp.protocol, sp.service_port, sp.target
-        prefix = sp.describe(name)
-        result = _EVERYONE
-        resolved_any = False
-        blocks: list[IpBlock] = []
-        per_policy: dict[str, tuple[Addresses, bool, list[IpBlock]]] = {}
-        for pod_named, pols in zip(named, selecting, strict=True):
-            number = resolve_target_port(target, protocol, pod_named)
-            if number is None:
-                continue  # not an endpoint of this port: it receives no NodePort traffic
-            resolved_any = True
-            if not pols:
-                continue
-            accepted, covering = pod_accepts(pols, number, protocol, pod_named)
-            result = result.intersection(accepted)
-            for rule in covering:
-                blocks.extend(rule.ip_blocks)
-            for p in pols:
-                mine = [r for r in covering if any(r is q for q in p.rules)]
-                srcs, sel, blks = per_policy.get(p.name, (_NOBODY, False, []))
-                for r in mine:
-                    srcs = srcs.union(r.sources)
-                    sel = sel or r.selector_peers
-                    blks = blks + list(r.ip_blocks)
-                per_policy[p.name] = (srcs, sel, blks)
-        if not resolved_any:
-            result = _NOBODY  # fail closed: no pod resolves the target port
-        verdict = NodePortVerdict(
-            node_port=node_port,
-            protocol=protocol,
-            service=name,
-            service_port=service_port,
-            ip_families=families,
-            allow=render_source_set(result, blocks),
-        )
-        for policy in involved:
-            out.verdicts.setdefault(policy.name, []).append(verdict)
-            if result.is_empty():
-                out.warn(
-                    policy.name,
-                    f"{prefix}: all external traffic will be dropped: no ingress rule of the policies "
-                    f"selecting its pods allows an external source on target port {target}/{protocol}; "
-                    "add an ipBlock peer (or omit 'from') on a rule covering that port to allow clients",
-                )
-            chosen = sum(1 for sel in selecting if any(q is policy for q in sel))
-            srcs, sel, blks = per_policy.get(policy.name, (_NOBODY, False, []))
-            mine_named = [n for n, s2 in zip(named, selecting, strict=True) if any(q is policy for q in s2)]
-            for message in coverage_warnings(
-                prefix,
-                policy,
-                chosen=chosen,
-                backing=len(backing),
-                own_sources=srcs,
-                selector_peers=sel,
-                blocks=blks,
-                families=families,
-                selected_named=mine_named,
-            ):
-                out.warn(policy.name, message)
-
-
-def coverage_warnings(
-    prefix: str,
-    policy: Policy,
-    *,
-    chosen: int,
-    backing: int,
-    own_sources: Addresses,
-    selector_peers: bool,
-    blocks: Iterable[IpBlock],
-    families: Sequence[IPFamily],
-    selected_named: Sequence[NamedPorts],
-) -> list[str]:
-    """What is doubtful in how one policy covers one Service port (its own content only)."""
-    out: list[str] = []
-    if chosen < backing:
-        out.append(
-            f"{prefix}: this policy selects only some of the pods behind the Service ({chosen} of "
-            f"{backing}); partial coverage fails closed: a source is allowed on the NodePort only "
-            "if every pod accepts it; select all of its pods to make the intent explicit"
-        )
-    if selector_peers and own_sources.is_empty():
-        out.append(
-            f"{prefix}: podSelector/namespaceSelector peers are this policy's only sources for "
-            "the NodePort, and they never match external clients; add an ipBlock peer to allow them"
-        )
-    for version, cidr, path in sorted({(b.version, b.cidr, b.path) for b in blocks}):
-        if _family_name(version) not in families:
-            out.append(
-                f"{prefix}: {path} {cidr} is {_family_name(version)} but the Service is "
-                f"{'/'.join(families)}-only, so it never matches NodePort traffic"
-            )
-    for rule in policy.rules:
-        for i, pp in enumerate(rule.ports):
-            if isinstance(pp.port, str) and not any((pp.port, pp.protocol) in n for n in selected_named):
-                out.append(
-                    f"{prefix}: {rule.path}.ports[{i}].port {pp.port!r} ({pp.protocol}) matches no "
-                    "containerPort of the selected pods behind this Service; name a containerPort "
-                    "the pods declare (with the same protocol) or use a number"
-                )
-    return out
-
-
-def is_nodeport_service(service: Mapping[str, Any]) -> bool:
-    spec = service.get("spec") or {}
-    return spec.get("type") in NODEPORT_SERVICE_TYPES and bool(spec.get("selector"))
-
-
-def backing_pods(namespace: str, service: Mapping[str, Any], view: ClusterView) -> list[KubeObject]:
-    selector = (service.get("spec") or {}).get("selector") or {}
-    pods = view.pods_matching(namespace, {"matchLabels": dict(selector)})
-    return [p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES]
-
-
-def _resolve(
-    namespace: str,
-    view: ClusterView,
-    replace: Mapping[str, Any] | None,
-    remove: tuple[str, str] | None,
-    focus: str | None,
-    memo: PolicyMemo | None = None,
-    replace_compiled: Policy | None = None,
-) -> NamespaceResolution:
-    objs = _effective_policies(namespace, view, replace, remove)
-    full = _Compiler({_meta(o, "name"): o for o in objs}, memo, replace, replace_compiled)
-    compiled = [full.compile(o, False) for o in objs]
-    ingress = [p for p in compiled if p.affects_ingress]
-    out = _Collector()
-    focus_policy = next((p for p in ingress if p.name == focus), None) if focus is not None else None
-    if ingress and (focus is None or focus_policy is not None):
-        # Order does not matter: verdicts and warnings are sorted when the result is built.
-        services = [s for s in view.services_in(namespace) if is_nodeport_service(s)]
-        focus_labels: list[Mapping[str, str]] = []
-        if focus_policy is not None:
-            focus_obj = next(o for o in objs if _meta(o, "name") == focus)
-            selector = (focus_obj.get("spec") or {}).get("podSelector") or {}
-            focus_labels = [labels_of(p) for p in view.pods_matching(namespace, selector)]
-        for service in services:
-            if focus_policy is not None:
-                wanted = ((service.get("spec") or {}).get("selector") or {}).items()
-                if not any(wanted <= lb.items() for lb in focus_labels):
-                    continue  # the focused policy selects no pod of this Service: no verdict for it
-            backing = backing_pods(namespace, service, view)
-            _resolve_service(service, backing, ingress, full, out)
-    names = tuple(sorted(p.name for p in compiled)) if focus is None else (focus,)
-    return NamespaceResolution(
-        namespace=namespace,
-        policies=names,
-        uids={p.name: p.uid for p in compiled if p.name in names},
-        verdicts={
-            n: tuple(sorted(v, key=lambda x: (x.node_port, x.protocol, x.service, x.service_port)))
-            for n, v in out.verdicts.items()
-            if n in names
-        },
-        warnings={n: tuple(sorted(w)) for n, w in out.warnings.items() if n in names},
-    )
-
-
-def resolve_namespace(
-    namespace: str,
-    view: ClusterView,
-    replace: Mapping[str, Any] | None = None,
-    remove: tuple[str, str] | None = None,
-    memo: PolicyMemo | None = None,
-) -> NamespaceResolution:
-    """The namespace-wide NodePort verdicts for every policy of `namespace`.
-
-    `replace` is a policy in its new form (replacing the stored one of the same name, or added);
-    `remove` is (namespace, name) of a policy being deleted; `memo` reuses compiled stored policies.
-    """
-    return _resolve(namespace, view, replace, remove, focus=None, memo=memo)
-
-
-def resolve_policy(
-    namespace: str,
-    name: str,
-    view: ClusterView,
-    replace: Mapping[str, Any] | None = None,
-    memo: PolicyMemo | None = None,
-    replace_compiled: Policy | None = None,
-) -> NamespaceResolution:
-    """Like resolve_namespace but computes only what policy `name` needs (verdicts and warnings
-    for the NodePorts whose pods it selects); the admission path uses this.
-
-    `memo` reuses compiled stored policies across calls; `replace_compiled` is `replace` already
-    compiled (strictly) by the caller. Neither changes the result.
-    """
-    return _resolve(namespace, view, replace, None, focus=name, memo=memo, replace_compiled=replace_compiled)

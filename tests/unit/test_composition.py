@@ -1,6 +1,6 @@
 """Per-policy contributions composed as the enforcer does equal the namespace-wide verdicts.
 
-The reference is `semantics.resolve_namespace` (the namespace-wide resolution the semantic and
+The reference is `namespace_resolution.resolve_namespace` (the namespace-wide resolution the semantic and
 scenario tests pin down); the contract-v2 path is `contribution.resolve_contribution` per policy
 + `composition.compose` per NodePort. They must agree on every port and family.
 """
@@ -20,7 +20,8 @@ from webhook.composition import Part, compose, everything, part_of, source_inter
 from webhook.contract import NodePortEntry, PodGroup, SourceSet
 from webhook.contribution import resolve_contribution
 from webhook.intervals import Intervals, intersect
-from webhook.semantics import compile_policy, resolve_namespace
+from webhook.namespace_resolution import resolve_namespace
+from webhook.semantics import compile_policy
 from webhook.snapshot import StaticClusterView
 
 CASES_PATH = Path(__file__).parents[2].parent / "shared" / "scenarios" / "cases.json"

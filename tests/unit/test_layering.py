@@ -14,6 +14,8 @@ PURE = [
     "webhook/composition.py",
     "webhook/contribution.py",
     "webhook/semantics.py",
+    "webhook/services.py",
+    "webhook/namespace_resolution.py",
     "webhook/review.py",
     "webhook/admission.py",
     "webhook/snapshot.py",

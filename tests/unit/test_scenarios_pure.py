@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from webhook.contract import NodePortVerdict
-from webhook.semantics import resolve_namespace, source_set_contains
+from webhook.namespace_resolution import resolve_namespace
+from webhook.semantics import source_set_contains
 from webhook.snapshot import StaticClusterView
 
 CASES_PATH = Path(__file__).parents[2].parent / "shared" / "scenarios" / "cases.json"

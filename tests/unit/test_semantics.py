@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tests.builders import HTTP, WEB_PORT, Obj, ip_from, pod, policy, service
 from webhook.contract import CidrRule, NodePortVerdict, SourceSet
+from webhook.namespace_resolution import resolve_namespace, resolve_policy
 from webhook.semantics import (
     Addresses,
     SemanticsError,
@@ -18,8 +19,6 @@ from webhook.semantics import (
     compile_selector,
     policy_types,
     render_source_set,
-    resolve_namespace,
-    resolve_policy,
     selector_matches,
     source_set_contains,
 )

@@ -1,0 +1,108 @@
+"""NodePort Services: their filterable ports, families, backing pods, and coverage warnings (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from webhook import contract
+from webhook.contract import IPFamily
+from webhook.semantics import (
+    NODEPORT_SERVICE_TYPES,
+    TERMINAL_PHASES,
+    Addresses,
+    IpBlock,
+    KubeObject,
+    NamedPorts,
+    Policy,
+)
+
+if TYPE_CHECKING:
+    from webhook.snapshot import ClusterView
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    """One port of a NodePort Service that nodeport-guard may filter (healthCheckNodePort excluded)."""
+
+    node_port: int
+    protocol: contract.Protocol
+    service_port: int
+    target: int | str  # targetPort, defaulted to the Service port
+
+    def describe(self, service: str) -> str:
+        return f"Service {service} port {self.service_port} (NodePort {self.node_port}/{self.protocol})"
+
+def nodeport_service_ports(service: Mapping[str, Any]) -> list[ServicePort]:
+    spec = service.get("spec") or {}
+    health = spec.get("healthCheckNodePort")
+    out: list[ServicePort] = []
+    for port in spec.get("ports") or []:
+        node_port = port.get("nodePort")
+        if not isinstance(node_port, int) or isinstance(node_port, bool) or node_port == health:
+            continue
+        protocol = port.get("protocol") or "TCP"
+        service_port = port.get("port")
+        if protocol not in contract.PROTOCOLS or not isinstance(service_port, int):
+            continue
+        target = port.get("targetPort")
+        out.append(ServicePort(node_port, protocol, service_port, service_port if target in (None, "", 0) else target))
+    return out
+
+def service_ip_families(service: Mapping[str, Any]) -> tuple[IPFamily, ...]:
+    families = (service.get("spec") or {}).get("ipFamilies") or ["IPv4"]
+    return tuple(sorted({f for f in families if f in contract.IP_FAMILIES})) or ("IPv4",)
+
+def _family_name(version: int) -> str:
+    return "IPv4" if version == 4 else "IPv6"
+
+def coverage_warnings(
+    prefix: str,
+    policy: Policy,
+    *,
+    chosen: int,
+    backing: int,
+    own_sources: Addresses,
+    selector_peers: bool,
+    blocks: Iterable[IpBlock],
+    families: Sequence[IPFamily],
+    selected_named: Sequence[NamedPorts],
+) -> list[str]:
+    """What is doubtful in how one policy covers one Service port (its own content only)."""
+    out: list[str] = []
+    if chosen < backing:
+        out.append(
+            f"{prefix}: this policy selects only some of the pods behind the Service ({chosen} of "
+            f"{backing}); partial coverage fails closed: a source is allowed on the NodePort only "
+            "if every pod accepts it; select all of its pods to make the intent explicit"
+        )
+    if selector_peers and own_sources.is_empty():
+        out.append(
+            f"{prefix}: podSelector/namespaceSelector peers are this policy's only sources for "
+            "the NodePort, and they never match external clients; add an ipBlock peer to allow them"
+        )
+    for version, cidr, path in sorted({(b.version, b.cidr, b.path) for b in blocks}):
+        if _family_name(version) not in families:
+            out.append(
+                f"{prefix}: {path} {cidr} is {_family_name(version)} but the Service is "
+                f"{'/'.join(families)}-only, so it never matches NodePort traffic"
+            )
+    for rule in policy.rules:
+        for i, pp in enumerate(rule.ports):
+            if isinstance(pp.port, str) and not any((pp.port, pp.protocol) in n for n in selected_named):
+                out.append(
+                    f"{prefix}: {rule.path}.ports[{i}].port {pp.port!r} ({pp.protocol}) matches no "
+                    "containerPort of the selected pods behind this Service; name a containerPort "
+                    "the pods declare (with the same protocol) or use a number"
+                )
+    return out
+
+def is_nodeport_service(service: Mapping[str, Any]) -> bool:
+    spec = service.get("spec") or {}
+    return spec.get("type") in NODEPORT_SERVICE_TYPES and bool(spec.get("selector"))
+
+def backing_pods(namespace: str, service: Mapping[str, Any], view: ClusterView) -> list[KubeObject]:
+    selector = (service.get("spec") or {}).get("selector") or {}
+    pods = view.pods_matching(namespace, {"matchLabels": dict(selector)})
+    return [p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES]
