@@ -17,13 +17,18 @@ HTTP = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
 
 @pytest.fixture
 def protected(control_plane: ControlPlane, namespace: str, webhook: WebhookServer) -> int:
-    objects: list[dict[str, Any]] = [
+    workload: list[dict[str, Any]] = [
         pod("web-1", {"app": "web"}, HTTP),
         nodeport_service("web", {"app": "web"}, [{"port": 80, "targetPort": "http"}]),
+    ]
+    policies = [
         policy("deny-all", {}, []),
         policy("allow-doc", {}, [{"from": [{"ipBlock": {"cidr": "198.51.100.0/24", "except": ["198.51.100.7/32"]}}]}]),
     ]
-    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=as_list(*objects))
+    # Two applies, as the other webhook tests do: in one apply the webhook's cache may learn of the
+    # Service between a policy's mutation and its validation (see operations.md, troubleshooting).
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=as_list(*workload))
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=as_list(*policies))
     svc = control_plane.kubectl_json("get", "service", "web", "-n", namespace)
     return int(svc["spec"]["ports"][0]["nodePort"])
 
