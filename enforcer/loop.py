@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from enforcer.dataplane import Dataplane, SyncReport
 from enforcer.incremental import IncrementalPlanner
-from enforcer.policies import PolicyStore, RejectedAnnotation, VerificationCache
+from enforcer.policies import PolicyStore, RejectedAnnotation, SigningKeys, VerificationCache
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +54,24 @@ class EnforcerMetrics:
             registry=registry,
         )
         self.backend = Gauge("nodeport_guard_backend_info", "iptables backend in use", ["backend"], registry=registry)
+        self.trusted_keys = Gauge(
+            "nodeport_guard_trusted_signing_keys",
+            "Ed25519 public keys (by key id) whose signatures this enforcer accepts",
+            ["key_id"],
+            registry=registry,
+        )
+        self.legacy_hmac = Gauge(
+            "nodeport_guard_legacy_hmac_accepted",
+            "1 while the HMAC upgrade transition is on (NPG_ACCEPT_LEGACY_HMAC=true), else 0",
+            registry=registry,
+        )
 
 
 @dataclass
 class SyncLoop:
     store: PolicyStore
     dataplane: Dataplane
-    signing_keys: Callable[[], tuple[bytes, ...]]
+    signing_keys: Callable[[], SigningKeys]
     nodeport_range: tuple[int, int]
     stop: threading.Event
     metrics: EnforcerMetrics = field(default_factory=EnforcerMetrics)

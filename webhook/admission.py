@@ -19,6 +19,7 @@ from webhook.semantics import (
     resolve_namespace,
     resolve_policy,
 )
+from webhook.signing import Signer
 from webhook.snapshot import ClusterView
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ POLICY_RESOURCE = "networkpolicies"
 
 @dataclass(frozen=True, slots=True)
 class AdmissionConfig:
-    signing_key: bytes
+    signing_key: Signer  # the webhook's Ed25519 private key (webhook/signing.py)
     max_cidrs_per_policy: int = 1000
     max_nodeports_per_policy: int = 1000
     # Compiled stored policies shared by every request; results do not depend on it.
@@ -91,7 +92,7 @@ def _count_block_cidrs(policy: Policy) -> int:
 
 
 def render_policy_annotations(
-    namespace: str, name: str, uid: str, verdicts: tuple[NodePortVerdict, ...], key: bytes
+    namespace: str, name: str, uid: str, verdicts: tuple[NodePortVerdict, ...], key: Signer
 ) -> dict[str, str]:
     """Our annotations for a policy: none when it affects no NodePort."""
     if not verdicts:
@@ -220,7 +221,7 @@ def mutate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig
     return allowed(request.uid, patch, computed.warnings)
 
 
-def _genuine(final: Mapping[str, Any], computed: _Computed, key: bytes) -> bool:
+def _genuine(final: Mapping[str, Any], computed: _Computed, key: Signer) -> bool:
     """Our own signed output for this policy, affecting the same NodePorts, whose verdicts differ.
 
     Policies created in a burst change each other's namespace-wide verdict (the allowed sources)
@@ -233,7 +234,7 @@ def _genuine(final: Mapping[str, Any], computed: _Computed, key: bytes) -> bool:
     ):
         return False
     try:
-        signed = contract.read_signed(final, computed.namespace, computed.name, computed.uid, key)
+        signed = contract.read_signed(final, computed.namespace, computed.name, computed.uid, key.verifier())
     except contract.ContractError:
         return False
     if signed is None:
@@ -276,7 +277,7 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
 
 
 def resolve_all_annotations(
-    namespace: str, view: ClusterView, key: bytes, memo: PolicyMemo | None = None
+    namespace: str, view: ClusterView, key: Signer, memo: PolicyMemo | None = None
 ) -> dict[str, dict[str, str] | None]:
     """For the reconciler: the nodeport-guard annotations each stored policy of `namespace` should
     carry now (None = none of ours), signed with the stored uids. `memo` is the admission's

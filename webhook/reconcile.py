@@ -20,6 +20,7 @@ from webhook.admission import resolve_all_annotations
 from webhook.cache import ClusterCache
 from webhook.contract import owned_keys
 from webhook.semantics import PolicyMemo
+from webhook.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class AnnotationPatch:
 
 
 def plan_patches(
-    namespace: str, cache: ClusterCache, signing_key: bytes, memo: PolicyMemo | None = None
+    namespace: str, cache: ClusterCache, signing_key: Signer, memo: PolicyMemo | None = None
 ) -> list[AnnotationPatch]:
     """Pure given a cache snapshot: the patches that make stored annotations match the verdicts."""
     desired_by_policy = resolve_all_annotations(namespace, cache, signing_key, memo)
@@ -125,7 +126,7 @@ class Reconciler:
     def __init__(
         self,
         cache: ClusterCache,
-        signing_key: bytes,
+        signing_key: Signer,
         patch_policy: Callable[[AnnotationPatch], None],
         stop: threading.Event,
         is_leader: Callable[[], bool] = lambda: True,

@@ -21,6 +21,7 @@ from tests.controlplane.harness import ControlPlane
 from tests.kube_objects import as_list, nodeport_service, pod, policy
 from tests.netns import CLIENT_A4, CLIENT_A6, CLIENT_B4, CLIENT_B6, NODE_V4, NODE_V6, Node, Result, make_node
 from webhook.contract import Annotation, NodePortVerdict, PolicyRef, SourceSet, render_annotations
+from webhook.signing import Signer
 
 BACKENDS = ["legacy", "nft"]
 HTTP = [
@@ -211,7 +212,7 @@ def test_only_local_nodeports_in_range_are_touched(
     assert node.connect(CLIENT_A4, "192.0.2.2", nodeport) == "connected"
 
 
-def _sign(key: bytes, namespace: str, name: str, uid: str, verdicts: tuple[NodePortVerdict, ...]) -> dict[str, str]:
+def _sign(key: Signer, namespace: str, name: str, uid: str, verdicts: tuple[NodePortVerdict, ...]) -> dict[str, str]:
     return render_annotations(Annotation(PolicyRef(namespace, name, uid), verdicts), key)
 
 
@@ -244,7 +245,7 @@ def test_forged_and_out_of_range_annotations_program_nothing_and_are_reported(
     node, enforcer = enforced
     node.listen(30999)
     node.listen(22)
-    forged_key = b"not-the-key-" * 3
+    forged_key = Signer.generate()  # any key but the webhook's
     try:
         _unwebhooked_policy(
             control_plane, "forged", lambda uid: _sign(forged_key, "kube-system", "forged", uid, (_deny(30999),))

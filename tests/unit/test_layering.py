@@ -10,6 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PURE = [
     "webhook/contract.py",
+    "webhook/signing.py",
     "webhook/intervals.py",
     "webhook/semantics.py",
     "webhook/review.py",
@@ -33,7 +34,7 @@ IO_LIBRARIES = {
     "prometheus_client",
 }
 # What the enforcer (a separate DaemonSet image entry point) may use from the webhook package.
-ENFORCER_MAY_IMPORT = {"webhook.contract", "webhook.intervals", "webhook.listwatch", "webhook.logs"}
+ENFORCER_MAY_IMPORT = {"webhook.contract", "webhook.intervals", "webhook.listwatch", "webhook.logs", "webhook.signing"}
 
 
 def _imports(path: Path) -> set[str]:
