@@ -144,6 +144,9 @@ class WebhookServer:
     port: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    # False: do not point the webhook configurations at this server (a second webhook whose
+    # reconciler alone is wanted, next to the session's registered one).
+    register: bool = True
 
     @property
     def url(self) -> str:
@@ -174,7 +177,8 @@ class WebhookServer:
                 start_new_session=True,
             )
         self.wait_ready()
-        point_webhooks_at(self.plane, self.url, (c / "ca.crt").read_bytes())
+        if self.register:
+            point_webhooks_at(self.plane, self.url, (c / "ca.crt").read_bytes())
 
     def wait_ready(self, timeout: float = 30) -> None:
         import ssl
