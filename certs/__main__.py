@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="finish a rotation: stop trusting the previous public key (after the webhook re-signed every annotation)",
     )
     ins.add_argument(
+        "--public-key-only",
+        action="store_true",
+        help="only publish the public key in the ConfigMap (first step of the upgrade from HMAC signatures)",
+    )
+    ins.add_argument(
         "--signing-key-only",
         action="store_true",
         help="only the signing keys (when cert-manager issues the TLS certificate and injects the CA)",
@@ -160,7 +165,7 @@ def cmd_signing_key(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace) -> int:
     store = CertsDir(args.dir)
     tls = None
-    if not args.signing_key_only:
+    if not args.signing_key_only and not args.public_key_only:
         serving = store.read_serving()
         tls = (serving.cert_pem(), serving.key_pem(), store.read_ca_cert_pem())
     api_client = load_api_client(args.kubeconfig)
@@ -172,6 +177,7 @@ def cmd_install(args: argparse.Namespace) -> int:
             store.read_signing_key(),
             args.replace_signing_key,
             args.drop_previous_signing_key,
+            args.public_key_only,
         )
     finally:
         api_client.close()

@@ -39,7 +39,7 @@ LEGACY_HMAC_SECRET = "nodeport-guard-signing-key"  # noqa: S105
 WEBHOOK_CONFIGURATION = "nodeport-guard"
 LABELS = {"app.kubernetes.io/part-of": "nodeport-guard", "app.kubernetes.io/managed-by": "nodeport-guard-certs"}
 
-Outcome = Literal["created", "updated", "unchanged", "kept"]
+Outcome = Literal["created", "updated", "unchanged", "kept", "skipped"]
 WebhookKind = Literal["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]
 WEBHOOK_KINDS: tuple[WebhookKind, ...] = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 
@@ -73,7 +73,12 @@ def apply_tls_secret(api_client: Any, namespace: str, cert_pem: bytes, key_pem: 
 
 
 def apply_signing_keys(
-    api_client: Any, namespace: str, signer: Signer | None, replace: bool, drop_previous: bool = False
+    api_client: Any,
+    namespace: str,
+    signer: Signer | None,
+    replace: bool,
+    drop_previous: bool = False,
+    public_only: bool = False,
 ) -> tuple[Outcome, Outcome, tuple[str, ...]]:
     """Install the signing pair: (Secret outcome, ConfigMap outcome, trusted key ids).
 
@@ -81,7 +86,10 @@ def apply_signing_keys(
     first, with the old one kept under `previous` (enforcers accept both), and only then writes
     the new private key; the webhook signs with it from its next restart, and its reconciler
     re-signs every annotation (rotation opens no window). `drop_previous` removes the previous
-    public key once that is done. See docs/operations.md, "Signing-key rotation".
+    public key once that is done. `public_only` publishes the public key and leaves the
+    Secret alone ("skipped"): the first step of the upgrade from HMAC, so that enforcers trust
+    the key before any webhook can sign with it. See docs/operations.md, "Signing-key rotation"
+    and "Upgrading from HMAC signatures".
     """
     from kubernetes import client
 
@@ -126,8 +134,10 @@ def apply_signing_keys(
     if len(keys) > 1:
         data[PUBLIC_KEYS_PREVIOUS] = keys[1].pem().decode()
     public = _apply_configmap(api_client, namespace, PUBLIC_KEYS_CONFIGMAP, data)  # public key first
-    if installed is not None and installed.public == signer.public:
-        secret: Outcome = "kept" if kept_other else "unchanged"
+    if public_only:
+        secret: Outcome = "skipped"  # noqa: S105 - an outcome, not a secret
+    elif installed is not None and installed.public == signer.public:
+        secret = "kept" if kept_other else "unchanged"
     else:
         secret = _apply_secret(
             api_client, namespace, SIGNING_SECRET, "Opaque", {SIGNING_SECRET_KEY: signer.private_pem()}, exact=True
@@ -239,12 +249,13 @@ def install(
     signing_key: Signer | None,
     replace_signing_key: bool = False,
     drop_previous_signing_key: bool = False,
+    public_key_only: bool = False,
 ) -> InstallReport:
     """Install the signing pair and, when `tls` = (cert, key, ca) is given, the TLS Secret and caBundles."""
     signing, public, key_ids = apply_signing_keys(
-        api_client, namespace, signing_key, replace_signing_key, drop_previous_signing_key
+        api_client, namespace, signing_key, replace_signing_key, drop_previous_signing_key, public_key_only
     )
-    if tls is None:
+    if tls is None or public_key_only:
         return InstallReport(None, signing, public, key_ids, ca_bundles=())
     cert_pem, key_pem, ca_pem = tls
     tls_outcome = apply_tls_secret(api_client, namespace, cert_pem, key_pem, ca_pem)

@@ -288,3 +288,19 @@ def test_reapplying_the_base_keeps_the_injected_ca_bundle(
     ok("install", "--kubeconfig", str(control_plane.kubeconfig), "--dir", str(cert_dir), "--namespace", namespace)
     control_plane.kubectl("apply", "-f", "-", input=configs)
     assert set(ca_bundles(control_plane).values()) == {b64((cert_dir / "ca.crt").read_bytes())}
+
+
+def test_public_key_only_publishes_the_key_before_any_webhook_can_sign_with_it(
+    control_plane: ControlPlane, namespace: str, cert_dir: Path
+) -> None:
+    """The first step of the upgrade from HMAC (docs/operations.md): enforcers trust the key first."""
+    kubeconfig = str(control_plane.kubeconfig)
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace, "--public-key-only")
+    assert public_keys(control_plane, namespace) == {"current": (local_public_key(cert_dir),)}
+    missing = control_plane.kubectl("get", "secret", PRIVATE_KEY_SECRET, "-n", namespace, check=False)
+    assert missing.returncode != 0 and "NotFound" in missing.stderr
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace, "--signing-key-only")
+    assert secret(control_plane, namespace, PRIVATE_KEY_SECRET)["data"] == {
+        "key": b64((cert_dir / "signing.pem").read_bytes())
+    }
+    assert public_keys(control_plane, namespace) == {"current": (local_public_key(cert_dir),)}
