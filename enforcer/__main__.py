@@ -28,7 +28,6 @@ from webhook.logs import configure_logging
 from webhook.signing import PublicKey, VerifierKeys, parse_public_keys_pem, public_keys_from_data
 
 logger = logging.getLogger("enforcer")
-KEY_REFRESH_SECONDS = 30.0
 
 
 def _api_client(settings: EnforcerSettings) -> Any:
@@ -106,7 +105,7 @@ class VerifierKeySource:
 
     def __call__(self) -> VerifierKeys:
         now = time.monotonic()
-        if self._keys is None or now - self._fetched > KEY_REFRESH_SECONDS:
+        if self._keys is None or now - self._fetched > self._settings.key_refresh_seconds:
             try:
                 self._keys = self._read()
                 self._fetched = now

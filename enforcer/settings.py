@@ -63,6 +63,7 @@ class EnforcerSettings:
     accept_legacy_hmac: bool = False
     legacy_hmac_secret: tuple[str, str] | None = None
     legacy_hmac_file: Path | None = None
+    key_refresh_seconds: float = 30.0  # how often the trusted keys are re-read (rotation takes effect)
     nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE
     resync_seconds: float = 30.0
     debounce_seconds: float = 0.1
@@ -103,10 +104,13 @@ class EnforcerSettings:
         try:
             resync = float(env.get("NPG_RESYNC_SECONDS", "30"))
             debounce = float(env.get("NPG_DEBOUNCE_SECONDS", "0.1"))
+            key_refresh = float(env.get("NPG_KEY_REFRESH_SECONDS", "30"))
         except ValueError as exc:
-            raise SettingsError(f"NPG_RESYNC_SECONDS/NPG_DEBOUNCE_SECONDS: {exc}") from exc
+            raise SettingsError(f"NPG_RESYNC_SECONDS/NPG_DEBOUNCE_SECONDS/NPG_KEY_REFRESH_SECONDS: {exc}") from exc
         if resync <= 0 or debounce < 0:
             raise SettingsError("NPG_RESYNC_SECONDS must be > 0 and NPG_DEBOUNCE_SECONDS >= 0")
+        if key_refresh <= 0:
+            raise SettingsError(f"NPG_KEY_REFRESH_SECONDS={key_refresh}: must be > 0 (seconds between key re-reads)")
         kubeconfig = env.get("NPG_KUBECONFIG")
         return EnforcerSettings(
             node_name=env.get("NPG_NODE_NAME", ""),
@@ -116,6 +120,7 @@ class EnforcerSettings:
             accept_legacy_hmac=accept_legacy,
             legacy_hmac_secret=legacy_secret if accept_legacy else None,
             legacy_hmac_file=Path(legacy_file) if accept_legacy and legacy_file else None,
+            key_refresh_seconds=key_refresh,
             nodeport_range=parse_port_range(env.get("NPG_NODEPORT_RANGE", "30000-32767")),
             resync_seconds=resync,
             debounce_seconds=debounce,
