@@ -28,6 +28,7 @@ from webhook.logs import configure_logging
 from webhook.signing import PublicKey, VerifierKeys, parse_public_keys_pem, public_keys_from_data
 
 logger = logging.getLogger("enforcer")
+FORCED_REFRESH_SECONDS = 5.0  # a signature by an unknown key id re-reads the keys at most this often
 
 
 def _api_client(settings: EnforcerSettings) -> Any:
@@ -57,6 +58,7 @@ class VerifierKeySource:
         self._metrics = metrics
         self._keys: VerifierKeys | None = None
         self._fetched = 0.0
+        self._forced = -FORCED_REFRESH_SECONDS
 
     def _public_keys(self) -> tuple[PublicKey, ...]:
         path = self._settings.public_keys_file
@@ -102,6 +104,14 @@ class VerifierKeySource:
             return keys
         assert self._keys is not None
         return self._keys  # the same object: the verification cache compares it first by identity
+
+    def refresh(self) -> VerifierKeys:
+        """Re-read now, at most once every FORCED_REFRESH_SECONDS (forged key ids cannot flood the API)."""
+        now = time.monotonic()
+        if now - self._forced >= FORCED_REFRESH_SECONDS:
+            self._forced = now
+            self._fetched = now - self._settings.key_refresh_seconds - 1.0
+        return self()
 
     def __call__(self) -> VerifierKeys:
         now = time.monotonic()
@@ -200,6 +210,7 @@ def run(settings: EnforcerSettings) -> int:
     from kubernetes import client
 
     store = PolicyStore()
+    keys = VerifierKeySource(settings, api_client, metrics)
     watch = ListWatch(
         "networkpolicies",
         client.NetworkingV1Api(api_client).list_network_policy_for_all_namespaces,
@@ -210,7 +221,8 @@ def run(settings: EnforcerSettings) -> int:
     loop = SyncLoop(
         store=store,
         dataplane=dataplane,
-        signing_keys=VerifierKeySource(settings, api_client, metrics),
+        signing_keys=keys,
+        refresh_keys=keys.refresh,
         nodeport_range=settings.nodeport_range,
         stop=stop,
         metrics=metrics,

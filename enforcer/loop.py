@@ -78,6 +78,9 @@ class SyncLoop:
     resync_seconds: float = 30.0
     debounce_seconds: float = 0.1
     on_rejected: Callable[[RejectedAnnotation], None] | None = None
+    # Re-read the trusted keys now (rate-limited by the source): called when a signature names a
+    # key id not trusted yet, as in a rotation whose new key this node has not read yet.
+    refresh_keys: Callable[[], SigningKeys] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     _reported: set[tuple[str, str, str, str]] = field(default_factory=set)
 
@@ -92,7 +95,12 @@ class SyncLoop:
         resync does, so a member edited by hand (same count) is repaired within one period.
         """
         started = time.perf_counter()
-        annotations, rejected = self._verification.verify(self.store.snapshot(), self.signing_keys())
+        snapshot, keys = self.store.snapshot(), self.signing_keys()
+        annotations, rejected = self._verification.verify(snapshot, keys)
+        if self.refresh_keys is not None and any(r.unknown_key_id for r in rejected):
+            fresh = self.refresh_keys()
+            if fresh != keys:
+                annotations, rejected = self._verification.verify(snapshot, fresh)
         plan = self._planner.plan(annotations)
         report = self.dataplane.sync(plan.state, full_readback=full_readback)
         self.metrics.sync_duration.observe(time.perf_counter() - started)

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.contract import ANNOTATION_PREFIX, Annotation, ContractError, read_signed
+from webhook.contract import ANNOTATION_PREFIX, SIGNATURE_KEY, Annotation, ContractError, read_signed
 from webhook.listwatch import EventType, Obj, ObjectSink
-from webhook.signing import VerifierKeys
+from webhook.signing import VerifierKeys, signature_key_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,9 @@ class RejectedAnnotation:
     name: str
     resource_version: str
     reason: str
+    # The Ed25519 key id the signature names when it is not a trusted key (else ""): during a
+    # rotation the enforcer re-reads its keys at once instead of waiting for the next refresh.
+    unknown_key_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,9 @@ def verify_policy(p: StoredPolicy, keys: SigningKeys) -> Annotation | RejectedAn
     try:
         return read_signed(dict(p.annotations), p.namespace, p.name, p.uid, keys)
     except ContractError as exc:
-        return RejectedAnnotation(p.namespace, p.name, p.resource_version, str(exc))
+        kid = signature_key_id(dict(p.annotations).get(SIGNATURE_KEY, ""))
+        unknown = kid if kid is not None and kid not in keys.key_ids() else ""
+        return RejectedAnnotation(p.namespace, p.name, p.resource_version, str(exc), unknown)
 
 
 def verify_policies(policies: Iterable[StoredPolicy], keys: SigningKeys) -> Verified:

@@ -98,6 +98,15 @@ class Signer:
         return VerifierKeys((self.public,))
 
 
+def signature_key_id(signature: str) -> str | None:
+    """The key id an `ed25519:` signature names (unverified), or None for any other form."""
+    scheme, _, rest = signature.partition(":")
+    if scheme != ED25519_SCHEME:
+        return None
+    kid, sep, _ = rest.partition(":")
+    return kid if sep else None
+
+
 def legacy_hmac_signature(key: bytes, data: bytes) -> str:
     """The pre-Ed25519 signature string `hmac-sha256:<hex>` (read during the upgrade only)."""
     return f"{LEGACY_HMAC_SCHEME}:{hmac.new(key, data, hashlib.sha256).hexdigest()}"
