@@ -111,3 +111,16 @@ def test_cache_returns_the_same_object_until_something_changes() -> None:
     # A removed policy disappears.
     fourth, _ = cache.verify(policies[:1], _keys(NEW))
     assert list(fourth) == [("ns", "a")]
+
+
+def test_a_rejection_names_an_untrusted_key_id_so_the_enforcer_can_re_read_its_keys() -> None:
+    unknown = verify_policy(_stored(NEW), _keys(OLD))
+    assert isinstance(unknown, RejectedAnnotation) and unknown.unknown_key_id == NEW.public.key_id
+    # Other refusals name none: a trusted key whose signature fails, a stale uid, the legacy form.
+    good = dict(_stored(NEW).annotations)
+    edited = {**good, NODEPORTS_KEY: good[NODEPORTS_KEY].replace('"all":false', '"all":true')}
+    tampered = StoredPolicy("ns", "p", "u1", "2", tuple(sorted(edited.items())))
+    moved = StoredPolicy("ns", "p", "u2", "2", _stored(NEW).annotations)
+    for policy in (tampered, moved, _stored_legacy(LEGACY_HMAC)):
+        result = verify_policy(policy, _keys(NEW))
+        assert isinstance(result, RejectedAnnotation) and result.unknown_key_id == "", policy
