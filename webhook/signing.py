@@ -151,6 +151,8 @@ class VerifierKeys:
             return f"{_FORGED}: the signature is not base64"
         if len(raw) != _SIGNATURE_BYTES:
             return f"{_FORGED}: the signature is {len(raw)} bytes, not {_SIGNATURE_BYTES}"
+        if base64.b64encode(raw).decode("ascii") != encoded:
+            return f"{_FORGED}: the signature is not in canonical base64"
         try:
             key.key.verify(raw, data)
         except InvalidSignature:

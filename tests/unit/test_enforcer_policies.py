@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from enforcer.policies import RejectedAnnotation, StoredPolicy, VerificationCache, verify_policy
 from webhook.contract import (
     NODEPORTS_KEY,
@@ -69,7 +71,11 @@ def test_an_edited_value_or_signature_is_refused() -> None:
     tampered = StoredPolicy("ns", "p", "u1", "2", tuple(sorted({**good, NODEPORTS_KEY: edited_value}.items())))
     assert _reason(verify_policy(tampered, _keys(NEW))).endswith("(forged, edited, or signed with another key)")
     prefix = good[SIGNATURE_KEY][:-8]
-    for bad in (prefix + "!!!!!!==", prefix[:-20] + "AAAA", "sha1:abc", good[SIGNATURE_KEY].upper()):
+    # The last base64 digit before "==" carries 4 unused bits: another digit decodes to the same bytes.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    twin = good[SIGNATURE_KEY][:-3] + alphabet[alphabet.index(good[SIGNATURE_KEY][-3]) ^ 1] + "=="
+    assert base64.b64decode(twin.rsplit(":", 1)[1]) == base64.b64decode(good[SIGNATURE_KEY].rsplit(":", 1)[1])
+    for bad in (prefix + "!!!!!!==", prefix[:-20] + "AAAA", "sha1:abc", good[SIGNATURE_KEY].upper(), twin):
         policy = StoredPolicy("ns", "p", "u1", "3", tuple(sorted({**good, SIGNATURE_KEY: bad}.items())))
         assert isinstance(verify_policy(policy, _keys(NEW)), RejectedAnnotation), bad
 
