@@ -53,6 +53,7 @@ CERTS_DIR ?= .deploy/certs
 deploy: install-python ## install on the cluster of your kubeconfig (certs, secrets, manifests) and wait for rollout
 	@if [ -f $(CERTS_DIR)/ca.crt ]; then echo "==> reusing the CA in $(CERTS_DIR)"; \
 	else $(PY) -m certs generate --out $(CERTS_DIR); fi
+	$(PY) -m certs signing-key --dir $(CERTS_DIR)
 	$(KUBECTL) apply -k manifests/
 	$(PY) -m certs install --kubeconfig "$${KUBECONFIG:-$$HOME/.kube/config}" --dir $(CERTS_DIR)
 	$(KUBECTL) -n nodeport-guard rollout status deployment/nodeport-guard-webhook --timeout=300s

@@ -15,6 +15,7 @@ from typing import Any
 from enforcer.plan import DesiredState, Network, PortKey
 from tests.builders import ip_from, pod, policy, service
 from webhook.contract import Annotation, CidrRule, NodePortVerdict, PolicyRef, SourceSet, render_annotations
+from webhook.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ PODS_PER_SERVICE = 5
 POLICIES_PER_NAMESPACE = 5
 NODEPORT_FIRST = 30000
 DEFAULT_RANGE_SIZE = 2768  # 30000-32767
-BENCH_SIGNING_KEY = b"nodeport-guard-benchmark-signing-key"
+BENCH_SIGNING_KEY = Signer.from_seed(b"nodeport-guard-benchmark-seed-32")  # a fixed Ed25519 key
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,7 @@ def protected_state(ports: int, first: int = NODEPORT_FIRST, extra: tuple[int, .
 
 
 def signed_policy_annotations(
-    index: int, node_port: int, key: bytes = BENCH_SIGNING_KEY
+    index: int, node_port: int, key: Signer = BENCH_SIGNING_KEY
 ) -> tuple[PolicyRef, dict[str, str]]:
     """The signed annotations of the index-th benchmark policy protecting one NodePort."""
     ref = PolicyRef(namespace=f"ns-{index // 20}", name=f"pol-{index}", uid=f"uid-{index}")

@@ -58,8 +58,8 @@ def write_pages(directory: Path, policies: int) -> None:
 def run(workdir: Path) -> list[Figure]:
     pages = workdir / "pages"
     write_pages(pages, POLICIES)
-    key_file = workdir / "signing.key"
-    key_file.write_bytes(data.BENCH_SIGNING_KEY)
+    key_file = workdir / "signing.pub"
+    key_file.write_bytes(data.BENCH_SIGNING_KEY.public.pem())
     peaks: list[float] = []
     answers = []
     with make_node(lock_path=str(workdir / "xtables.lock")) as node:

@@ -97,7 +97,7 @@ def cmd_full(dp: Dataplane, backend: Backend, state: DesiredState, repeat: int) 
     return {"ours": ours, "floor": floor, "members": sum(len(p.allowed) for p in state.ports) + len(state.ports)}
 
 
-def _stored_policies(count: int, first_port: int, key: bytes) -> list[Any]:
+def _stored_policies(count: int, first_port: int, key: Any) -> list[Any]:
     from bench.data import signed_policy_annotations
     from enforcer.policies import StoredPolicy
 
@@ -108,11 +108,11 @@ def _stored_policies(count: int, first_port: int, key: bytes) -> list[Any]:
     return out
 
 
-def _sync_loop(dp: Dataplane, store: Any, key: bytes) -> Any:
+def _sync_loop(dp: Dataplane, store: Any, keys: Any) -> Any:
     from enforcer.loop import SyncLoop
 
     return SyncLoop(
-        store=store, dataplane=dp, signing_keys=lambda: (key,), nodeport_range=dp.nodeport_range, stop=threading.Event()
+        store=store, dataplane=dp, signing_keys=lambda: keys, nodeport_range=dp.nodeport_range, stop=threading.Event()
     )
 
 
@@ -125,7 +125,7 @@ def cmd_incremental(dp: Dataplane, policies: int, adds: int, budget_seconds: flo
     all_policies = _stored_policies(policies + adds, dp.nodeport_range[0], BENCH_SIGNING_KEY)
     store = PolicyStore()
     store.replace("networkpolicies", all_policies[:policies], "1")
-    loop = _sync_loop(dp, store, BENCH_SIGNING_KEY)
+    loop = _sync_loop(dp, store, BENCH_SIGNING_KEY.verifier())
     start = time.perf_counter()
     loop.sync_once()
     initial = time.perf_counter() - start
@@ -168,7 +168,9 @@ def cmd_memory(dp: Dataplane, pages_dir: Path, key_file: Path) -> dict[str, Any]
     from enforcer.policies import PolicyStore, StoredPolicy, trim_policy
 
     rss_after_imports, _ = _rss_mb()
-    key = key_file.read_bytes()
+    from webhook.signing import VerifierKeys, parse_public_keys_pem
+
+    keys = VerifierKeys(parse_public_keys_pem(key_file.read_bytes(), str(key_file)))
     dp.cleanup()
     store = PolicyStore()
     items: list[StoredPolicy] = []
@@ -178,7 +180,7 @@ def cmd_memory(dp: Dataplane, pages_dir: Path, key_file: Path) -> dict[str, Any]
         del body
     store.replace("networkpolicies", items, "1")
     del items
-    loop = _sync_loop(dp, store, key)
+    loop = _sync_loop(dp, store, keys)
     report = loop.sync_once()
     report2 = loop.sync_once()  # a periodic resync on top (read-back of 10k members)
     rss, hwm = _rss_mb()

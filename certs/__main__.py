@@ -1,4 +1,4 @@
-"""`python -m certs generate|install|rotate`: the webhook PKI and signing key tool (wiring and arguments only)."""
+"""`python -m certs generate|signing-key|install|rotate`: the webhook PKI and Ed25519 signing-key tool (wiring only)."""
 
 from __future__ import annotations
 
@@ -62,15 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="create a CA, a serving certificate and a signing key in a directory")
-    gen.add_argument("--out", type=Path, required=True, help="directory for ca.crt ca.key tls.crt tls.key signing.key")
+    gen = sub.add_parser("generate", help="create a CA, a serving certificate and a signing key pair in a directory")
+    gen.add_argument(
+        "--out", type=Path, required=True, help="directory for ca.crt ca.key tls.crt tls.key signing.pem signing.pub"
+    )
     gen.add_argument("--dns", action="append", default=[], help="extra DNS SAN (repeatable)")
     gen.add_argument("--ip", action="append", type=_ip, default=[], help="extra IP SAN, e.g. 127.0.0.1 (repeatable)")
     gen.add_argument("--days", type=_positive, default=SERVING_DAYS, help="serving certificate validity in days")
     gen.add_argument("--service", default=SERVICE_NAME, help="webhook Service name (for the default SANs)")
     gen.add_argument("--service-namespace", default=NAMESPACE, help="webhook Service namespace (default SANs)")
     gen.add_argument("--force", action="store_true", help="replace an existing CA (clients must get the new ca.crt)")
-    gen.add_argument("--new-signing-key", action="store_true", help="replace an existing signing.key (kept by default)")
+    gen.add_argument("--new-signing-key", action="store_true", help="replace an existing signing.pem (kept by default)")
+
+    key = sub.add_parser(
+        "signing-key", help="create the Ed25519 signing key pair (signing.pem, signing.pub) in a directory if missing"
+    )
+    key.add_argument("--dir", type=Path, required=True, help="directory for signing.pem and signing.pub")
+    key.add_argument("--new", action="store_true", help="replace an existing pair (step 1 of a rotation)")
 
     ins = sub.add_parser("install", help="create/update the Secrets and inject the CA into the webhook configurations")
     ins.add_argument("--kubeconfig", type=Path, required=True)
@@ -79,17 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument(
         "--replace-signing-key",
         action="store_true",
-        help="rotate: the local signing.key becomes the key, the old one stays accepted as 'previous'",
+        help="rotate: the local signing.pem becomes the signing key; the old public key stays trusted as 'previous'",
     )
     ins.add_argument(
         "--drop-previous-signing-key",
         action="store_true",
-        help="finish a rotation: stop accepting the previous key (after the webhook re-signed every annotation)",
+        help="finish a rotation: stop trusting the previous public key (after the webhook re-signed every annotation)",
+    )
+    ins.add_argument(
+        "--public-key-only",
+        action="store_true",
+        help="only publish the public key in the ConfigMap (first step of the upgrade from HMAC signatures)",
     )
     ins.add_argument(
         "--signing-key-only",
         action="store_true",
-        help="only the signing-key Secret (when cert-manager issues the TLS certificate and injects the CA)",
+        help="only the signing keys (when cert-manager issues the TLS certificate and injects the CA)",
     )
 
     rot = sub.add_parser("rotate", help="re-issue the serving certificate from the same CA when it expires soon")
@@ -119,7 +132,7 @@ def cmd_generate(args: argparse.Namespace, now: datetime.datetime) -> int:
     if store.read_signing_key() is None or args.new_signing_key:
         store.write_signing_key(build_signing_key())
     else:
-        logger.info("kept the existing %s (pass --new-signing-key to replace it)", store.file("signing.key"))
+        logger.info("kept the existing %s (pass --new-signing-key to replace it)", store.file("signing.pem"))
     sans = list_sans(serving.cert)
     logger.info(
         "wrote %s: CA valid until %s, serving certificate valid until %s for %s",
@@ -131,10 +144,28 @@ def cmd_generate(args: argparse.Namespace, now: datetime.datetime) -> int:
     return 0
 
 
+def cmd_signing_key(args: argparse.Namespace) -> int:
+    store = CertsDir(args.dir)
+    existing = store.read_signing_key()
+    if existing is not None and not args.new:
+        logger.info("kept %s (key id %s); pass --new to replace it", store.file("signing.pem"), existing.public.key_id)
+        return 0
+    signer = build_signing_key()
+    store.write_signing_key(signer)
+    logger.info("wrote %s and signing.pub (key id %s)", store.file("signing.pem"), signer.public.key_id)
+    if existing is not None:
+        logger.info(
+            "to rotate: `python -m certs install --dir %s --signing-key-only --replace-signing-key`, then restart "
+            "the webhook (docs/operations.md, 'Signing-key rotation')",
+            args.dir,
+        )
+    return 0
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     store = CertsDir(args.dir)
     tls = None
-    if not args.signing_key_only:
+    if not args.signing_key_only and not args.public_key_only:
         serving = store.read_serving()
         tls = (serving.cert_pem(), serving.key_pem(), store.read_ca_cert_pem())
     api_client = load_api_client(args.kubeconfig)
@@ -146,10 +177,25 @@ def cmd_install(args: argparse.Namespace) -> int:
             store.read_signing_key(),
             args.replace_signing_key,
             args.drop_previous_signing_key,
+            args.public_key_only,
         )
     finally:
         api_client.close()
-    logger.info("Secret %s/nodeport-guard-signing-key: %s", args.namespace, report.signing_secret)
+    logger.info("Secret %s/nodeport-guard-signing-private-key: %s", args.namespace, report.signing_secret)
+    logger.info(
+        "ConfigMap %s/nodeport-guard-signing-public-keys: %s (trusted key ids: %s)",
+        args.namespace,
+        report.public_keys,
+        ", ".join(report.key_ids),
+    )
+    if args.replace_signing_key and report.signing_secret == "updated":  # noqa: S105 - an outcome, not a secret
+        logger.info(
+            "rotation started: wait until every enforcer trusts key id %s (metric "
+            "nodeport_guard_trusted_signing_keys, at most 30 s), then "
+            "`kubectl -n %s rollout restart deployment/nodeport-guard-webhook`",
+            report.key_ids[0],
+            args.namespace,
+        )
     if report.tls_secret is not None:
         logger.info("Secret %s/nodeport-guard-webhook-tls: %s", args.namespace, report.tls_secret)
     for kind, name, outcome in report.ca_bundles:
@@ -210,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_generate(args, now)
         if args.command == "install":
             return cmd_install(args)
+        if args.command == "signing-key":
+            return cmd_signing_key(args)
         return cmd_rotate(args, now)
     except (PkiError, StoreError, InstallError) as exc:
         logger.error("%s", exc)

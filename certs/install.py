@@ -1,4 +1,8 @@
-"""Put certificates and the signing key into a cluster: Secrets and webhook caBundles (Kubernetes I/O).
+"""Put certificates and the signing keys into a cluster: Secrets, the public-key ConfigMap, caBundles (Kubernetes I/O).
+
+The Ed25519 private key goes into Secret `nodeport-guard-signing-private-key`, which only the
+webhook mounts; its public half (and, during a rotation, the previous one) into ConfigMap
+`nodeport-guard-signing-public-keys`, which the enforcers and the kubectl plugin read.
 
 Everything here is idempotent: objects are created when missing, patched when different and
 left alone when equal, so `install` and `rotate` can be re-run safely.
@@ -12,17 +16,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from webhook.signing import (
+    PUBLIC_KEYS_CURRENT,
+    PUBLIC_KEYS_PREVIOUS,
+    PublicKey,
+    Signer,
+    SigningKeyError,
+    parse_private_key_pem,
+    public_keys_from_data,
+)
+
 logger = logging.getLogger(__name__)
 
 # Object names, not secret values.
 TLS_SECRET = "nodeport-guard-webhook-tls"  # noqa: S105
-SIGNING_SECRET = "nodeport-guard-signing-key"  # noqa: S105
+SIGNING_SECRET = "nodeport-guard-signing-private-key"  # noqa: S105
 SIGNING_SECRET_KEY = "key"  # noqa: S105
-SIGNING_PREVIOUS_KEY = "previous"
+PUBLIC_KEYS_CONFIGMAP = "nodeport-guard-signing-public-keys"
+# The HMAC key of versions before Ed25519: read by enforcers only during the upgrade transition;
+# never written here (docs/operations.md, "Upgrading from HMAC signatures").
+LEGACY_HMAC_SECRET = "nodeport-guard-signing-key"  # noqa: S105
 WEBHOOK_CONFIGURATION = "nodeport-guard"
 LABELS = {"app.kubernetes.io/part-of": "nodeport-guard", "app.kubernetes.io/managed-by": "nodeport-guard-certs"}
 
-Outcome = Literal["created", "updated", "unchanged", "kept"]
+Outcome = Literal["created", "updated", "unchanged", "kept", "skipped"]
 WebhookKind = Literal["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]
 WEBHOOK_KINDS: tuple[WebhookKind, ...] = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 
@@ -35,6 +52,8 @@ class InstallError(RuntimeError):
 class InstallReport:
     tls_secret: Outcome | None
     signing_secret: Outcome
+    public_keys: Outcome
+    key_ids: tuple[str, ...]  # trusted after install: current first, then previous
     ca_bundles: tuple[tuple[WebhookKind, str, Outcome], ...]  # (kind, webhook name, outcome), sorted
 
 
@@ -53,51 +72,133 @@ def apply_tls_secret(api_client: Any, namespace: str, cert_pem: bytes, key_pem: 
     return _apply_secret(api_client, namespace, TLS_SECRET, "kubernetes.io/tls", data)
 
 
-def apply_signing_secret(
-    api_client: Any, namespace: str, key: bytes | None, replace: bool, drop_previous: bool = False
-) -> Outcome:
-    """Create Secret `nodeport-guard-signing-key`; an existing key is kept unless `replace`.
+def apply_signing_keys(
+    api_client: Any,
+    namespace: str,
+    signer: Signer | None,
+    replace: bool,
+    drop_previous: bool = False,
+    public_only: bool = False,
+) -> tuple[Outcome, Outcome, tuple[str, ...]]:
+    """Install the signing pair: (Secret outcome, ConfigMap outcome, trusted key ids).
 
-    Replacing keeps the old key under `previous`, which enforcers keep accepting, so existing
-    annotations stay valid until the webhook has re-signed them (rotation opens no window);
-    `drop_previous` removes it once that is done. See docs/operations.md, "Signing-key rotation".
+    An existing private key is kept unless `replace`. Replacing publishes the new public key
+    first, with the old one kept under `previous` (enforcers accept both), and only then writes
+    the new private key; the webhook signs with it from its next restart, and its reconciler
+    re-signs every annotation (rotation opens no window). `drop_previous` removes the previous
+    public key once that is done. `public_only` publishes the public key and leaves the
+    Secret alone ("skipped"): the first step of the upgrade from HMAC, so that enforcers trust
+    the key before any webhook can sign with it. See docs/operations.md, "Signing-key rotation"
+    and "Upgrading from HMAC signatures".
     """
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
     existing = _read_secret(core, namespace, SIGNING_SECRET)
-    if existing is not None:
-        data = existing.data or {}
-        current = base64.b64decode(data.get(SIGNING_SECRET_KEY) or b"")
-        if drop_previous and current:
-            if not data.get(SIGNING_PREVIOUS_KEY):
-                return "kept"
-            return _apply_secret(
-                api_client, namespace, SIGNING_SECRET, "Opaque", {SIGNING_SECRET_KEY: current}, exact=True
-            )
-        if current and replace and key is not None and key != current:
-            return _apply_secret(
-                api_client,
+    installed: Signer | None = None
+    kept_other = False
+    if existing is not None and (existing.data or {}).get(SIGNING_SECRET_KEY):
+        pem = base64.b64decode(existing.data[SIGNING_SECRET_KEY])
+        try:
+            installed = parse_private_key_pem(pem, f"Secret {namespace}/{SIGNING_SECRET} key {SIGNING_SECRET_KEY!r}")
+        except SigningKeyError as exc:
+            if not replace:
+                raise InstallError(f"{exc}; or pass --replace-signing-key to overwrite it") from exc
+    if installed is not None and not replace:
+        if signer is not None and signer.public != installed.public:
+            logger.warning(
+                "Secret %s/%s already holds a different signing key (key id %s, local %s); keeping it "
+                "(pass --replace-signing-key to rotate to the local signing.pem)",
                 namespace,
                 SIGNING_SECRET,
-                "Opaque",
-                {SIGNING_SECRET_KEY: key, SIGNING_PREVIOUS_KEY: current},
+                installed.public.key_id,
+                signer.public.key_id,
             )
-        if current and not replace:
-            if key is not None and key != current:
-                logger.warning(
-                    "Secret %s/%s already holds a different signing key; keeping it (pass --replace-signing-key "
-                    "to overwrite it with the local signing.key)",
-                    namespace,
-                    SIGNING_SECRET,
-                )
-            return "kept"
-    if key is None:
+            kept_other = True
+        signer = installed
+    if signer is None:
         raise InstallError(
             f"Secret {namespace}/{SIGNING_SECRET} has no data key '{SIGNING_SECRET_KEY}' and there is no local "
-            "signing.key; run `python -m certs generate` first"
+            "signing.pem; run `python -m certs signing-key --dir DIR` first"
         )
-    return _apply_secret(api_client, namespace, SIGNING_SECRET, "Opaque", {SIGNING_SECRET_KEY: key}, exact=True)
+    published = _read_public_keys(core, namespace)
+    keys: list[PublicKey] = [signer.public]
+    if not drop_previous:
+        # The key that signed the stored annotations stays trusted until they are re-signed.
+        old = installed.public if installed is not None else (published[0] if published else None)
+        if old is not None and old != signer.public:
+            keys.append(old)
+        elif len(published) > 1 and published[0] == signer.public:
+            keys.append(published[1])  # a rotation still in progress: keep its previous key
+    data = {PUBLIC_KEYS_CURRENT: keys[0].pem().decode()}
+    if len(keys) > 1:
+        data[PUBLIC_KEYS_PREVIOUS] = keys[1].pem().decode()
+    public = _apply_configmap(api_client, namespace, PUBLIC_KEYS_CONFIGMAP, data)  # public key first
+    if public_only:
+        secret: Outcome = "skipped"  # noqa: S105 - an outcome, not a secret
+    elif installed is not None and installed.public == signer.public:
+        secret = "kept" if kept_other else "unchanged"
+    else:
+        secret = _apply_secret(
+            api_client, namespace, SIGNING_SECRET, "Opaque", {SIGNING_SECRET_KEY: signer.private_pem()}, exact=True
+        )
+    return secret, public, tuple(k.key_id for k in keys)
+
+
+def _read_public_keys(core: Any, namespace: str) -> tuple[PublicKey, ...]:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        data = core.read_namespaced_config_map(PUBLIC_KEYS_CONFIGMAP, namespace).data or {}
+    except ApiException as exc:
+        if exc.status == 404:
+            return ()
+        raise
+    try:
+        return public_keys_from_data(data, f"ConfigMap {namespace}/{PUBLIC_KEYS_CONFIGMAP}")
+    except SigningKeyError:
+        logger.warning("ConfigMap %s/%s holds no usable public key; rewriting it", namespace, PUBLIC_KEYS_CONFIGMAP)
+        return ()
+
+
+def _apply_configmap(api_client: Any, namespace: str, name: str, data: dict[str, str]) -> Outcome:
+    """Create or update a ConfigMap so that its data is exactly `data`."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(api_client)
+    existing: Any
+    try:
+        existing = core.read_namespaced_config_map(name, namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        existing = None
+    if existing is None:
+        body = client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=dict(LABELS)), data=data
+        )
+        try:
+            core.create_namespaced_config_map(namespace, body)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise InstallError(
+                    f"namespace {namespace} does not exist; apply the manifests first (`kubectl apply -k manifests/`)"
+                ) from exc
+            raise
+        logger.info("created ConfigMap %s/%s", namespace, name)
+        return "created"
+    current = existing.data or {}
+    if current == data:
+        return "unchanged"
+    patch_data: dict[str, str | None] = {**data, **dict.fromkeys(sorted(set(current) - set(data)))}
+    core.patch_namespaced_config_map(
+        name,
+        namespace,
+        {"metadata": {"resourceVersion": existing.metadata.resource_version, "labels": LABELS}, "data": patch_data},
+    )
+    logger.info("updated ConfigMap %s/%s", namespace, name)
+    return "updated"
 
 
 def inject_ca_bundle(api_client: Any, ca_pem: bytes) -> tuple[tuple[WebhookKind, str, Outcome], ...]:
@@ -145,18 +246,21 @@ def install(
     api_client: Any,
     namespace: str,
     tls: tuple[bytes, bytes, bytes] | None,
-    signing_key: bytes | None,
+    signing_key: Signer | None,
     replace_signing_key: bool = False,
     drop_previous_signing_key: bool = False,
+    public_key_only: bool = False,
 ) -> InstallReport:
-    """Install the signing key and, when `tls` = (cert, key, ca) is given, the TLS Secret and caBundles."""
-    signing = apply_signing_secret(api_client, namespace, signing_key, replace_signing_key, drop_previous_signing_key)
-    if tls is None:
-        return InstallReport(tls_secret=None, signing_secret=signing, ca_bundles=())
+    """Install the signing pair and, when `tls` = (cert, key, ca) is given, the TLS Secret and caBundles."""
+    signing, public, key_ids = apply_signing_keys(
+        api_client, namespace, signing_key, replace_signing_key, drop_previous_signing_key, public_key_only
+    )
+    if tls is None or public_key_only:
+        return InstallReport(None, signing, public, key_ids, ca_bundles=())
     cert_pem, key_pem, ca_pem = tls
     tls_outcome = apply_tls_secret(api_client, namespace, cert_pem, key_pem, ca_pem)
     bundles = inject_ca_bundle(api_client, ca_pem)
-    return InstallReport(tls_secret=tls_outcome, signing_secret=signing, ca_bundles=bundles)
+    return InstallReport(tls_outcome, signing, public, key_ids, ca_bundles=bundles)
 
 
 def _read_secret(core: Any, namespace: str, name: str) -> Any:

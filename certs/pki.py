@@ -1,5 +1,8 @@
 """Key and certificate generation for the webhook's TLS and the annotation signing key (pure but for randomness).
 
+The annotation signing key is an Ed25519 pair (webhook/signing.py): the private half only for
+the webhook, the public half for the enforcers and the kubectl plugin.
+
 No file or network I/O here: callers pass the clock in (`now`) and receive values; PEM
 encoding and parsing are plain functions. ECDSA P-256 throughout (small, fast, accepted by
 the apiserver and by every TLS stack we talk to).
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -19,12 +21,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from webhook.signing import Signer
+
 SERVICE_NAME = "nodeport-guard-webhook"
 NAMESPACE = "nodeport-guard"
 CA_COMMON_NAME = "nodeport-guard-webhook-ca"
 CA_DAYS = 3650
 SERVING_DAYS = 365
-SIGNING_KEY_BYTES = 32
 # Tolerate clocks a little behind ours (apiserver, other nodes) when a fresh cert is first used.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 
@@ -69,9 +72,9 @@ def service_dns_names(service: str = SERVICE_NAME, namespace: str = NAMESPACE) -
     )
 
 
-def build_signing_key() -> bytes:
-    """A fresh random HMAC key for the annotation signature."""
-    return secrets.token_bytes(SIGNING_KEY_BYTES)
+def build_signing_key() -> Signer:
+    """A fresh Ed25519 key pair for the annotation signature."""
+    return Signer.generate()
 
 
 def _key_usage(ca: bool) -> x509.KeyUsage:

@@ -1,6 +1,8 @@
 """The local certificate directory: file names, modes and atomic writes (I/O, no Kubernetes).
 
-Files: ca.crt, ca.key, tls.crt, tls.key, signing.key. Keys are 0600 and the directory 0700.
+Files: ca.crt, ca.key, tls.crt, tls.key, signing.pem (the Ed25519 private key that signs
+annotations) and signing.pub (its public half). Keys are 0600 and the directory 0700. A
+`signing.key` left by an older version is the legacy HMAC key; nothing here reads it.
 Every file is written to a temporary file in the same directory and renamed over the old one,
 so a reader (the webhook polls tls.crt/tls.key) never sees a half-written file.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certs.pki import KeyPair, PkiError, parse_cert, parse_pair, verify_issued_by
+from webhook.signing import Signer, SigningKeyError, parse_private_key_pem
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +25,8 @@ CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
-SIGNING_KEY = "signing.key"
+SIGNING_KEY = "signing.pem"
+SIGNING_PUBLIC_KEY = "signing.pub"
 PUBLIC_MODE = 0o644
 SECRET_MODE = 0o600
 
@@ -58,14 +62,15 @@ class CertsDir:
             raise StoreError(f"{self.file(TLS_CERT)}: {exc}; {fix}") from exc
         return pair
 
-    def read_signing_key(self) -> bytes | None:
+    def read_signing_key(self) -> Signer | None:
+        """The Ed25519 signing key pair, or None when the directory holds none yet."""
         path = self.file(SIGNING_KEY)
         if not path.exists():
             return None
-        key = self._read(SIGNING_KEY)
-        if len(key) < 16:
-            raise StoreError(f"{path} holds {len(key)} bytes; need at least 16 (regenerate with --new-signing-key)")
-        return key
+        try:
+            return parse_private_key_pem(self._read(SIGNING_KEY), str(path))
+        except SigningKeyError as exc:
+            raise StoreError(str(exc)) from exc
 
     def write_ca(self, ca: KeyPair) -> None:
         self._ensure_dir()
@@ -79,9 +84,10 @@ class CertsDir:
         write_atomic(self.file(TLS_KEY), serving.key_pem(), SECRET_MODE)
         write_atomic(self.file(TLS_CERT), serving.cert_pem(), PUBLIC_MODE)
 
-    def write_signing_key(self, key: bytes) -> None:
+    def write_signing_key(self, signer: Signer) -> None:
         self._ensure_dir()
-        write_atomic(self.file(SIGNING_KEY), key, SECRET_MODE)
+        write_atomic(self.file(SIGNING_KEY), signer.private_pem(), SECRET_MODE)
+        write_atomic(self.file(SIGNING_PUBLIC_KEY), signer.public.pem(), PUBLIC_MODE)
 
     def _ensure_dir(self) -> None:
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)

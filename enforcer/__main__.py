@@ -25,9 +25,10 @@ from enforcer.policies import PolicyStore, RejectedAnnotation, trim_policy
 from enforcer.settings import EnforcerSettings, SettingsError
 from webhook.listwatch import ListWatch
 from webhook.logs import configure_logging
+from webhook.signing import PublicKey, VerifierKeys, parse_public_keys_pem, public_keys_from_data
 
 logger = logging.getLogger("enforcer")
-KEY_REFRESH_SECONDS = 30.0
+FORCED_REFRESH_SECONDS = 5.0  # a signature by an unknown key id re-reads the keys at most this often
 
 
 def _api_client(settings: EnforcerSettings) -> Any:
@@ -43,44 +44,85 @@ def _api_client(settings: EnforcerSettings) -> Any:
     return client.ApiClient(configuration)
 
 
-class SigningKeySource:
-    """The shared HMAC keys (current, then previous during a rotation), from a file or the Secret.
+class VerifierKeySource:
+    """The trusted Ed25519 public keys (current, then previous during a rotation) from the
+    ConfigMap or a file, plus, only while `accept_legacy_hmac` is on, the legacy HMAC key.
 
-    Re-read periodically so that a rotation takes effect without a restart.
+    Re-read periodically so that a rotation takes effect without a restart. The enforcer never
+    reads the private key: its RBAC does not allow it (manifests/base/enforcer-rbac.yaml).
     """
 
-    def __init__(self, settings: EnforcerSettings, api_client: Any) -> None:
+    def __init__(self, settings: EnforcerSettings, api_client: Any, metrics: EnforcerMetrics | None = None) -> None:
         self._settings = settings
         self._api_client = api_client
-        self._keys: tuple[bytes, ...] | None = None
+        self._metrics = metrics
+        self._keys: VerifierKeys | None = None
         self._fetched = 0.0
+        self._forced = -FORCED_REFRESH_SECONDS
 
-    def _read(self) -> tuple[bytes, ...]:
-        if self._settings.signing_key_file is not None:
-            return (self._settings.signing_key_file.read_bytes(),)
+    def _public_keys(self) -> tuple[PublicKey, ...]:
+        path = self._settings.public_keys_file
+        if path is not None:
+            return parse_public_keys_pem(path.read_bytes(), f"NPG_PUBLIC_KEYS_FILE={path}")
         from kubernetes import client
 
-        assert self._settings.signing_key_secret is not None
-        namespace, name = self._settings.signing_key_secret
-        secret = client.CoreV1Api(self._api_client).read_namespaced_secret(name, namespace)
-        data = secret.data or {}
-        if not data.get("key"):
-            raise SettingsError(f"Secret {namespace}/{name} has no data key 'key'; run `python -m certs install`")
-        keys = [base64.b64decode(data["key"])]
-        if data.get("previous"):
-            keys.append(base64.b64decode(data["previous"]))
-        return tuple(keys)
+        assert self._settings.public_keys_configmap is not None
+        namespace, name = self._settings.public_keys_configmap
+        data = client.CoreV1Api(self._api_client).read_namespaced_config_map(name, namespace).data or {}
+        return public_keys_from_data(data, f"ConfigMap {namespace}/{name}")
 
-    def __call__(self) -> tuple[bytes, ...]:
+    def _legacy_hmac_keys(self) -> tuple[bytes, ...]:
+        if not self._settings.accept_legacy_hmac:
+            return ()
+        if self._settings.legacy_hmac_file is not None:
+            return (self._settings.legacy_hmac_file.read_bytes(),)
+        from kubernetes import client
+
+        assert self._settings.legacy_hmac_secret is not None
+        namespace, name = self._settings.legacy_hmac_secret
+        data = client.CoreV1Api(self._api_client).read_namespaced_secret(name, namespace).data or {}
+        keys = tuple(base64.b64decode(data[k]) for k in ("key", "previous") if data.get(k))
+        if not keys:
+            raise SettingsError(
+                f"Secret {namespace}/{name} has no data key 'key' (the legacy HMAC key); "
+                "set NPG_ACCEPT_LEGACY_HMAC=false if the upgrade is complete"
+            )
+        return keys
+
+    def _read(self) -> VerifierKeys:
+        keys = VerifierKeys(self._public_keys(), self._legacy_hmac_keys())
+        if keys != self._keys:
+            logger.info(
+                "trusted signing keys loaded",
+                extra={"key_ids": list(keys.key_ids()), "legacy_hmac": bool(keys.legacy_hmac_keys)},
+            )
+            if self._metrics is not None:
+                self._metrics.trusted_keys.clear()
+                for kid in keys.key_ids():
+                    self._metrics.trusted_keys.labels(kid).set(1)
+                self._metrics.legacy_hmac.set(1 if keys.legacy_hmac_keys else 0)
+            return keys
+        assert self._keys is not None
+        return self._keys  # the same object: the verification cache compares it first by identity
+
+    def refresh(self) -> VerifierKeys:
+        """Re-read now, at most once every FORCED_REFRESH_SECONDS (forged key ids cannot flood the API)."""
         now = time.monotonic()
-        if self._keys is None or now - self._fetched > KEY_REFRESH_SECONDS:
+        if now - self._forced >= FORCED_REFRESH_SECONDS:
+            self._forced = now
+            self._fetched = now - self._settings.key_refresh_seconds - 1.0
+        return self()
+
+    def __call__(self) -> VerifierKeys:
+        now = time.monotonic()
+        if self._keys is None or now - self._fetched > self._settings.key_refresh_seconds:
             try:
                 self._keys = self._read()
                 self._fetched = now
             except Exception:
                 if self._keys is None:
                     raise
-                logger.warning("could not refresh the signing key; using the previous one", exc_info=True)
+                logger.warning("could not refresh the trusted signing keys; using the previous ones", exc_info=True)
         return self._keys
 
 
@@ -168,6 +210,7 @@ def run(settings: EnforcerSettings) -> int:
     from kubernetes import client
 
     store = PolicyStore()
+    keys = VerifierKeySource(settings, api_client, metrics)
     watch = ListWatch(
         "networkpolicies",
         client.NetworkingV1Api(api_client).list_network_policy_for_all_namespaces,
@@ -178,7 +221,8 @@ def run(settings: EnforcerSettings) -> int:
     loop = SyncLoop(
         store=store,
         dataplane=dataplane,
-        signing_keys=SigningKeySource(settings, api_client),
+        signing_keys=keys,
+        refresh_keys=keys.refresh,
         nodeport_range=settings.nodeport_range,
         stop=stop,
         metrics=metrics,

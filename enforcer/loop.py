@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from enforcer.dataplane import Dataplane, SyncReport
 from enforcer.incremental import IncrementalPlanner
-from enforcer.policies import PolicyStore, RejectedAnnotation, VerificationCache
+from enforcer.policies import PolicyStore, RejectedAnnotation, SigningKeys, VerificationCache
 
 logger = logging.getLogger(__name__)
 
@@ -54,19 +54,33 @@ class EnforcerMetrics:
             registry=registry,
         )
         self.backend = Gauge("nodeport_guard_backend_info", "iptables backend in use", ["backend"], registry=registry)
+        self.trusted_keys = Gauge(
+            "nodeport_guard_trusted_signing_keys",
+            "Ed25519 public keys (by key id) whose signatures this enforcer accepts",
+            ["key_id"],
+            registry=registry,
+        )
+        self.legacy_hmac = Gauge(
+            "nodeport_guard_legacy_hmac_accepted",
+            "1 while the HMAC upgrade transition is on (NPG_ACCEPT_LEGACY_HMAC=true), else 0",
+            registry=registry,
+        )
 
 
 @dataclass
 class SyncLoop:
     store: PolicyStore
     dataplane: Dataplane
-    signing_keys: Callable[[], tuple[bytes, ...]]
+    signing_keys: Callable[[], SigningKeys]
     nodeport_range: tuple[int, int]
     stop: threading.Event
     metrics: EnforcerMetrics = field(default_factory=EnforcerMetrics)
     resync_seconds: float = 30.0
     debounce_seconds: float = 0.1
     on_rejected: Callable[[RejectedAnnotation], None] | None = None
+    # Re-read the trusted keys now (rate-limited by the source): called when a signature names a
+    # key id not trusted yet, as in a rotation whose new key this node has not read yet.
+    refresh_keys: Callable[[], SigningKeys] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     _reported: set[tuple[str, str, str, str]] = field(default_factory=set)
 
@@ -81,7 +95,12 @@ class SyncLoop:
         resync does, so a member edited by hand (same count) is repaired within one period.
         """
         started = time.perf_counter()
-        annotations, rejected = self._verification.verify(self.store.snapshot(), self.signing_keys())
+        snapshot, keys = self.store.snapshot(), self.signing_keys()
+        annotations, rejected = self._verification.verify(snapshot, keys)
+        if self.refresh_keys is not None and any(r.unknown_key_id for r in rejected):
+            fresh = self.refresh_keys()
+            if fresh != keys:
+                annotations, rejected = self._verification.verify(snapshot, fresh)
         plan = self._planner.plan(annotations)
         report = self.dataplane.sync(plan.state, full_readback=full_readback)
         self.metrics.sync_duration.observe(time.perf_counter() - started)

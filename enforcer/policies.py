@@ -1,8 +1,9 @@
 """The enforcer's view of NetworkPolicies: a watched store and pure annotation verification.
 
-Annotations are untrusted input: each is schema-checked and its HMAC verified through the
-contract module; a policy whose annotation is missing, stale, forged or malformed contributes
-nothing and is reported with its namespace/name and the reason.
+Annotations are untrusted input: each is schema-checked and its Ed25519 signature verified
+through the contract module, with public keys only (the enforcer never holds a signing key);
+a policy whose annotation is missing, stale, forged or malformed contributes nothing and is
+reported with its namespace/name and the reason.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.contract import ANNOTATION_PREFIX, Annotation, ContractError, read_signed
+from webhook.contract import ANNOTATION_PREFIX, SIGNATURE_KEY, Annotation, ContractError, read_signed
 from webhook.listwatch import EventType, Obj, ObjectSink
+from webhook.signing import VerifierKeys, signature_key_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,9 @@ class RejectedAnnotation:
     name: str
     resource_version: str
     reason: str
+    # The Ed25519 key id the signature names when it is not a trusted key (else ""): during a
+    # rotation the enforcer re-reads its keys at once instead of waiting for the next refresh.
+    unknown_key_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +56,9 @@ def trim_policy(obj: Obj) -> StoredPolicy:
     )
 
 
-SigningKeys = tuple[bytes, ...]  # the current key first, then any previous one still accepted
+# The trusted public keys (current first, then the previous one during a rotation) and, only
+# during the HMAC upgrade transition, the legacy HMAC keys.
+SigningKeys = VerifierKeys
 
 
 def verify_policy(p: StoredPolicy, keys: SigningKeys) -> Annotation | RejectedAnnotation | None:
@@ -59,9 +66,11 @@ def verify_policy(p: StoredPolicy, keys: SigningKeys) -> Annotation | RejectedAn
     if not p.annotations:
         return None
     try:
-        return read_signed(dict(p.annotations), p.namespace, p.name, p.uid, keys[0], keys[1:])
+        return read_signed(dict(p.annotations), p.namespace, p.name, p.uid, keys)
     except ContractError as exc:
-        return RejectedAnnotation(p.namespace, p.name, p.resource_version, str(exc))
+        kid = signature_key_id(dict(p.annotations).get(SIGNATURE_KEY, ""))
+        unknown = kid if kid is not None and kid not in keys.key_ids() else ""
+        return RejectedAnnotation(p.namespace, p.name, p.resource_version, str(exc), unknown)
 
 
 def verify_policies(policies: Iterable[StoredPolicy], keys: SigningKeys) -> Verified:

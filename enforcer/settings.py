@@ -15,6 +15,25 @@ class SettingsError(ValueError):
     pass
 
 
+def _object_ref(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
+    text = env.get(name, "")
+    if not text:
+        return None
+    ns, _, obj = text.partition("/")
+    if not ns or not obj or "/" in obj:
+        raise SettingsError(f"{name}={text!r}: expected <namespace>/<name>")
+    return ns, obj
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    text = env.get(name, "false").strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("", "0", "false", "no"):
+        return False
+    raise SettingsError(f"{name}={env.get(name)!r}: expected true or false")
+
+
 def parse_port_range(text: str, name: str = "NPG_NODEPORT_RANGE") -> tuple[int, int]:
     try:
         low_text, high_text = text.split("-", 1)
@@ -36,9 +55,15 @@ def parse_bind(text: str) -> tuple[str, int]:
 @dataclass(frozen=True, slots=True)
 class EnforcerSettings:
     node_name: str
-    signing_key_secret: tuple[str, str] | None  # (namespace, name), read through the API
-    signing_key_file: Path | None  # alternative for local runs
+    public_keys_configmap: tuple[str, str] | None  # (namespace, name), read through the API
+    public_keys_file: Path | None  # alternative for local runs: PEM public keys, current first
     kubeconfig: Path | None
+    # The HMAC -> Ed25519 upgrade transition (docs/operations.md): only while on, the legacy
+    # `hmac-sha256:` signatures are accepted and the legacy HMAC Secret (or file) is read.
+    accept_legacy_hmac: bool = False
+    legacy_hmac_secret: tuple[str, str] | None = None
+    legacy_hmac_file: Path | None = None
+    key_refresh_seconds: float = 30.0  # how often the trusted keys are re-read (rotation takes effect)
     nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE
     resync_seconds: float = 30.0
     debounce_seconds: float = 0.1
@@ -50,35 +75,52 @@ class EnforcerSettings:
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> EnforcerSettings:
-        secret = env.get("NPG_SIGNING_KEY_SECRET", "")
-        key_file = env.get("NPG_SIGNING_KEY_FILE", "")
-        if not secret and not key_file:
+        for retired in ("NPG_SIGNING_KEY_SECRET", "NPG_SIGNING_KEY_FILE"):
+            if env.get(retired):
+                raise SettingsError(
+                    f"{retired} is no longer read: enforcers verify Ed25519 signatures with public keys only. "
+                    "Set NPG_PUBLIC_KEYS_CONFIGMAP=nodeport-guard/nodeport-guard-signing-public-keys instead; "
+                    "during the upgrade from HMAC also NPG_ACCEPT_LEGACY_HMAC=true and NPG_LEGACY_HMAC_SECRET "
+                    "(docs/operations.md, 'Upgrading from HMAC signatures')"
+                )
+        configmap = _object_ref(env, "NPG_PUBLIC_KEYS_CONFIGMAP")
+        keys_file = env.get("NPG_PUBLIC_KEYS_FILE", "")
+        if configmap is None and not keys_file:
             raise SettingsError(
-                "set NPG_SIGNING_KEY_SECRET=<namespace>/<name> (in cluster: nodeport-guard/nodeport-guard-signing-key) "
-                "or NPG_SIGNING_KEY_FILE"
+                "set NPG_PUBLIC_KEYS_CONFIGMAP=<namespace>/<name> "
+                "(in cluster: nodeport-guard/nodeport-guard-signing-public-keys) or NPG_PUBLIC_KEYS_FILE"
             )
-        secret_ref: tuple[str, str] | None = None
-        if secret:
-            ns, _, name = secret.partition("/")
-            if not ns or not name:
-                raise SettingsError(f"NPG_SIGNING_KEY_SECRET={secret!r}: expected <namespace>/<name>")
-            secret_ref = (ns, name)
+        accept_legacy = _flag(env, "NPG_ACCEPT_LEGACY_HMAC")
+        legacy_secret = _object_ref(env, "NPG_LEGACY_HMAC_SECRET")
+        legacy_file = env.get("NPG_LEGACY_HMAC_FILE", "")
+        if accept_legacy and legacy_secret is None and not legacy_file:
+            raise SettingsError(
+                "NPG_ACCEPT_LEGACY_HMAC=true needs the old HMAC key: set NPG_LEGACY_HMAC_SECRET="
+                "nodeport-guard/nodeport-guard-signing-key (or NPG_LEGACY_HMAC_FILE)"
+            )
         backend = env.get("NPG_BACKEND", "auto")
         if backend not in ("auto", "legacy", "nft"):
             raise SettingsError(f"NPG_BACKEND={backend!r}: expected auto, legacy or nft")
         try:
             resync = float(env.get("NPG_RESYNC_SECONDS", "30"))
             debounce = float(env.get("NPG_DEBOUNCE_SECONDS", "0.1"))
+            key_refresh = float(env.get("NPG_KEY_REFRESH_SECONDS", "30"))
         except ValueError as exc:
-            raise SettingsError(f"NPG_RESYNC_SECONDS/NPG_DEBOUNCE_SECONDS: {exc}") from exc
+            raise SettingsError(f"NPG_RESYNC_SECONDS/NPG_DEBOUNCE_SECONDS/NPG_KEY_REFRESH_SECONDS: {exc}") from exc
         if resync <= 0 or debounce < 0:
             raise SettingsError("NPG_RESYNC_SECONDS must be > 0 and NPG_DEBOUNCE_SECONDS >= 0")
+        if key_refresh <= 0:
+            raise SettingsError(f"NPG_KEY_REFRESH_SECONDS={key_refresh}: must be > 0 (seconds between key re-reads)")
         kubeconfig = env.get("NPG_KUBECONFIG")
         return EnforcerSettings(
             node_name=env.get("NPG_NODE_NAME", ""),
-            signing_key_secret=secret_ref,
-            signing_key_file=Path(key_file) if key_file else None,
+            public_keys_configmap=configmap,
+            public_keys_file=Path(keys_file) if keys_file else None,
             kubeconfig=Path(kubeconfig) if kubeconfig else None,
+            accept_legacy_hmac=accept_legacy,
+            legacy_hmac_secret=legacy_secret if accept_legacy else None,
+            legacy_hmac_file=Path(legacy_file) if accept_legacy and legacy_file else None,
+            key_refresh_seconds=key_refresh,
             nodeport_range=parse_port_range(env.get("NPG_NODEPORT_RANGE", "30000-32767")),
             resync_seconds=resync,
             debounce_seconds=debounce,

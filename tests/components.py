@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.controlplane.harness import ControlPlane, ControlPlaneError, free_port, log_tail, write_kubeconfig
+from webhook.signing import Signer, VerifierKeys, parse_private_key_pem
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "nodeport-guard"
@@ -34,8 +35,15 @@ class Installation:
     enforcer_kubeconfig: Path
 
     @property
-    def signing_key(self) -> bytes:
-        return (self.certs_dir / "signing.key").read_bytes()
+    def signing_key(self) -> Signer:
+        """The webhook's Ed25519 private key (tests sign with it to play the webhook)."""
+        path = self.certs_dir / "signing.pem"
+        return parse_private_key_pem(path.read_bytes(), str(path))
+
+    @property
+    def verifier_keys(self) -> VerifierKeys:
+        """What an enforcer trusts after this installation: the public key only."""
+        return self.signing_key.verifier()
 
 
 def run_python(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -136,6 +144,9 @@ class WebhookServer:
     port: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    # False: do not point the webhook configurations at this server (a second webhook whose
+    # reconciler alone is wanted, next to the session's registered one).
+    register: bool = True
 
     @property
     def url(self) -> str:
@@ -149,7 +160,7 @@ class WebhookServer:
             "NPG_BIND": f"127.0.0.1:{self.port}",
             "NPG_TLS_CERT_FILE": str(c / "tls.crt"),
             "NPG_TLS_KEY_FILE": str(c / "tls.key"),
-            "NPG_SIGNING_KEY_FILE": str(c / "signing.key"),
+            "NPG_SIGNING_KEY_FILE": str(c / "signing.pem"),
             "NPG_KUBECONFIG": str(self.install.webhook_kubeconfig),
             "NPG_LEASE_NAMESPACE": NAMESPACE,
             "NPG_POD_NAME": "local-webhook",
@@ -166,7 +177,8 @@ class WebhookServer:
                 start_new_session=True,
             )
         self.wait_ready()
-        point_webhooks_at(self.plane, self.url, (c / "ca.crt").read_bytes())
+        if self.register:
+            point_webhooks_at(self.plane, self.url, (c / "ca.crt").read_bytes())
 
     def wait_ready(self, timeout: float = 30) -> None:
         import ssl
@@ -238,7 +250,7 @@ class EnforcerProcess:
             **os.environ,
             "NPG_KUBECONFIG": str(kubeconfig),
             "NPG_NODE_NAME": self.netns,
-            "NPG_SIGNING_KEY_SECRET": f"{NAMESPACE}/nodeport-guard-signing-key",
+            "NPG_PUBLIC_KEYS_CONFIGMAP": f"{NAMESPACE}/nodeport-guard-signing-public-keys",
             "NPG_BACKEND": self.backend,
             "NPG_RESYNC_SECONDS": str(self.resync_seconds),
             "NPG_METRICS_BIND": f"127.0.0.1:{self.metrics_port}",

@@ -12,6 +12,7 @@ from webhook.contract import Annotation, NodePortEntry, PolicyRef
 from webhook.contribution import namespace_endpoints, resolve_contribution
 from webhook.review import AdmissionRequest, JsonPatch, allowed, denied
 from webhook.semantics import Policy, PolicyMemo, SemanticsError, compile_policy
+from webhook.signing import Signer
 from webhook.snapshot import ClusterView
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ POLICY_RESOURCE = "networkpolicies"
 
 @dataclass(frozen=True, slots=True)
 class AdmissionConfig:
-    signing_key: bytes
+    signing_key: Signer  # the webhook's Ed25519 private key (webhook/signing.py)
     max_cidrs_per_policy: int = 1000
     max_nodeports_per_policy: int = 1000
     # Compiled stored policies shared by every request; results do not depend on it.
@@ -84,7 +85,7 @@ def _count_block_cidrs(policy: Policy) -> int:
 
 
 def render_policy_annotations(
-    namespace: str, name: str, uid: str, entries: tuple[NodePortEntry, ...], key: bytes
+    namespace: str, name: str, uid: str, entries: tuple[NodePortEntry, ...], key: Signer
 ) -> dict[str, str]:
     """Our annotations for a policy: none when it affects no NodePort."""
     if not entries:
@@ -212,7 +213,7 @@ def mutate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig
     return allowed(request.uid, patch, computed.warnings)
 
 
-def _genuine(final: Mapping[str, Any], computed: _Computed, key: bytes) -> bool:
+def _genuine(final: Mapping[str, Any], computed: _Computed, key: Signer) -> bool:
     """Our own signed output for this policy, affecting the same NodePorts, whose verdicts differ.
 
     Policies created in a burst change each other's namespace-wide verdict (the allowed sources)
@@ -225,7 +226,7 @@ def _genuine(final: Mapping[str, Any], computed: _Computed, key: bytes) -> bool:
     ):
         return False
     try:
-        signed = contract.read_signed(final, computed.namespace, computed.name, computed.uid, key)
+        signed = contract.read_signed(final, computed.namespace, computed.name, computed.uid, key.verifier())
     except contract.ContractError:
         return False
     if signed is None:
@@ -270,7 +271,7 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
 def resolve_all_annotations(
     namespace: str,
     view: ClusterView,
-    key: bytes,
+    key: Signer,
     memo: PolicyMemo | None = None,
     names: Collection[str] | None = None,
 ) -> dict[str, dict[str, str] | None]:

@@ -194,6 +194,7 @@ def start_cluster_runtime(settings: WebhookSettings, stop: threading.Event) -> R
     from kubernetes import client
 
     key = read_signing_key(settings.signing_key_file)
+    logger.info("signing annotations with Ed25519", extra={"key_id": key.public.key_id})
     api_client = _api_client(settings)
     metrics = WebhookMetrics()
     cache = ClusterCache()

@@ -1,18 +1,20 @@
-"""The annotation contract between webhook and enforcer: keys, schema, canonical JSON, HMAC (pure, stdlib only).
+"""The annotation contract between webhook and enforcer: keys, schema, canonical JSON, signature (pure).
 
 This module is the only owner of the annotation format. The webhook encodes and signs; the
 enforcer decodes and verifies, treating the annotation as untrusted input. See docs/annotation.md.
+Stdlib only, but for the keys and the signature primitive in `webhook.signing` (Ed25519).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
+
+from webhook.signing import ED25519_SCHEME, Signer, VerifierKeys
 
 ANNOTATION_PREFIX = "nodeport-guard.io/"
 NODEPORTS_KEY = ANNOTATION_PREFIX + "nodeports"
@@ -21,7 +23,7 @@ SIGNATURE_KEY = ANNOTATION_PREFIX + "signature"
 # every policy) during an upgrade, and composes it fail-closed: see docs/annotation.md.
 CONTRACT_VERSION = 2
 READ_VERSIONS = (1, 2)
-SIGNATURE_SCHEME = "hmac-sha256"
+SIGNATURE_SCHEME = ED25519_SCHEME  # "ed25519:<key id>:<base64>", see webhook/signing.py
 # Upper bound on what the enforcer will accept from one annotation (the webhook's own,
 # configurable limits are lower); protects the node from a huge or hostile value.
 MAX_ANNOTATION_BYTES = 256 * 1024
@@ -207,19 +209,19 @@ def encode(annotation: Annotation) -> str:
     return json.dumps(_to_json(annotation), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def sign(value: str, key: bytes) -> str:
-    digest = hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
-    return f"{SIGNATURE_SCHEME}:{digest}"
+def sign(value: str, signer: Signer) -> str:
+    """The signature annotation for `value`: Ed25519 over its exact UTF-8 bytes."""
+    return signer.sign(value.encode("utf-8"))
 
 
-def verify(value: str, signature: str, key: bytes) -> bool:
-    return hmac.compare_digest(sign(value, key), signature)
+def verify(value: str, signature: str, keys: VerifierKeys) -> bool:
+    return keys.verify(value.encode("utf-8"), signature)
 
 
-def render_annotations(annotation: Annotation, key: bytes) -> dict[str, str]:
+def render_annotations(annotation: Annotation, signer: Signer) -> dict[str, str]:
     """The two annotation values the webhook writes onto a NetworkPolicy."""
     value = encode(annotation)
-    return {NODEPORTS_KEY: value, SIGNATURE_KEY: sign(value, key)}
+    return {NODEPORTS_KEY: value, SIGNATURE_KEY: sign(value, signer)}
 
 
 def owned_keys(annotations: Mapping[str, str] | None) -> list[str]:
@@ -382,14 +384,14 @@ def read_signed(
     namespace: str,
     name: str,
     uid: str,
-    key: bytes,
-    previous_keys: Sequence[bytes] = (),
+    keys: VerifierKeys,
 ) -> Annotation | None:
     """The verified annotation of a stored policy, or None when it carries none.
 
     Raises ContractError when an annotation is present but forged, stale, malformed or
     bound to another object. A signature made before the uid existed (uid "") is accepted.
-    `previous_keys` are accepted too, so a key rotation opens no window (docs/operations.md).
+    `keys` holds the current and, during a rotation, the previous public key, so a rotation
+    opens no window (docs/operations.md).
     """
     annotations = annotations or {}
     value = annotations.get(NODEPORTS_KEY)
@@ -399,8 +401,9 @@ def read_signed(
     if value is None or signature is None:
         missing = NODEPORTS_KEY if value is None else SIGNATURE_KEY
         raise ContractError(missing, "annotation missing (the pair must be written together by the webhook)")
-    if not any(verify(value, signature, k) for k in (key, *previous_keys)):
-        raise ContractError(SIGNATURE_KEY, "signature does not match (forged, edited, or signed with another key)")
+    problem = keys.problem(value.encode("utf-8"), signature)
+    if problem is not None:
+        raise ContractError(SIGNATURE_KEY, problem)
     annotation = decode(value)
     ref = annotation.policy
     if (ref.namespace, ref.name) != (namespace, name):

@@ -1,14 +1,14 @@
 """`kubectl nodeport-guard explain|ports`: what a policy does to NodePorts, read from its signed annotation.
 
 Installed as the executable `kubectl-nodeport_guard`, so kubectl finds it as a plugin. Uses
-the caller's kubeconfig (KUBECONFIG or --kubeconfig); verifies signatures when the caller may
-read the signing-key Secret, and says so plainly when it cannot.
+the caller's kubeconfig (KUBECONFIG or --kubeconfig); verifies signatures with the public keys
+of ConfigMap nodeport-guard-signing-public-keys (no secret needed) when the caller may read it,
+and says so plainly when it cannot.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 from collections.abc import Sequence
@@ -26,8 +26,9 @@ from webhook.contract import (
     decode,
     read_signed,
 )
+from webhook.signing import SigningKeyError, VerifierKeys, public_keys_from_data
 
-DEFAULT_KEY_SECRET = "nodeport-guard/nodeport-guard-signing-key"  # noqa: S105 - a Secret name, not a secret
+DEFAULT_PUBLIC_KEYS = "nodeport-guard/nodeport-guard-signing-public-keys"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ def namespace_verdicts(reports: Sequence[PolicyReport]) -> dict[PortId, SourceSe
     }
 
 
-def inspect_policy(obj: dict[str, Any], keys: tuple[bytes, ...] | None) -> PolicyReport:
+def inspect_policy(obj: dict[str, Any], keys: VerifierKeys | None) -> PolicyReport:
     """Pure: classify one stored policy's annotation."""
     meta = obj.get("metadata") or {}
     ns, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
@@ -79,10 +80,10 @@ def inspect_policy(obj: dict[str, Any], keys: tuple[bytes, ...] | None) -> Polic
     if NODEPORTS_KEY not in annotations and SIGNATURE_KEY not in annotations:
         return PolicyReport(ns, name, "none", "affects no NodePort (no nodeport-guard annotation)", None)
     try:
-        if not keys:
+        if keys is None or not keys.public_keys:
             annotation = decode(annotations.get(NODEPORTS_KEY, ""))
-            return PolicyReport(ns, name, "unverified", "signing key not readable; signature not checked", annotation)
-        verified = read_signed(annotations, ns, name, uid, keys[0], keys[1:])
+            return PolicyReport(ns, name, "unverified", "public keys not readable; signature not checked", annotation)
+        verified = read_signed(annotations, ns, name, uid, keys)
         return PolicyReport(ns, name, "verified", "signature valid", verified)
     except ContractError as exc:
         return PolicyReport(ns, name, "rejected", f"enforcers ignore it: {exc}", None)
@@ -164,16 +165,20 @@ def _client(kubeconfig: str | None) -> Any:
     return client.ApiClient(configuration)
 
 
-def _read_keys(api: Any, secret_ref: str) -> tuple[bytes, ...] | None:
+def _read_keys(api: Any, configmap_ref: str) -> VerifierKeys | None:
+    """The trusted public keys (current and previous) from the ConfigMap, or None if unreadable."""
     from kubernetes import client
 
-    ns, _, name = secret_ref.partition("/")
+    ns, _, name = configmap_ref.partition("/")
     try:
-        secret = client.CoreV1Api(api).read_namespaced_secret(name, ns)
+        data = client.CoreV1Api(api).read_namespaced_config_map(name, ns).data or {}
     except client.ApiException:
         return None
-    data = secret.data or {}
-    return tuple(base64.b64decode(data[k]) for k in ("key", "previous") if data.get(k)) or None
+    try:
+        return VerifierKeys(public_keys_from_data(data, f"ConfigMap {configmap_ref}"))
+    except SigningKeyError as exc:
+        print(f"warning: {exc}; signatures not checked", file=sys.stderr)
+        return None
 
 
 def _list_policies(api: Any, namespace: str) -> list[dict[str, Any]]:
@@ -187,7 +192,9 @@ def _list_policies(api: Any, namespace: str) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubectl nodeport-guard", description=__doc__)
     parser.add_argument("--kubeconfig", default=None)
-    parser.add_argument("--key-secret", default=DEFAULT_KEY_SECRET, help="namespace/name of the signing-key Secret")
+    parser.add_argument(
+        "--public-keys", default=DEFAULT_PUBLIC_KEYS, help="namespace/name of the ConfigMap of trusted public keys"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     explain = sub.add_parser("explain", help="NodePorts a policy affects and the sources allowed on each")
     explain.add_argument("policy")
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     args = parser.parse_args(argv)
     api = _client(args.kubeconfig)
-    keys = _read_keys(api, args.key_secret)
+    keys = _read_keys(api, args.public_keys)
     policies = _list_policies(api, args.namespace)
     reports = [inspect_policy(p, keys) for p in policies]
     verdicts = namespace_verdicts(reports)

@@ -22,6 +22,7 @@ from webhook.admission import resolve_all_annotations
 from webhook.cache import ClusterCache
 from webhook.contract import owned_keys
 from webhook.semantics import PolicyMemo
+from webhook.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class AnnotationPatch:
 def plan_patches(
     namespace: str,
     cache: ClusterCache,
-    signing_key: bytes,
+    signing_key: Signer,
     memo: PolicyMemo | None = None,
     names: Collection[str] | None = None,
 ) -> list[AnnotationPatch]:
@@ -132,7 +133,7 @@ class Reconciler:
     def __init__(
         self,
         cache: ClusterCache,
-        signing_key: bytes,
+        signing_key: Signer,
         patch_policy: Callable[[AnnotationPatch], None],
         stop: threading.Event,
         is_leader: Callable[[], bool] = lambda: True,

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from webhook.signing import Signer, SigningKeyError, parse_private_key_pem
+
 
 class SettingsError(ValueError):
     pass
@@ -44,8 +46,8 @@ class WebhookSettings:
         key_file = env.get("NPG_SIGNING_KEY_FILE")
         if not key_file:
             raise SettingsError(
-                "NPG_SIGNING_KEY_FILE is not set: point it at the signing key "
-                "(Secret nodeport-guard-signing-key, created by `python -m certs install`)"
+                "NPG_SIGNING_KEY_FILE is not set: point it at the Ed25519 private key "
+                "(Secret nodeport-guard-signing-private-key, created by `python -m certs install`)"
             )
         kubeconfig = env.get("NPG_KUBECONFIG")
         return WebhookSettings(
@@ -69,15 +71,16 @@ class WebhookSettings:
         )
 
 
-def read_signing_key(path: Path) -> bytes:
+def read_signing_key(path: Path) -> Signer:
+    """The webhook's Ed25519 signer from the mounted private-key Secret (PKCS#8 PEM)."""
     try:
-        key = path.read_bytes()  # opaque bytes, exactly as the enforcer reads them from the Secret
+        pem = path.read_bytes()
     except OSError as exc:
         raise SettingsError(
-            f"cannot read signing key {path}: {exc.strerror}; mount Secret nodeport-guard-signing-key"
+            f"NPG_SIGNING_KEY_FILE={path}: cannot read it ({exc.strerror}); "
+            "mount Secret nodeport-guard-signing-private-key (created by `python -m certs install`)"
         ) from exc
-    if len(key) < 16:
-        raise SettingsError(
-            f"signing key {path} is {len(key)} bytes; need at least 16 (generate with `python -m certs generate`)"
-        )
-    return key
+    try:
+        return parse_private_key_pem(pem, f"NPG_SIGNING_KEY_FILE={path}")
+    except SigningKeyError as exc:
+        raise SettingsError(str(exc)) from exc

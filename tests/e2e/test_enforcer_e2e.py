@@ -20,7 +20,17 @@ from tests.components import EnforcerProcess, Installation, WebhookServer
 from tests.controlplane.harness import ControlPlane
 from tests.kube_objects import as_list, nodeport_service, pod, policy
 from tests.netns import CLIENT_A4, CLIENT_A6, CLIENT_B4, CLIENT_B6, NODE_V4, NODE_V6, Node, Result, make_node
-from webhook.contract import Annotation, NodePortVerdict, PolicyRef, SourceSet, render_annotations
+from webhook.contract import (
+    NODEPORTS_KEY,
+    SIGNATURE_KEY,
+    Annotation,
+    NodePortVerdict,
+    PolicyRef,
+    SourceSet,
+    encode,
+    render_annotations,
+)
+from webhook.signing import Signer, legacy_hmac_signature
 
 BACKENDS = ["legacy", "nft"]
 HTTP = [
@@ -211,8 +221,15 @@ def test_only_local_nodeports_in_range_are_touched(
     assert node.connect(CLIENT_A4, "192.0.2.2", nodeport) == "connected"
 
 
-def _sign(key: bytes, namespace: str, name: str, uid: str, verdicts: tuple[NodePortVerdict, ...]) -> dict[str, str]:
+def _sign(key: Signer, namespace: str, name: str, uid: str, verdicts: tuple[NodePortVerdict, ...]) -> dict[str, str]:
     return render_annotations(Annotation(PolicyRef(namespace, name, uid), tuple(v.entry() for v in verdicts)), key)
+
+
+def _hmac_signed(name: str, uid: str, verdict: NodePortVerdict) -> dict[str, str]:
+    # What the HMAC-signing webhook (nodeport-guard 0.1) wrote: a version-1 value.
+    value = encode(Annotation(PolicyRef("kube-system", name, uid), (verdict.entry("verdict"),), version=1))
+    signature = legacy_hmac_signature(b"the-old-shared-hmac-key-32-bytes", value.encode())
+    return {NODEPORTS_KEY: value, SIGNATURE_KEY: signature}
 
 
 def _deny(port: int) -> NodePortVerdict:
@@ -243,30 +260,38 @@ def test_forged_and_out_of_range_annotations_program_nothing_and_are_reported(
 ) -> None:
     node, enforcer = enforced
     node.listen(30999)
+    node.listen(30998)
     node.listen(22)
-    forged_key = b"not-the-key-" * 3
+    forged_key = Signer.generate()  # any key but the webhook's
     try:
         _unwebhooked_policy(
             control_plane, "forged", lambda uid: _sign(forged_key, "kube-system", "forged", uid, (_deny(30999),))
         )
+        # The pre-Ed25519 form, made with an HMAC key (as a node that held the old shared key could).
+        _unwebhooked_policy(control_plane, "forged-hmac", lambda uid: _hmac_signed("forged-hmac", uid, _deny(30998)))
         _unwebhooked_policy(
             control_plane, "ssh", lambda uid: _sign(installation.signing_key, "kube-system", "ssh", uid, (_deny(22),))
         )
         deadline = time.monotonic() + 6
-        while _metric(enforcer, "nodeport_guard_rejected_annotations") < 1 and time.monotonic() < deadline:
+        while _metric(enforcer, "nodeport_guard_rejected_annotations") < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _metric(enforcer, "nodeport_guard_rejected_annotations") == 1, [
+        assert _metric(enforcer, "nodeport_guard_rejected_annotations") == 2, [
             line for line in enforcer.http_get("/metrics")[1].splitlines() if "rejected" in line
         ]
         assert _metric(enforcer, "nodeport_guard_rejected_entries") == 1
         assert node.connect(CLIENT_A4, NODE_V4[0], 30999) == "connected"
+        assert node.connect(CLIENT_A4, NODE_V4[0], 30998) == "connected"
         assert node.connect(CLIENT_A4, NODE_V4[0], 22) == "connected"
         events = control_plane.kubectl_json("get", "events", "-n", "kube-system")["items"]
-        assert any(e["involvedObject"]["name"] == "forged" and e["reason"] == "AnnotationRejected" for e in events), (
-            events
-        )
+        rejected = [(e["involvedObject"]["name"], e["message"]) for e in events if e["reason"] == "AnnotationRejected"]
+        # (Events of earlier runs of this test may be there too: this run's forged key is unique.)
+        kid = forged_key.public.key_id
+        assert any(n == "forged" and "signature does not match" in m and kid in m for n, m in rejected), rejected
+        assert any(n == "forged-hmac" and "legacy hmac-sha256" in m for n, m in rejected), rejected
     finally:
-        control_plane.kubectl("delete", "networkpolicy", "forged", "ssh", "-n", "kube-system", check=False)
+        control_plane.kubectl(
+            "delete", "networkpolicy", "forged", "forged-hmac", "ssh", "-n", "kube-system", check=False
+        )
 
 
 def test_drift_is_repaired_within_one_resync(

@@ -1,4 +1,4 @@
-"""`python -m certs install|rotate` against the real kube-apiserver: Secrets, caBundle injection, idempotence."""
+"""`python -m certs install|rotate` against the real kube-apiserver: Secrets, public keys, caBundles, idempotence."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ from typing import Any
 import pytest
 
 from tests.controlplane.harness import ControlPlane
+from webhook.signing import PublicKey, parse_private_key_pem, parse_public_keys_pem
 
 REPO = Path(__file__).resolve().parents[2]
 FILTER = REPO / "manifests" / "tools" / "without_kinds.py"
 KINDS = ("mutatingwebhookconfiguration", "validatingwebhookconfiguration")
 SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields")
+PRIVATE_KEY_SECRET = "nodeport-guard-signing-private-key"
+PUBLIC_KEYS_CONFIGMAP = "nodeport-guard-signing-public-keys"
 
 
 def certs(*args: str) -> subprocess.CompletedProcess[str]:
@@ -87,6 +90,16 @@ def secret(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
     return result
 
 
+def public_keys(plane: ControlPlane, namespace: str) -> dict[str, tuple[PublicKey, ...]]:
+    """The public-key ConfigMap, parsed: data key -> keys."""
+    data = plane.kubectl_json("get", "configmap", PUBLIC_KEYS_CONFIGMAP, "-n", namespace)["data"]
+    return {k: parse_public_keys_pem(v.encode(), k) for k, v in data.items()}
+
+
+def local_public_key(cert_dir: Path) -> PublicKey:
+    return parse_private_key_pem((cert_dir / "signing.pem").read_bytes(), "signing.pem").public
+
+
 def ca_bundles(plane: ControlPlane) -> dict[tuple[str, str], str | None]:
     bundles: dict[tuple[str, str], str | None] = {}
     for kind in KINDS:
@@ -98,7 +111,8 @@ def ca_bundles(plane: ControlPlane) -> dict[tuple[str, str], str | None]:
 def resource_versions(plane: ControlPlane, namespace: str) -> list[str]:
     objects = [
         secret(plane, namespace, "nodeport-guard-webhook-tls"),
-        secret(plane, namespace, "nodeport-guard-signing-key"),
+        secret(plane, namespace, PRIVATE_KEY_SECRET),
+        plane.kubectl_json("get", "configmap", PUBLIC_KEYS_CONFIGMAP, "-n", namespace),
         *(plane.kubectl_json("get", kind, "nodeport-guard") for kind in KINDS),
     ]
     return [o["metadata"]["resourceVersion"] for o in objects]
@@ -125,8 +139,10 @@ def test_install_creates_secrets_and_injects_ca_into_every_webhook(
         "tls.key": b64((cert_dir / "tls.key").read_bytes()),
         "ca.crt": b64((cert_dir / "ca.crt").read_bytes()),
     }  # never ca.key
-    signing = secret(control_plane, namespace, "nodeport-guard-signing-key")
-    assert signing["data"] == {"key": b64((cert_dir / "signing.key").read_bytes())}
+    signing = secret(control_plane, namespace, PRIVATE_KEY_SECRET)
+    assert signing["data"] == {"key": b64((cert_dir / "signing.pem").read_bytes())}
+    # The public half, and only it, in a ConfigMap of its own (what enforcers may read).
+    assert public_keys(control_plane, namespace) == {"current": (local_public_key(cert_dir),)}
 
     ca = b64((cert_dir / "ca.crt").read_bytes())
     assert ca_bundles(control_plane) == {
@@ -148,21 +164,30 @@ def test_new_ca_updates_tls_and_bundles_but_keeps_the_signing_key_unless_asked(
 ) -> None:
     kubeconfig = str(control_plane.kubeconfig)
     ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace)
-    first_key = (cert_dir / "signing.key").read_bytes()
+    first_pem = (cert_dir / "signing.pem").read_bytes()
+    first = local_public_key(cert_dir)
 
     ok("generate", "--out", str(cert_dir), "--force", "--new-signing-key")
-    assert (cert_dir / "signing.key").read_bytes() != first_key
-    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace)
-    assert secret(control_plane, namespace, "nodeport-guard-signing-key")["data"] == {"key": b64(first_key)}
+    assert (cert_dir / "signing.pem").read_bytes() != first_pem
+    proc = ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace)
+    assert "already holds a different signing key" in proc.stderr and "--replace-signing-key" in proc.stderr
+    assert secret(control_plane, namespace, PRIVATE_KEY_SECRET)["data"] == {"key": b64(first_pem)}
+    assert public_keys(control_plane, namespace) == {"current": (first,)}
     tls = secret(control_plane, namespace, "nodeport-guard-webhook-tls")
     assert tls["data"]["tls.crt"] == b64((cert_dir / "tls.crt").read_bytes())
     assert set(ca_bundles(control_plane).values()) == {b64((cert_dir / "ca.crt").read_bytes())}
 
     ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace, "--replace-signing-key")
-    signing = secret(control_plane, namespace, "nodeport-guard-signing-key")
-    # The old key stays accepted (as 'previous') until the webhook has re-signed every annotation.
-    new_key = b64((cert_dir / "signing.key").read_bytes())
-    assert signing["data"] == {"key": new_key, "previous": b64(first_key)}
+    new = local_public_key(cert_dir)
+    assert secret(control_plane, namespace, PRIVATE_KEY_SECRET)["data"] == {
+        "key": b64((cert_dir / "signing.pem").read_bytes())
+    }
+    # The old public key stays trusted (as 'previous') until the webhook has re-signed every annotation.
+    assert public_keys(control_plane, namespace) == {"current": (new,), "previous": (first,)}
+    # Re-running the same step mid-rotation changes nothing (the previous key is not lost).
+    before = resource_versions(control_plane, namespace)
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace, "--replace-signing-key")
+    assert resource_versions(control_plane, namespace) == before
     ok(
         "install",
         "--kubeconfig",
@@ -174,7 +199,35 @@ def test_new_ca_updates_tls_and_bundles_but_keeps_the_signing_key_unless_asked(
         "--signing-key-only",
         "--drop-previous-signing-key",
     )
-    assert secret(control_plane, namespace, "nodeport-guard-signing-key")["data"] == {"key": new_key}
+    assert public_keys(control_plane, namespace) == {"current": (new,)}
+
+
+def test_signing_key_rotation_through_the_cli_in_the_documented_order(
+    control_plane: ControlPlane, namespace: str, cert_dir: Path
+) -> None:
+    """docs/operations.md, "Signing-key rotation": a new pair, install, (webhook restart), drop the previous key."""
+    kubeconfig = str(control_plane.kubeconfig)
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace, "--signing-key-only")
+    old = local_public_key(cert_dir)
+    proc = ok("signing-key", "--dir", str(cert_dir), "--new")
+    new = local_public_key(cert_dir)
+    assert new != old and new.key_id in proc.stderr and "--replace-signing-key" in proc.stderr
+    proc = ok(
+        "install",
+        "--kubeconfig",
+        kubeconfig,
+        "--dir",
+        str(cert_dir),
+        "--namespace",
+        namespace,
+        "--signing-key-only",
+        "--replace-signing-key",
+    )
+    assert f"trusted key ids: {new.key_id}, {old.key_id}" in proc.stderr
+    assert "rollout restart deployment/nodeport-guard-webhook" in proc.stderr
+    assert public_keys(control_plane, namespace) == {"current": (new,), "previous": (old,)}
+    private = base64.b64decode(secret(control_plane, namespace, PRIVATE_KEY_SECRET)["data"]["key"])
+    assert parse_private_key_pem(private, "Secret").public == new
 
 
 def test_rotate_updates_the_tls_secret(
@@ -198,7 +251,8 @@ def test_signing_key_only_leaves_tls_and_webhooks_alone(
 ) -> None:
     kubeconfig = str(control_plane.kubeconfig)
     ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace, "--signing-key-only")
-    assert secret(control_plane, namespace, "nodeport-guard-signing-key")["data"]["key"]
+    assert secret(control_plane, namespace, PRIVATE_KEY_SECRET)["data"]["key"]
+    assert public_keys(control_plane, namespace) == {"current": (local_public_key(cert_dir),)}
     missing = control_plane.kubectl("get", "secret", "nodeport-guard-webhook-tls", "-n", namespace, check=False)
     assert missing.returncode != 0 and "NotFound" in missing.stderr
     assert set(ca_bundles(control_plane).values()) == {None}
@@ -234,3 +288,19 @@ def test_reapplying_the_base_keeps_the_injected_ca_bundle(
     ok("install", "--kubeconfig", str(control_plane.kubeconfig), "--dir", str(cert_dir), "--namespace", namespace)
     control_plane.kubectl("apply", "-f", "-", input=configs)
     assert set(ca_bundles(control_plane).values()) == {b64((cert_dir / "ca.crt").read_bytes())}
+
+
+def test_public_key_only_publishes_the_key_before_any_webhook_can_sign_with_it(
+    control_plane: ControlPlane, namespace: str, cert_dir: Path
+) -> None:
+    """The first step of the upgrade from HMAC (docs/operations.md): enforcers trust the key first."""
+    kubeconfig = str(control_plane.kubeconfig)
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace, "--public-key-only")
+    assert public_keys(control_plane, namespace) == {"current": (local_public_key(cert_dir),)}
+    missing = control_plane.kubectl("get", "secret", PRIVATE_KEY_SECRET, "-n", namespace, check=False)
+    assert missing.returncode != 0 and "NotFound" in missing.stderr
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace, "--signing-key-only")
+    assert secret(control_plane, namespace, PRIVATE_KEY_SECRET)["data"] == {
+        "key": b64((cert_dir / "signing.pem").read_bytes())
+    }
+    assert public_keys(control_plane, namespace) == {"current": (local_public_key(cert_dir),)}

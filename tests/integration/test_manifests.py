@@ -10,11 +10,17 @@ from typing import Any
 
 import pytest
 
+from tests.components import Installation
 from tests.controlplane.harness import ControlPlane
+from webhook.signing import parse_public_keys_pem
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "manifests"
 CERT_MANAGER = REPO / "manifests" / "overlays" / "cert-manager"
+HMAC_TRANSITION = REPO / "manifests" / "overlays" / "hmac-transition"
+PRIVATE_KEY_SECRET = "nodeport-guard-signing-private-key"
+PUBLIC_KEYS_CONFIGMAP = "nodeport-guard-signing-public-keys"
+LEGACY_HMAC_SECRET = "nodeport-guard-signing-key"
 FILTER = REPO / "manifests" / "tools" / "without_kinds.py"
 NAMESPACE = "nodeport-guard"
 WEBHOOK_SA = f"system:serviceaccount:{NAMESPACE}:nodeport-guard-webhook"
@@ -137,7 +143,7 @@ def test_base_workloads_carry_the_promised_security_settings(control_plane: Cont
     assert env["NPG_POD_NAME"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "nodeport-guard-webhook-tls"
-    assert volumes["signing-key"]["secret"]["secretName"] == "nodeport-guard-signing-key"
+    assert volumes["signing-key"]["secret"]["secretName"] == PRIVATE_KEY_SECRET
 
     enforcer = objects[("DaemonSet", NAMESPACE, "nodeport-guard-enforcer")]["spec"]
     pod = enforcer["template"]["spec"]
@@ -149,7 +155,9 @@ def test_base_workloads_carry_the_promised_security_settings(control_plane: Cont
     assert container["securityContext"]["runAsUser"] == 0 and not container["securityContext"]["privileged"]
     assert enforcer["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "10%"
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
-    assert env["NPG_SIGNING_KEY_SECRET"] == "nodeport-guard/nodeport-guard-signing-key"
+    assert env["NPG_PUBLIC_KEYS_CONFIGMAP"] == f"{NAMESPACE}/{PUBLIC_KEYS_CONFIGMAP}"
+    assert not {"NPG_SIGNING_KEY_SECRET", "NPG_ACCEPT_LEGACY_HMAC", "NPG_LEGACY_HMAC_SECRET"} & set(env)
+    assert all(v.get("secret") is None for v in pod["volumes"])  # the enforcer mounts no Secret either
     assert env["NPG_NODE_NAME"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["xtables-lock"]["hostPath"] == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
@@ -229,10 +237,15 @@ def rbac_applied(control_plane: ControlPlane) -> None:
         (WEBHOOK_SA, "update", "leases.coordination.k8s.io/nodeport-guard-reconciler", NAMESPACE, True),
         (WEBHOOK_SA, "update", "leases.coordination.k8s.io/something-else", NAMESPACE, False),
         (WEBHOOK_SA, "create", "leases.coordination.k8s.io", "default", False),
-        (WEBHOOK_SA, "get", "secrets/nodeport-guard-signing-key", NAMESPACE, False),
+        (WEBHOOK_SA, "get", f"secrets/{PRIVATE_KEY_SECRET}", NAMESPACE, False),  # mounted, never read via the API
+        (WEBHOOK_SA, "get", f"secrets/{LEGACY_HMAC_SECRET}", NAMESPACE, False),
         (ENFORCER_SA, "watch", "networkpolicies.networking.k8s.io", "", True),
         (ENFORCER_SA, "patch", "networkpolicies.networking.k8s.io", "default", False),
-        (ENFORCER_SA, "get", "secrets/nodeport-guard-signing-key", NAMESPACE, True),
+        (ENFORCER_SA, "get", f"secrets/{PRIVATE_KEY_SECRET}", NAMESPACE, False),
+        (ENFORCER_SA, "get", f"secrets/{LEGACY_HMAC_SECRET}", NAMESPACE, False),
+        (ENFORCER_SA, "get", f"configmaps/{PUBLIC_KEYS_CONFIGMAP}", NAMESPACE, True),
+        (ENFORCER_SA, "update", f"configmaps/{PUBLIC_KEYS_CONFIGMAP}", NAMESPACE, False),
+        (ENFORCER_SA, "list", "configmaps", NAMESPACE, False),
         (ENFORCER_SA, "get", "secrets/nodeport-guard-webhook-tls", NAMESPACE, False),
         (ENFORCER_SA, "list", "secrets", NAMESPACE, False),
         (ENFORCER_SA, "create", "events", "default", True),
@@ -245,3 +258,60 @@ def test_rbac_is_least_privilege(
     scope = ["-n", namespace] if namespace else ["--all-namespaces"]
     answer = control_plane.kubectl("auth", "can-i", verb, resource, *scope, f"--as={user}", check=False)
     assert answer.stdout.strip() == ("yes" if allowed else "no"), answer.stderr
+
+
+def test_the_enforcer_token_gets_403_on_the_private_key_and_reads_only_the_public_keys(
+    control_plane: ControlPlane, installation: Installation
+) -> None:
+    """Through the real apiserver with the enforcer's own ServiceAccount token, not `can-i`."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    enforcer = control_plane.api_client(installation.enforcer_kubeconfig)
+    webhook = control_plane.api_client(installation.webhook_kubeconfig)
+    try:
+        for api in (enforcer, webhook):  # the webhook mounts the Secret; its token cannot read it either
+            for secret in (PRIVATE_KEY_SECRET, LEGACY_HMAC_SECRET, "nodeport-guard-webhook-tls"):
+                with pytest.raises(ApiException) as denied:
+                    client.CoreV1Api(api).read_namespaced_secret(secret, NAMESPACE)
+                assert denied.value.status == 403, (secret, denied.value)
+        # The private key exists (so the 403 is RBAC, not a 404 in disguise).
+        admin = control_plane.kubectl_json("get", "secret", PRIVATE_KEY_SECRET, "-n", NAMESPACE)
+        assert set(admin["data"]) == {"key"}
+        data = client.CoreV1Api(enforcer).read_namespaced_config_map(PUBLIC_KEYS_CONFIGMAP, NAMESPACE).data or {}
+        assert set(data) == {"current"} and "PRIVATE" not in data["current"]
+        trusted = parse_public_keys_pem(data["current"].encode(), PUBLIC_KEYS_CONFIGMAP)
+        assert trusted == (installation.signing_key.public,)
+    finally:
+        enforcer.close()
+        webhook.close()
+
+
+def test_hmac_transition_overlay_adds_only_the_legacy_setting_and_its_read_right(control_plane: ControlPlane) -> None:
+    ensure_namespace(control_plane)
+    objects = dry_run(
+        control_plane,
+        without(
+            control_plane,
+            render(control_plane, HMAC_TRANSITION),
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
+        ),
+    )
+    base = {k for k in BASE_OBJECTS if not k[0].endswith("WebhookConfiguration")}
+    legacy = {
+        ("Role", NAMESPACE, "nodeport-guard-enforcer-legacy-hmac"),
+        ("RoleBinding", NAMESPACE, "nodeport-guard-enforcer-legacy-hmac"),
+    }
+    assert set(objects) == base | legacy
+    role = objects[("Role", NAMESPACE, "nodeport-guard-enforcer-legacy-hmac")]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [LEGACY_HMAC_SECRET], "verbs": ["get"]}
+    ]
+    (container,) = objects[("DaemonSet", NAMESPACE, "nodeport-guard-enforcer")]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["NPG_ACCEPT_LEGACY_HMAC"] == "true"
+    assert env["NPG_LEGACY_HMAC_SECRET"] == f"{NAMESPACE}/{LEGACY_HMAC_SECRET}"
+    assert env["NPG_PUBLIC_KEYS_CONFIGMAP"] == f"{NAMESPACE}/{PUBLIC_KEYS_CONFIGMAP}"

@@ -92,3 +92,30 @@ def test_without_access_to_the_key_the_plugin_says_unverified(
     result = run_kubectl_plugin(control_plane, "explain", "-n", namespace, "deny-all", kubeconfig=kubeconfig)
     assert result.returncode == 0, result.stderr
     assert "unverified" in result.stdout and str(protected) in result.stdout
+    # Reading the public keys is enough to verify: no Secret is needed (nor readable) for it.
+    grant = f"np-public-keys-{namespace}"
+    control_plane.kubectl(
+        "create",
+        "role",
+        grant,
+        "-n",
+        "nodeport-guard",
+        "--verb=get",
+        "--resource=configmaps",
+        "--resource-name=nodeport-guard-signing-public-keys",
+    )
+    control_plane.kubectl(
+        "create",
+        "rolebinding",
+        grant,
+        "-n",
+        "nodeport-guard",
+        f"--role={grant}",
+        f"--serviceaccount={namespace}:viewer",
+    )
+    try:
+        result = run_kubectl_plugin(control_plane, "explain", "-n", namespace, "deny-all", kubeconfig=kubeconfig)
+        assert result.returncode == 0, result.stderr
+        assert f"NetworkPolicy {namespace}/deny-all: verified (signature valid)" in result.stdout
+    finally:
+        control_plane.kubectl("delete", "rolebinding,role", grant, "-n", "nodeport-guard", check=False)

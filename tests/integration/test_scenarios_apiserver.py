@@ -106,7 +106,7 @@ def test_scenario_through_apiserver(
         stored = []
         for real in mapping.values():
             stored += control_plane.kubectl_json("get", "networkpolicies", "-n", real)["items"]
-        verified = verify_policies([trim_policy(p) for p in stored], (installation.signing_key,))
+        verified = verify_policies([trim_policy(p) for p in stored], installation.verifier_keys)
         assert verified.rejected == ()
         state = plan_desired_state(verified.annotations, NODEPORT_RANGE).state.as_dict()
         return [(e, _allowed(verified.annotations, state, e)) for e in case["expect"]]

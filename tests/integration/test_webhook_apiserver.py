@@ -76,7 +76,8 @@ def test_signature_binds_the_stored_uid_after_reconcile(
     def signed_with_uid() -> bool:
         stored = _get_policy(control_plane, namespace, "deny-all")
         meta = stored["metadata"]
-        annotation = read_signed(meta.get("annotations"), namespace, "deny-all", meta["uid"], installation.signing_key)
+        keys = installation.verifier_keys
+        annotation = read_signed(meta.get("annotations"), namespace, "deny-all", meta["uid"], keys)
         return annotation is not None and annotation.policy.uid == meta["uid"]
 
     _eventually(signed_with_uid, what="annotation re-signed with the policy uid")

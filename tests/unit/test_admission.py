@@ -17,9 +17,10 @@ from webhook.admission import AdmissionConfig, mutate, resolve_all_annotations, 
 from webhook.contract import CidrRule, SourceSet
 from webhook.review import AdmissionRequest, ReviewError, allowed, denied, parse_review
 from webhook.semantics import source_set_contains
+from webhook.signing import Signer
 from webhook.snapshot import StaticClusterView
 
-KEY = b"unit-test-signing-key-0123456789"
+KEY = Signer.from_seed(b"unit-test-signing-key-0123456789")
 CONFIG = AdmissionConfig(signing_key=KEY)
 NP = contract.NODEPORTS_KEY
 SIG = contract.SIGNATURE_KEY
@@ -120,7 +121,7 @@ def test_create_writes_signed_annotation_via_minimal_patch() -> None:
         {"op": "add", "path": "/metadata/annotations", "value": ours(apply_patch(obj, answer))}
     ]
     result = apply_patch(obj, answer)
-    annotation = contract.read_signed(result["metadata"]["annotations"], "default", "p", "", KEY)
+    annotation = contract.read_signed(result["metadata"]["annotations"], "default", "p", "", KEY.verifier())
     assert annotation is not None and annotation.policy.uid == ""
     (verdict,) = annotation.node_ports
     assert (verdict.node_port, verdict.protocol, verdict.service, verdict.service_port) == (30080, "TCP", "web", 80)
@@ -140,7 +141,7 @@ def test_existing_annotations_are_kept_and_keys_escaped() -> None:
     result = apply_patch(obj, answer)
     assert result["metadata"]["annotations"]["team"] == "a"
     assert result["metadata"]["annotations"]["example.com/owner"] == "b"
-    assert contract.read_signed(result["metadata"]["annotations"], "default", "p", "", KEY) is not None
+    assert contract.read_signed(result["metadata"]["annotations"], "default", "p", "", KEY.verifier()) is not None
 
 
 def test_update_with_current_annotation_needs_no_patch_and_changes_are_replaced() -> None:
@@ -152,7 +153,7 @@ def test_update_with_current_annotation_needs_no_patch_and_changes_are_replaced(
     changed["spec"]["ingress"][0]["from"] = ip_from("198.51.100.0/24")
     answer = mutate(req("UPDATE", changed, first), view(first), CONFIG)
     assert {op["op"] for op in patch_ops(answer)} == {"replace"}
-    annotation = contract.read_signed(ours(apply_patch(changed, answer)), "default", "p", "uid-1", KEY)
+    annotation = contract.read_signed(ours(apply_patch(changed, answer)), "default", "p", "uid-1", KEY.verifier())
     assert annotation is not None and annotation.policy.uid == "uid-1"
     assert source_set_contains(annotation.node_ports[0].allow, "198.51.100.1")
 
@@ -359,7 +360,7 @@ def test_update_carrying_the_old_value_is_replaced_but_a_new_value_is_rejected()
     edited["spec"]["ingress"] = [{}]
     answer = mutate(req("UPDATE", edited, stored), view(stored), CONFIG)
     assert answer["response"]["allowed"]
-    annotation = contract.read_signed(ours(apply_patch(edited, answer)), "default", "p", "u", KEY)
+    annotation = contract.read_signed(ours(apply_patch(edited, answer)), "default", "p", "u", KEY.verifier())
     assert annotation is not None and annotation.node_ports[0].allow == contract.SourceSet.everyone()
     # A value that is neither the stored one nor the computed one was written by hand.
     forged = copy.deepcopy(stored)
@@ -463,8 +464,8 @@ def test_resolve_all_annotations_uses_stored_uids() -> None:
     c = policy("c", {"podSelector": {"matchLabels": {"app": "none"}}}, uid="uid-c")
     result = resolve_all_annotations("default", view(a, b, c), KEY)
     assert sorted(result) == ["a", "b", "c"] and result["c"] is None
-    read_a = contract.read_signed(result["a"], "default", "a", "uid-a", KEY)
-    read_b = contract.read_signed(result["b"], "default", "b", "uid-b", KEY)
+    read_a = contract.read_signed(result["a"], "default", "a", "uid-a", KEY.verifier())
+    read_b = contract.read_signed(result["b"], "default", "b", "uid-b", KEY.verifier())
     assert read_a is not None and read_b is not None
     # Each carries its own part (contract v2); composed, they give the namespace-wide verdict.
     assert [e.allow for e in read_a.node_ports] == [SourceSet(False, (CidrRule("192.0.2.0/24"),))]

@@ -11,6 +11,7 @@ from enforcer.plan import plan_desired_state
 from enforcer.policies import StoredPolicy, verify_policies
 from webhook.admission import AdmissionConfig, mutate
 from webhook.review import parse_review
+from webhook.signing import Signer
 from webhook.snapshot import StaticClusterView
 
 
@@ -53,11 +54,11 @@ def test_signed_annotations_verify_and_plan_to_the_protected_state() -> None:
     for i in range(200):
         ref, annotations = data.signed_policy_annotations(i, 30000 + i)
         stored.append(StoredPolicy(ref.namespace, ref.name, ref.uid, "1", tuple(sorted(annotations.items()))))
-    verified = verify_policies(stored, (data.BENCH_SIGNING_KEY,))
+    verified = verify_policies(stored, data.BENCH_SIGNING_KEY.verifier())
     assert len(verified.annotations) == 200 and not verified.rejected
     assert plan_desired_state(verified.annotations, (30000, 40999)).state == data.protected_state(200)
-    # A different key: every annotation is refused (the benchmark really verifies HMACs).
-    assert len(verify_policies(stored, (b"another-key-of-16-bytes",)).rejected) == 200
+    # A different key: every annotation is refused (the benchmark really verifies Ed25519 signatures).
+    assert len(verify_policies(stored, Signer.generate().verifier()).rejected) == 200
 
 
 def test_floor_scripts_load_exactly_the_state_our_sync_programs() -> None:

@@ -10,6 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PURE = [
     "webhook/contract.py",
+    "webhook/signing.py",
     "webhook/intervals.py",
     "webhook/composition.py",
     "webhook/contribution.py",
@@ -43,6 +44,7 @@ ENFORCER_MAY_IMPORT = {
     "webhook.intervals",
     "webhook.listwatch",
     "webhook.logs",
+    "webhook.signing",
 }
 
 

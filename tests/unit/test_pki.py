@@ -31,6 +31,7 @@ from certs.pki import (
     verify_issued_by,
 )
 from certs.store import CertsDir, StoreError, write_atomic
+from webhook.signing import SigningKeyError, parse_private_key_pem, parse_public_keys_pem
 
 NOW = datetime.datetime(2026, 1, 15, 12, 0, tzinfo=datetime.UTC)
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
@@ -125,9 +126,25 @@ def test_list_sans_of_a_cert_without_sans_is_empty(ca: KeyPair) -> None:
     assert list_sans(ca.cert) == SubjectAltNames()
 
 
-def test_signing_keys_are_32_random_bytes() -> None:
-    keys = {build_signing_key() for _ in range(8)}
-    assert len(keys) == 8 and all(len(k) == 32 for k in keys)
+def test_signing_keys_are_fresh_ed25519_pairs_that_round_trip_through_pem() -> None:
+    keys = [build_signing_key() for _ in range(8)]
+    assert len({k.public.raw for k in keys}) == 8 and all(len(k.public.raw) == 32 for k in keys)
+    parsed = parse_private_key_pem(keys[0].private_pem(), "test")
+    assert parsed.public == keys[0].public
+    both = keys[0].public.pem() + keys[1].public.pem()
+    assert parse_public_keys_pem(both, "test") == (keys[0].public, keys[1].public)
+    signature = keys[0].sign(b"value")
+    assert parsed.verifier().verify(b"value", signature) and not keys[1].verifier().verify(b"value", signature)
+
+
+def test_key_files_name_what_is_wrong_and_the_fix() -> None:
+    with pytest.raises(SigningKeyError, match=r"legacy HMAC key\?\); generate one with `python -m certs signing-key"):
+        parse_private_key_pem(b"k" * 32, "signing.pem")
+    ca_key = build_ca(datetime.datetime.now(datetime.UTC)).key_pem()
+    with pytest.raises(SigningKeyError, match=r"key type \w+, not an Ed25519 private key"):
+        parse_private_key_pem(ca_key, "signing.pem")
+    with pytest.raises(SigningKeyError, match="no PEM public key"):
+        parse_public_keys_pem(b"", "ConfigMap x/y")
 
 
 def test_pem_round_trip_and_mismatched_key(ca: KeyPair, serving: KeyPair) -> None:
@@ -191,18 +208,32 @@ def test_tls_client_rejects_a_name_not_in_the_cert(generated: Path) -> None:
 
 def test_generate_writes_files_with_modes_and_refuses_to_replace_the_ca(generated: Path) -> None:
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in generated.iterdir()}
-    assert modes == {"ca.crt": 0o644, "ca.key": 0o600, "tls.crt": 0o644, "tls.key": 0o600, "signing.key": 0o600}
+    assert modes == {
+        "ca.crt": 0o644,
+        "ca.key": 0o600,
+        "tls.crt": 0o644,
+        "tls.key": 0o600,
+        "signing.pem": 0o600,
+        "signing.pub": 0o644,
+    }
     assert stat.S_IMODE(generated.stat().st_mode) == 0o700
-    assert len((generated / "signing.key").read_bytes()) == 32
+    signer = parse_private_key_pem((generated / "signing.pem").read_bytes(), "signing.pem")
+    assert parse_public_keys_pem((generated / "signing.pub").read_bytes(), "signing.pub") == (signer.public,)
     before = {p.name: p.read_bytes() for p in generated.iterdir()}
     assert main(["generate", "--out", str(generated)]) == 2
     assert {p.name: p.read_bytes() for p in generated.iterdir()} == before
     assert main(["generate", "--out", str(generated), "--force"]) == 0
     after = {p.name: p.read_bytes() for p in generated.iterdir()}
     assert after["ca.crt"] != before["ca.crt"] and after["tls.crt"] != before["tls.crt"]
-    assert after["signing.key"] == before["signing.key"]  # kept unless --new-signing-key
+    assert after["signing.pem"] == before["signing.pem"]  # kept unless --new-signing-key
     assert main(["generate", "--out", str(generated), "--force", "--new-signing-key"]) == 0
-    assert (generated / "signing.key").read_bytes() != before["signing.key"]
+    assert (generated / "signing.pem").read_bytes() != before["signing.pem"]
+    # `signing-key` creates a missing pair, keeps an existing one, and replaces it with --new.
+    current = (generated / "signing.pem").read_bytes()
+    assert main(["signing-key", "--dir", str(generated)]) == 0
+    assert (generated / "signing.pem").read_bytes() == current
+    assert main(["signing-key", "--dir", str(generated), "--new"]) == 0
+    assert (generated / "signing.pem").read_bytes() != current
 
 
 def test_rotate_reissues_only_inside_the_window_and_keeps_ca_and_sans(generated: Path) -> None:

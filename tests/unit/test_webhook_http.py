@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from webhook.admission import AdmissionConfig
 from webhook.app import Runtime, build_app
 from webhook.contract import NODEPORTS_KEY, SIGNATURE_KEY, decode
+from webhook.signing import Signer
 from webhook.snapshot import StaticClusterView
 
-KEY = b"k" * 32
+KEY = Signer.from_seed(b"k" * 32)
 SERVICE = {
     "metadata": {"name": "web", "namespace": "default"},
     "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"port": 80, "nodePort": 30080}]},
@@ -68,7 +69,7 @@ def test_mutate_returns_review_with_patch_adding_annotation() -> None:
     assert [op["op"] for op in patch] == ["add"] and patch[0]["path"] == "/metadata/annotations"
     annotation = decode(patch[0]["value"][NODEPORTS_KEY])
     assert [(v.node_port, v.service) for v in annotation.node_ports] == [(30080, "web")]
-    assert patch[0]["value"][SIGNATURE_KEY].startswith("hmac-sha256:")
+    assert patch[0]["value"][SIGNATURE_KEY].startswith(f"ed25519:{KEY.public.key_id}:")
 
 
 @pytest.mark.parametrize(
