@@ -33,10 +33,19 @@ _PROTO_UPPER: dict[str, Protocol] = {v: k for k, v in _PROTO_LOWER.items()}
 
 # --- sets -----------------------------------------------------------------------------------
 
+# Where protected ports live, per protocol. bitmap:port is the cheapest lookup and is bounded by the
+# NodePort range, but the kernel's port lookup for that type answers "no port" for anything but TCP
+# and UDP, so a bitmap:port set never matches an SCTP packet. SCTP ports therefore live in a
+# hash:net,port set, whose members carry the protocol; its "net" half is two /1 prefixes covering
+# every destination address (hash:net cannot hold a /0) and is matched with `dst,dst`.
+BITMAP_PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP")
+_PORT_SET_SUFFIX: dict[Protocol, str] = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp-ports"}
+_ANY_DESTINATION: dict[Family, tuple[str, ...]] = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
+
 
 def port_set_name(family: Family, protocol: Protocol) -> str:
-    """bitmap:port of protected ports; one per protocol because bitmap:port carries no protocol."""
-    return f"{SET_PREFIX}{family}-{_PROTO_LOWER[protocol]}"
+    """The set of protected ports of one protocol: bitmap:port for TCP/UDP, hash:net,port for SCTP."""
+    return f"{SET_PREFIX}{family}-{_PORT_SET_SUFFIX[protocol]}"
 
 
 def allow_set_name(family: Family) -> str:
@@ -48,22 +57,55 @@ def set_names(family: Family) -> tuple[str, ...]:
     return (*(port_set_name(family, p) for p in PROTOCOLS), allow_set_name(family))
 
 
+def retired_set_names(family: Family) -> tuple[str, ...]:
+    """Sets of an earlier layout (the SCTP bitmap:port set that never matched): destroyed once unreferenced."""
+    return (f"{SET_PREFIX}{family}-sctp",)
+
+
 def family_of_set(name: str) -> Family | None:
     for family in FAMILIES:
-        if name in set_names(family):
+        if name in set_names(family) or name in retired_set_names(family):
             return family
     return None
+
+
+def _is_hash_set(name: str, family: Family) -> bool:
+    return name == allow_set_name(family) or name == port_set_name(family, "SCTP")
 
 
 def set_create_options(name: str, nodeport_range: tuple[int, int]) -> str:
     """The `create` arguments after the name, as `ipset save` prints its type and header prefix."""
     family = family_of_set(name)
-    if family is None:
+    if family is None or name in retired_set_names(family):
         raise ValueError(f"set {name!r}: not one of ours")
-    if name == allow_set_name(family):
+    if _is_hash_set(name, family):
         inet = "inet" if family == 4 else "inet6"
         return f"hash:net,port family {inet} hashsize 1024 maxelem {ALLOW_MAXELEM}"
     return f"bitmap:port range {nodeport_range[0]}-{nodeport_range[1]}"
+
+
+def render_port_members(family: Family, protocol: Protocol, port: int) -> tuple[str, ...]:
+    """The members of the port set that mark (protocol, port) protected, as `ipset save` prints them."""
+    if protocol in BITMAP_PROTOCOLS:
+        return (str(port),)
+    return tuple(f"{net},{_PROTO_LOWER[protocol]}:{port}" for net in _ANY_DESTINATION[family])
+
+
+def parse_port_member(set_name: str, member: str) -> PortKey | None:
+    """The PortKey a member of one of our port sets marks protected (None: not a port-set member of ours)."""
+    family = family_of_set(set_name)
+    if family is None:
+        return None
+    for protocol in PROTOCOLS:
+        if set_name != port_set_name(family, protocol):
+            continue
+        if protocol in BITMAP_PROTOCOLS:
+            return PortKey(family, protocol, int(member))
+        proto_text, _, port_text = member.rpartition(",")[2].partition(":")
+        if _PROTO_UPPER.get(proto_text) != protocol:
+            return None
+        return PortKey(family, protocol, int(port_text))
+    return None
 
 
 def render_net(net: Network) -> str:
@@ -103,7 +145,10 @@ def render_members(
                 members.setdefault(name, set())
             target = (members[port_set_name(key.family, key.protocol)], members[allow_set_name(key.family)])
             targets[(key.family, key.protocol)] = target
-        target[0].add(str(key.port))
+        if key.protocol in BITMAP_PROTOCOLS:
+            target[0].add(str(key.port))
+        else:
+            target[0].update(render_port_members(key.family, key.protocol, key.port))
         hit = memo.get(key)
         if hit is not None and hit[0] is p:
             rendered = hit[1]
@@ -170,9 +215,12 @@ def parse_installed_state(sets: Mapping[str, InstalledSet]) -> DesiredState:
     allowed: dict[PortKey, list[Network]] = {}
     for fam in FAMILIES:
         for proto in PROTOCOLS:
-            s = sets.get(port_set_name(fam, proto))
+            name = port_set_name(fam, proto)
+            s = sets.get(name)
             for member in s.members if s else ():
-                allowed[PortKey(fam, proto, int(member))] = []
+                port_key = parse_port_member(name, member)
+                if port_key is not None:
+                    allowed[port_key] = []
         allow = sets.get(allow_set_name(fam))
         for member in allow.members if allow else ():
             addr, _, proto_port = member.partition(",")
@@ -349,7 +397,7 @@ def build_skeleton(family: Family) -> tuple[SkeletonRule, ...]:
                 family,
                 INGRESS_CHAIN,
                 _PROTO_LOWER[proto],
-                (Match("set", (("match-set", f"{port_set_name(family, proto)} dst"),)),),
+                (Match("set", (("match-set", f"{port_set_name(family, proto)} {_port_match_flags(proto)}"),)),),
                 CHECK_CHAIN,
             )
         )
@@ -359,6 +407,11 @@ def build_skeleton(family: Family) -> tuple[SkeletonRule, ...]:
     )
     rules.append(SkeletonRule(family, CHECK_CHAIN, None, (), "DROP"))
     return tuple(rules)
+
+
+def _port_match_flags(protocol: Protocol) -> str:
+    # bitmap:port looks at the destination port; hash:net,port at (destination address, destination port).
+    return "dst" if protocol in BITMAP_PROTOCOLS else "dst,dst"
 
 
 @dataclass(frozen=True, slots=True)
