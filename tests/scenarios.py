@@ -171,6 +171,11 @@ def build_objects(case: Case, mapping: dict[str, str]) -> CaseObjects:
     )
 
 
+def reserved_count(cases: list[Case]) -> int:
+    """Expectations whose source lies in 192.0.2.0/24 (see RESERVED_RANGE_NOTE)."""
+    return sum(ipaddress.ip_address(e.source) in RESERVED_RANGE for c in cases for e in c.expectations)
+
+
 def sources_of(cases: list[Case]) -> list[str]:
     """Every source address the cases probe from (the client namespace holds them all)."""
     addresses = {ipaddress.ip_address(e.source) for c in cases for e in c.expectations}

@@ -18,7 +18,7 @@ import pytest
 from tests.components import Installation, WebhookServer
 from tests.controlplane.harness import ControlPlane
 from tests.scenario_oracle import BACKENDS, NODE_ADDRESSES, CaseOutcome, ScenarioBed, render_case, scenario_bed
-from tests.scenarios import RESERVED_RANGE_NOTE, Case, load_cases
+from tests.scenarios import RESERVED_RANGE_NOTE, Case, load_cases, reserved_count
 
 pytestmark = [pytest.mark.netns, pytest.mark.controlplane]
 CASES = load_cases()
@@ -44,7 +44,7 @@ def bed(
             print(
                 f"\n[packet oracle] {sum(len(c.expectations) for c in CASES)} expectations in {len(CASES)} cases, "
                 f"backends {', '.join(BACKENDS)}; node addresses {', '.join(NODE_ADDRESSES)}.\n"
-                f"[packet oracle] {RESERVED_RANGE_NOTE}."
+                f"[packet oracle] {reserved_count(CASES)} expectations come from {RESERVED_RANGE_NOTE}."
             )
         yield b
 
