@@ -27,7 +27,16 @@ from tests.components import EnforcerProcess, Installation, delete_namespaced_ob
 from tests.controlplane.harness import ControlPlane
 from tests.netns import run
 from tests.probes import PASSED, Observed, Probe, ProbePair, probe_pair
-from tests.scenarios import Case, Expectation, as_list, build_objects, ports_of, sources_of
+from tests.scenarios import (
+    RESERVED_RANGE_NOTE,
+    Case,
+    Expectation,
+    as_list,
+    build_objects,
+    ports_of,
+    reserved_count,
+    sources_of,
+)
 
 BACKENDS = ("legacy", "nft")
 # The node's own addresses: outside every source of the cases (probe_pair refuses an overlap).
@@ -280,3 +289,70 @@ def render_case(outcome: CaseOutcome, backends: Sequence[str]) -> str:
         )
     lines.extend(f"{name}: note: {n}" for n in outcome.notes)
     return "\n".join(lines)
+
+
+def header(cases: Sequence[Case], backends: Sequence[str]) -> str:
+    return (
+        f"[packet oracle] {sum(len(c.expectations) for c in cases)} expectations in {len(cases)} cases, "
+        f"backends {', '.join(backends)}; node addresses {', '.join(NODE_ADDRESSES)}.\n"
+        f"[packet oracle] {reserved_count(list(cases))} expectations come from {RESERVED_RANGE_NOTE}."
+    )
+
+
+def summary(outcomes: Sequence[CaseOutcome], backends: Sequence[str]) -> str:
+    checked = sum(o.checked for o in outcomes)
+    total = sum(len(o.case.expectations) for o in outcomes)
+    rejected = sum(o.rejected is not None for o in outcomes)
+    differing = sum(not o.ok for o in outcomes)
+    return (
+        f"[packet oracle] {checked} of {total} expectations checked by a real packet on each backend "
+        f"({', '.join(backends)}): {checked * len(backends)} probes; {rejected} case(s) rejected at admission; "
+        f"{differing} case(s) differing."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tests.scenario_oracle [--case NAME]... [--backend legacy|nft]...`: the oracle without pytest.
+
+    Starts its own kube-apiserver + etcd, applies the manifests, runs the webhook, then the cases.
+    """
+    import argparse
+    import tempfile
+
+    from tests.components import WebhookServer, install_manifests, remove_webhooks
+    from tests.controlplane.harness import running_control_plane
+    from tests.scenarios import load_cases
+
+    parser = argparse.ArgumentParser(prog="python -m tests.scenario_oracle", description=main.__doc__)
+    parser.add_argument("--case", action="append", default=[], help="a case name (repeatable); default: all")
+    parser.add_argument("--backend", action="append", choices=BACKENDS, default=[], help="default: both")
+    args = parser.parse_args(argv)
+    cases = load_cases()
+    unknown = sorted(set(args.case) - {c.name for c in cases})
+    if unknown:
+        parser.error(f"unknown case(s): {', '.join(unknown)}")
+    selected = [c for c in cases if not args.case or c.name in args.case]
+    backends = tuple(args.backend) or BACKENDS
+    outcomes: list[CaseOutcome] = []
+    print(header(selected, backends), flush=True)
+    with tempfile.TemporaryDirectory(prefix="npg-oracle-") as tmp, running_control_plane() as plane:
+        workdir = Path(tmp)
+        installation = install_manifests(plane, workdir)
+        webhook = WebhookServer(plane, installation, workdir / "webhook.log")
+        try:
+            webhook.start()
+            # The node answers on every port and holds every source of *all* cases: one bed fits any selection.
+            with scenario_bed(plane, installation, workdir, cases, backends) as bed:
+                for case in selected:
+                    outcome = bed.run_case(case)
+                    outcomes.append(outcome)
+                    print(render_case(outcome, backends), flush=True)
+        finally:
+            remove_webhooks(plane)
+            webhook.stop()
+    print(summary(outcomes, backends))
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -163,7 +163,10 @@ def build_objects(case: Case, mapping: dict[str, str]) -> CaseObjects:
     pods = [_pod(p, mapping[p.get("namespace", "default")]) for p in case.pods]
     reserved = [e for e in case.expectations if ipaddress.ip_address(e.source) in RESERVED_RANGE]
     if reserved:
-        notes.append(f"{len(reserved)} expectation(s) from 192.0.2.0/24: see the suite header")
+        notes.append(
+            f"{len(reserved)} expectation(s) from 192.0.2.0/24: those addresses exist only in the test's isolated "
+            "client namespace (docs/semantics.md, what is proven by packets)"
+        )
     return CaseObjects(
         workloads=(*pods, *services),
         policies=tuple(_moved(p, mapping) for p in case.policies),

@@ -11,14 +11,23 @@ By hand, one case: `.venv/bin/python -m pytest tests/e2e/test_scenarios_packets.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
 
 from tests.components import Installation, WebhookServer
 from tests.controlplane.harness import ControlPlane
-from tests.scenario_oracle import BACKENDS, NODE_ADDRESSES, CaseOutcome, ScenarioBed, render_case, scenario_bed
-from tests.scenarios import RESERVED_RANGE_NOTE, Case, load_cases, reserved_count
+from tests.scenario_oracle import (
+    BACKENDS,
+    CaseOutcome,
+    ScenarioBed,
+    header,
+    render_case,
+    scenario_bed,
+    summary,
+)
+from tests.scenarios import Case, load_cases
 
 pytestmark = [pytest.mark.netns, pytest.mark.controlplane]
 CASES = load_cases()
@@ -40,21 +49,9 @@ def bed(
 ) -> Iterator[ScenarioBed]:
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     with scenario_bed(control_plane, installation, tmp_path_factory.mktemp("scenarios"), CASES) as b:
-        with capture.global_and_fixture_disabled() if capture else _nothing():
-            print(
-                f"\n[packet oracle] {sum(len(c.expectations) for c in CASES)} expectations in {len(CASES)} cases, "
-                f"backends {', '.join(BACKENDS)}; node addresses {', '.join(NODE_ADDRESSES)}.\n"
-                f"[packet oracle] {reserved_count(CASES)} expectations come from {RESERVED_RANGE_NOTE}."
-            )
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print("\n" + header(CASES, BACKENDS))
         yield b
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -73,13 +70,8 @@ def test_every_expectation_was_checked(
     outcomes: list[CaseOutcome], capsys: pytest.CaptureFixture[str]
 ) -> None:
     total = sum(len(c.expectations) for c in CASES)
-    checked = sum(o.checked for o in outcomes)
-    rejected = [o for o in outcomes if o.rejected is not None]
     with capsys.disabled():
-        print(
-            f"\n[packet oracle] {checked} of {total} expectations checked by a real packet on each backend "
-            f"({', '.join(BACKENDS)}): {checked * len(BACKENDS)} probes; {len(rejected)} case(s) rejected at "
-            f"admission; {sum(not o.ok for o in outcomes)} case(s) differing."
-        )
+        print("\n" + summary(outcomes, BACKENDS))
     if len(outcomes) == len(CASES):  # (with -k only some cases run: then there is no total to check)
-        assert checked + sum(len(o.case.expectations) for o in rejected if o.case.invalid) == total
+        invalid = sum(len(o.case.expectations) for o in outcomes if o.rejected is not None and o.case.invalid)
+        assert sum(o.checked for o in outcomes) + invalid == total
