@@ -184,12 +184,15 @@ class ScenarioBed:
 
     # --- one case ------------------------------------------------------------------------
 
-    def _apply(self, text: str) -> str | None:
+    def _apply(self, text: str) -> tuple[str | None, tuple[str, ...]]:
+        """`kubectl apply` as a user runs it: (the error if it failed, the warnings it printed)."""
         result = self.plane.kubectl("apply", "-f", "-", input=text, check=False)
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        warnings = tuple(line for line in lines if line.startswith("Warning:"))
         if result.returncode == 0:
-            return None
-        lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("Warning:")]
-        return " | ".join(lines) or f"kubectl exited {result.returncode}"
+            return None, warnings
+        errors = [line for line in lines if not line.startswith("Warning:")]
+        return " | ".join(errors) or f"kubectl exited {result.returncode}", warnings
 
     def run_case(self, case: Case) -> CaseOutcome:
         self.wait_clean()
@@ -199,12 +202,13 @@ class ScenarioBed:
         try:
             for real in mapping.values():
                 self.plane.kubectl("create", "namespace", real)
-            failure = self._apply(as_list(objects.workloads))
+            failure, _ = self._apply(as_list(objects.workloads))
             if failure is not None:
                 raise RuntimeError(f"{case.name}: the case's Pods/Services were not created: {failure}")
-            rejected = self._apply(as_list(objects.policies)) if objects.policies else None
+            rejected, warnings = self._apply(as_list(objects.policies)) if objects.policies else (None, ())
+            notes = (*objects.notes, *(f"kubectl apply printed {w}" for w in warnings))
             if rejected is not None:
-                return CaseOutcome(case, (), rejected, objects.notes)
+                return CaseOutcome(case, (), rejected, notes)
             self.wait_settled(list(mapping.values()), quiet=0.6)
             first = self._probe(case.expectations, FIRST_TIMEOUT)
             rows = [
@@ -217,7 +221,7 @@ class ScenarioBed:
                 again = self._probe([case.expectations[i] for i in wrong], RECHECK_TIMEOUT)
                 for k, i in enumerate(wrong):
                     rows[i] = Row(case.expectations[i], {b: again[b][k] for b in self.backends}, True)
-            return CaseOutcome(case, tuple(rows), None, objects.notes)
+            return CaseOutcome(case, tuple(rows), None, notes)
         finally:
             for real in mapping.values():
                 delete_namespaced_objects(self.plane, real)
