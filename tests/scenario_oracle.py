@@ -63,8 +63,12 @@ class EnforcedNode:
         raise RuntimeError(f"enforcer ({self.backend}) exports no sync count")
 
     def footprint(self) -> list[str]:
-        """Our sets in the node namespace (they go last when the enforcer removes everything)."""
-        return [n for n in self.pair.run(["ipset", "list", "-n"]).split() if n.startswith("npg-")]
+        """Our sets and chains in the node namespace (empty once the enforcer has removed everything)."""
+        ours = [n for n in self.pair.run(["ipset", "list", "-n"]).split() if n.startswith("npg-")]
+        for tool in (f"iptables-{self.backend}-save", f"ip6tables-{self.backend}-save"):
+            saved = self.pair.run([tool, "-t", "mangle"])
+            ours += [f"{tool}: {line}" for line in saved.splitlines() if "NPG-" in line]
+        return ours
 
 
 @dataclass(frozen=True, slots=True)
