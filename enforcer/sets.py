@@ -108,7 +108,8 @@ def render_allow_member(net: Network, protocol: Protocol, port: int) -> str:
     return f"{render_net(net)},{_PROTO_LOWER[protocol]}:{port}"
 
 
-MembersMemo = dict[PortKey, tuple[ProtectedPort, tuple[str, ...]]]
+# Per port: the ProtectedPort last rendered, its port-set members and its allow-set members.
+MembersMemo = dict[PortKey, tuple[ProtectedPort, tuple[str, ...], tuple[str, ...]]]
 
 
 def render_members(
@@ -116,7 +117,7 @@ def render_members(
 ) -> dict[str, frozenset[str]]:
     """Every set of ours that must exist (families with protected ports) with its members.
 
-    `memo` (owned by the caller, e.g. one Dataplane) keeps each port's rendered allow members:
+    `memo` (owned by the caller, e.g. one Dataplane) keeps each port's rendered members:
     rendering 10k ports x 3 prefixes through `ipaddress` costs more than the incremental budget.
     A hit is an identity test when the caller reuses ProtectedPort objects of unchanged ports.
     """
@@ -134,19 +135,17 @@ def render_members(
                 members.setdefault(name, set())
             target = (members[port_set_name(key.family, key.protocol)], members[allow_set_name(key.family)])
             targets[(key.family, key.protocol)] = target
-        if key.protocol in BITMAP_PROTOCOLS:
-            target[0].add(str(key.port))
-        else:
-            target[0].update(render_port_members(key.family, key.protocol, key.port))
         hit = memo.get(key)
         if hit is not None and hit[0] is p:
-            rendered = hit[1]
+            _, ported, rendered = hit
         elif hit is not None and hit[0].allowed == p.allowed:
-            rendered = hit[1]
-            memo[key] = (p, rendered)  # next time, an identity hit
+            _, ported, rendered = hit
+            memo[key] = (p, ported, rendered)  # next time, an identity hit
         else:
+            ported = render_port_members(key.family, key.protocol, key.port)
             rendered = tuple(render_allow_member(n, key.protocol, key.port) for n in p.allowed)
-            memo[key] = (p, rendered)
+            memo[key] = (p, ported, rendered)
+        target[0].update(ported)
         target[1].update(rendered)
     if len(memo) != count:
         # Ports were removed: keep only the current ones, so the memo never outgrows the state.
