@@ -100,10 +100,10 @@ def probe(request: dict[str, Any]) -> str:
                 s.connect((dst, port))
                 return "connected" if s.recv(2) == b"ok" else "refused"
             token = secrets.token_bytes(8)
-            s.sendto(token, (dst, port))
+            s.connect((dst, port))  # connected: an ICMP port unreachable surfaces as ConnectionRefusedError
+            s.send(token)
             while True:
-                data, _ = s.recvfrom(64)
-                if data == token:
+                if s.recv(64) == token:
                     return "answered"
         except ConnectionRefusedError:
             return "refused"
