@@ -13,16 +13,20 @@ UDP, `sent` for SCTP (whether it arrived is the node agent's to say). Every prob
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
 import selectors
+import signal
 import socket
 import sys
 import threading
 from typing import Any
 
 from tests.sctp import IPPROTO_SCTP, build_init, parse_init, strip_ipv4_header
+
+PR_SET_PDEATHSIG = 1
 
 
 def _emit(lock: threading.Lock, obj: dict[str, Any]) -> None:
@@ -127,7 +131,15 @@ def serve_client() -> None:
             threading.Thread(target=answer, args=(json.loads(line),), daemon=True).start()
 
 
+def _die_with_parent() -> None:
+    # `ip netns exec` execs us in place, so our parent is the test process: if it dies (even by
+    # SIGKILL), the kernel kills us too, and nothing of ours keeps the namespace busy.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def main(argv: list[str]) -> int:
+    _die_with_parent()
     if argv[:1] == ["node"]:
         serve_node([int(p) for p in argv[1:]])
     elif argv[:1] == ["client"]:
