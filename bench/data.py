@@ -14,7 +14,15 @@ from typing import Any
 
 from enforcer.plan import DesiredState, Network, PortKey
 from tests.builders import ip_from, pod, policy, service
-from webhook.contract import Annotation, CidrRule, NodePortVerdict, PolicyRef, SourceSet, render_annotations
+from webhook.contract import (
+    Annotation,
+    CidrRule,
+    NodePortVerdict,
+    PolicyRef,
+    Protocol,
+    SourceSet,
+    render_annotations,
+)
 from webhook.signing import Signer
 
 logger = logging.getLogger(__name__)
@@ -126,11 +134,16 @@ def port_cidrs(index: int) -> tuple[str, str, str]:
     )
 
 
-def protected_state(ports: int, first: int = NODEPORT_FIRST, extra: tuple[int, ...] = ()) -> DesiredState:
-    """`ports` consecutive TCP/IPv4 NodePorts from `first` (plus `extra`), 3 allowed prefixes each."""
+def protected_state(
+    ports: int, first: int = NODEPORT_FIRST, extra: tuple[int, ...] = (), protocols: tuple[Protocol, ...] = ("TCP",)
+) -> DesiredState:
+    """`ports` consecutive IPv4 NodePorts from `first` (plus `extra`), 3 allowed prefixes each.
+
+    The i-th port is of protocol `protocols[i % len(protocols)]` (all TCP by default).
+    """
     mapping: dict[PortKey, list[Network]] = {}
     for i, port in enumerate([*range(first, first + ports), *extra]):
-        mapping[PortKey(4, "TCP", port)] = [ipaddress.ip_network(c) for c in port_cidrs(i)]
+        mapping[PortKey(4, protocols[i % len(protocols)], port)] = [ipaddress.ip_network(c) for c in port_cidrs(i)]
     return DesiredState.from_mapping(mapping)
 
 

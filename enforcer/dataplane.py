@@ -270,8 +270,10 @@ def _newly_restricted(changes: Iterable[diff.SetChange], state: DesiredState) ->
                 proto, _, port = member.rpartition(",")[2].partition(":")
                 touched.add((family, proto.upper(), int(port)))
         else:
-            proto = c.name.rsplit("-", 1)[1].upper()
-            touched.update((family, proto, int(p)) for p in c.adds)
+            for member in c.adds:
+                key = diff.parse_port_member(c.name, member)
+                if key is not None:
+                    touched.add((key.family, key.protocol, key.port))
     return {
         p.key: p.allowed for p in state.ports if (p.key.family, p.key.protocol, p.key.port) in touched
     }

@@ -1,21 +1,96 @@
-"""Layout of our ipsets and skeleton rules, parsing of *-save output, desired vs installed diff (pure)."""
+"""Our skeleton rules in iptables, `*-save` parsing, and the desired vs installed diff per family (pure).
+
+The set layout (names, types, members, `ipset` parsing, set changes) is `enforcer/sets.py`; it is
+re-exported here so that `diff.<name>` keeps naming the whole dataplane layout.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
-from enforcer.plan import FAMILIES, DesiredState, Family, Network, PortKey, ProtectedPort
-from webhook.contract import PROTOCOLS, Protocol
+from enforcer.plan import Family
+from enforcer.sets import (
+    ALLOW_MAXELEM,
+    BITMAP_PROTOCOLS,
+    SET_PREFIX,
+    TMP_SUFFIX,
+    InstalledSet,
+    MembersMemo,
+    SetAction,
+    SetChange,
+    allow_set_name,
+    family_of_set,
+    header_matches,
+    parse_installed_state,
+    parse_ipset_save,
+    parse_ipset_terse,
+    parse_port_member,
+    plan_set_changes,
+    port_match_flags,
+    port_set_name,
+    render_allow_member,
+    render_ipset_restore,
+    render_members,
+    render_net,
+    render_port_members,
+    retired_set_names,
+    set_create_options,
+    set_names,
+)
+from webhook.contract import PROTOCOLS
 
 logger = logging.getLogger(__name__)
 
-SET_PREFIX = "npg-"
+__all__ = [
+    "ALLOW_MAXELEM",
+    "BITMAP_PROTOCOLS",
+    "CHAIN_PREFIX",
+    "CHECK_CHAIN",
+    "COMMENT_PREFIX",
+    "HOOK_CHAIN",
+    "INGRESS_CHAIN",
+    "OUR_CHAINS",
+    "SET_PREFIX",
+    "TABLE",
+    "TMP_SUFFIX",
+    "FamilyDiff",
+    "InstalledRules",
+    "InstalledSet",
+    "Match",
+    "MembersMemo",
+    "SetAction",
+    "SetChange",
+    "SkeletonRule",
+    "allow_set_name",
+    "build_skeleton",
+    "family_of_set",
+    "header_matches",
+    "is_absent",
+    "parse_installed_state",
+    "parse_ipset_save",
+    "parse_ipset_terse",
+    "parse_iptables_save",
+    "parse_port_member",
+    "plan_family_diff",
+    "plan_set_changes",
+    "port_match_flags",
+    "port_set_name",
+    "render_allow_member",
+    "render_ipset_restore",
+    "render_members",
+    "render_net",
+    "render_port_members",
+    "render_skeleton_restore",
+    "retired_set_names",
+    "set_create_options",
+    "set_names",
+    "skeleton_matches",
+]
+
 CHAIN_PREFIX = "NPG-"
 COMMENT_PREFIX = "npg:"
 TABLE = "mangle"
@@ -23,255 +98,6 @@ HOOK_CHAIN = "PREROUTING"
 INGRESS_CHAIN = "NPG-INGRESS"
 CHECK_CHAIN = "NPG-CHECK"
 OUR_CHAINS: tuple[str, ...] = (INGRESS_CHAIN, CHECK_CHAIN)
-TMP_SUFFIX = "-t"
-# hash:net,port grows on demand; maxelem is only a ceiling, set high so 10k ports x many CIDRs fit.
-ALLOW_MAXELEM = 1 << 20
-
-_PROTO_LOWER: dict[Protocol, str] = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
-_PROTO_UPPER: dict[str, Protocol] = {v: k for k, v in _PROTO_LOWER.items()}
-
-
-# --- sets -----------------------------------------------------------------------------------
-
-
-def port_set_name(family: Family, protocol: Protocol) -> str:
-    """bitmap:port of protected ports; one per protocol because bitmap:port carries no protocol."""
-    return f"{SET_PREFIX}{family}-{_PROTO_LOWER[protocol]}"
-
-
-def allow_set_name(family: Family) -> str:
-    """hash:net,port of allowed (source prefix, proto:port) pairs."""
-    return f"{SET_PREFIX}{family}-allow"
-
-
-def set_names(family: Family) -> tuple[str, ...]:
-    return (*(port_set_name(family, p) for p in PROTOCOLS), allow_set_name(family))
-
-
-def family_of_set(name: str) -> Family | None:
-    for family in FAMILIES:
-        if name in set_names(family):
-            return family
-    return None
-
-
-def set_create_options(name: str, nodeport_range: tuple[int, int]) -> str:
-    """The `create` arguments after the name, as `ipset save` prints its type and header prefix."""
-    family = family_of_set(name)
-    if family is None:
-        raise ValueError(f"set {name!r}: not one of ours")
-    if name == allow_set_name(family):
-        inet = "inet" if family == 4 else "inet6"
-        return f"hash:net,port family {inet} hashsize 1024 maxelem {ALLOW_MAXELEM}"
-    return f"bitmap:port range {nodeport_range[0]}-{nodeport_range[1]}"
-
-
-def render_net(net: Network) -> str:
-    """A prefix as `ipset save` prints it: a full-length prefix is printed as a bare address."""
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return str(net)
-
-
-def render_allow_member(net: Network, protocol: Protocol, port: int) -> str:
-    return f"{render_net(net)},{_PROTO_LOWER[protocol]}:{port}"
-
-
-MembersMemo = dict[PortKey, tuple[ProtectedPort, tuple[str, ...]]]
-
-
-def render_members(
-    state: DesiredState | Iterable[ProtectedPort], memo: MembersMemo | None = None
-) -> dict[str, frozenset[str]]:
-    """Every set of ours that must exist (families with protected ports) with its members.
-
-    `memo` (owned by the caller, e.g. one Dataplane) keeps each port's rendered allow members:
-    rendering 10k ports x 3 prefixes through `ipaddress` costs more than the incremental budget.
-    A hit is an identity test when the caller reuses ProtectedPort objects of unchanged ports.
-    """
-    memo = {} if memo is None else memo
-    members: dict[str, set[str]] = {}
-    # Per (family, protocol): (port set, allow set); avoids formatting names 10k times.
-    targets: dict[tuple[Family, Protocol], tuple[set[str], set[str]]] = {}
-    count = 0
-    for p in state.ports if isinstance(state, DesiredState) else state:
-        key = p.key
-        count += 1
-        target = targets.get((key.family, key.protocol))
-        if target is None:
-            for name in set_names(key.family):
-                members.setdefault(name, set())
-            target = (members[port_set_name(key.family, key.protocol)], members[allow_set_name(key.family)])
-            targets[(key.family, key.protocol)] = target
-        target[0].add(str(key.port))
-        hit = memo.get(key)
-        if hit is not None and hit[0] is p:
-            rendered = hit[1]
-        elif hit is not None and hit[0].allowed == p.allowed:
-            rendered = hit[1]
-            memo[key] = (p, rendered)  # next time, an identity hit
-        else:
-            rendered = tuple(render_allow_member(n, key.protocol, key.port) for n in p.allowed)
-            memo[key] = (p, rendered)
-        target[1].update(rendered)
-    if len(memo) != count:
-        # Ports were removed: keep only the current ones, so the memo never outgrows the state.
-        current = {p.key for p in (state.ports if isinstance(state, DesiredState) else state)}
-        for stale in [k for k in memo if k not in current]:
-            del memo[stale]
-    return {k: frozenset(v) for k, v in sorted(members.items())}
-
-
-@dataclass(frozen=True, slots=True)
-class InstalledSet:
-    name: str
-    header: str  # the `create` line after the name, e.g. "bitmap:port range 30000-32767"
-    members: frozenset[str]
-
-
-def parse_ipset_save(text: str) -> dict[str, InstalledSet]:
-    """Our sets (name prefix npg-) from `ipset save` output; other sets are ignored."""
-    headers: dict[str, str] = {}
-    members: dict[str, set[str]] = {}
-    for line in text.splitlines():
-        if line.startswith("create " + SET_PREFIX):
-            _, name, header = line.split(" ", 2)
-            headers[name] = header
-            members.setdefault(name, set())
-        elif line.startswith("add " + SET_PREFIX):
-            _, name, member = line.split(" ", 2)
-            members.setdefault(name, set()).add(_normalize_member(name, member))
-    return {n: InstalledSet(n, headers.get(n, ""), frozenset(members[n])) for n in sorted(headers)}
-
-
-def _normalize_member(set_name: str, member: str) -> str:
-    # ipset prints IPv4-mapped IPv6 with a dotted quad; Python renders hex: normalize that rare case.
-    if set_name.startswith(f"{SET_PREFIX}6-") and "." in member:
-        addr, _, port = member.partition(",")
-        return f"{render_net(ipaddress.ip_network(addr, strict=False))},{port}"
-    return member
-
-
-def header_matches(installed_header: str, name: str, nodeport_range: tuple[int, int]) -> bool:
-    """True when an existing set has the type, family and range we would create it with."""
-    wanted = set_create_options(name, nodeport_range).split()
-    have = installed_header.split()
-    if not have or wanted[0] != have[0]:
-        return False
-    # Compare the identity-defining options; hashsize/bucketsize/initval change on their own.
-    keys = {"family", "range"}
-    want_opts = {wanted[i]: wanted[i + 1] for i in range(1, len(wanted) - 1, 2) if wanted[i] in keys}
-    have_opts = {have[i]: have[i + 1] for i in range(1, len(have) - 1) if have[i] in keys}
-    return want_opts == have_opts
-
-
-def parse_installed_state(sets: Mapping[str, InstalledSet]) -> DesiredState:
-    """What the installed sets enforce: ports in a port set, with their allow-set prefixes."""
-    allowed: dict[PortKey, list[Network]] = {}
-    for fam in FAMILIES:
-        for proto in PROTOCOLS:
-            s = sets.get(port_set_name(fam, proto))
-            for member in s.members if s else ():
-                allowed[PortKey(fam, proto, int(member))] = []
-        allow = sets.get(allow_set_name(fam))
-        for member in allow.members if allow else ():
-            addr, _, proto_port = member.partition(",")
-            proto_text, _, port_text = proto_port.partition(":")
-            if proto_text not in _PROTO_UPPER:
-                continue
-            key = PortKey(fam, _PROTO_UPPER[proto_text], int(port_text))
-            if key in allowed:
-                allowed[key].append(ipaddress.ip_network(addr, strict=False))
-    # As programmed, not re-collapsed: what we write is already canonical, and a member added by
-    # hand then shows up as a difference instead of being normalized away.
-    ports = tuple(ProtectedPort(k, tuple(sorted(allowed[k], key=_net_order))) for k in sorted(allowed))
-    return DesiredState(ports=ports)
-
-
-def _net_order(net: Network) -> tuple[int, int]:
-    return int(net.network_address), net.prefixlen
-
-
-SetAction = Literal["create", "rebuild", "update", "destroy", "stray", "none"]
-
-
-@dataclass(frozen=True, slots=True)
-class SetChange:
-    """How to bring one set to its desired members."""
-
-    name: str
-    # "create" (absent), "rebuild" (swap in a fresh copy), "update" (add/del), "destroy" (no longer
-    # needed, after our rules are gone), "stray" (unreferenced leftover, destroyed first), "none"
-    action: SetAction
-    adds: tuple[str, ...] = ()  # members to write (for "rebuild": every member of the fresh copy)
-    removes: tuple[str, ...] = ()  # members to delete ("update" only)
-    added: int = 0  # net effect, for reports
-    removed: int = 0
-
-
-def plan_set_changes(
-    desired: Mapping[str, frozenset[str]],
-    installed: Mapping[str, InstalledSet],
-    nodeport_range: tuple[int, int],
-    incremental_limit: int = 5000,
-) -> tuple[SetChange, ...]:
-    """Per set: add/del only the difference when small, else rebuild; destroy sets no longer needed."""
-    changes: list[SetChange] = []
-    for name in sorted(set(desired) | set(installed)):
-        if family_of_set(name) is None:
-            # A stray set of ours (a temporary left by a killed sync): unreferenced, remove it first.
-            changes.append(SetChange(name, "stray"))
-            continue
-        want = desired.get(name)
-        have = installed.get(name)
-        if want is None:
-            changes.append(SetChange(name, "destroy", removed=len(have.members) if have else 0))
-        elif have is None:
-            changes.append(SetChange(name, "create", adds=tuple(sorted(want)), added=len(want)))
-        else:
-            adds = tuple(sorted(want - have.members))
-            removes = tuple(sorted(have.members - want))
-            if not header_matches(have.header, name, nodeport_range):
-                changes.append(SetChange(name, "rebuild", tuple(sorted(want)), (), len(adds), len(removes)))
-            elif not adds and not removes:
-                changes.append(SetChange(name, "none"))
-            elif len(adds) + len(removes) <= max(incremental_limit, len(want) // 4):
-                changes.append(SetChange(name, "update", adds, removes, len(adds), len(removes)))
-            else:
-                changes.append(SetChange(name, "rebuild", tuple(sorted(want)), (), len(adds), len(removes)))
-    return tuple(changes)
-
-
-def render_ipset_restore(
-    changes: Iterable[SetChange], nodeport_range: tuple[int, int], phase: Literal["fill", "destroy"]
-) -> str:
-    """One `ipset restore -exist` script. phase "fill" creates/updates; phase "destroy" removes sets.
-
-    Sets are destroyed only after the rules referencing them are gone, hence two phases.
-    """
-    lines: list[str] = []
-    changes = list(changes)
-    if phase == "fill":
-        lines.extend(f"destroy {c.name}" for c in changes if c.action == "stray")
-    for c in changes:
-        if phase == "destroy":
-            if c.action == "destroy":
-                lines.append(f"destroy {c.name}")
-            continue
-        if c.action == "create":
-            lines.append(f"create {c.name} {set_create_options(c.name, nodeport_range)}")
-            lines.extend(f"add {c.name} {m}" for m in c.adds)
-        elif c.action == "update":
-            lines.extend(f"del {c.name} {m}" for m in c.removes)
-            lines.extend(f"add {c.name} {m}" for m in c.adds)
-        elif c.action == "rebuild":
-            # Fill a fresh copy, then swap it in atomically: the kernel never sees a half-filled set.
-            tmp = c.name + TMP_SUFFIX
-            lines.append(f"create {tmp} {set_create_options(c.name, nodeport_range)}")
-            lines.extend(f"add {tmp} {m}" for m in c.adds)
-            lines.append(f"swap {tmp} {c.name}")
-            lines.append(f"destroy {tmp}")
-    return "".join(line + "\n" for line in lines)
 
 
 # --- skeleton rules --------------------------------------------------------------------------
@@ -348,8 +174,8 @@ def build_skeleton(family: Family) -> tuple[SkeletonRule, ...]:
             SkeletonRule(
                 family,
                 INGRESS_CHAIN,
-                _PROTO_LOWER[proto],
-                (Match("set", (("match-set", f"{port_set_name(family, proto)} dst"),)),),
+                proto.lower(),
+                (Match("set", (("match-set", f"{port_set_name(family, proto)} {port_match_flags(proto)}"),)),),
                 CHECK_CHAIN,
             )
         )
@@ -475,20 +301,3 @@ def plan_family_diff(
         remove_skeleton=not used and present,
         skeleton_drift=present and not matches and used,
     )
-
-
-def parse_ipset_terse(text: str) -> dict[str, tuple[str, int]]:
-    """Our sets from `ipset list -t`: name -> (header as `ipset save` prints it, number of entries)."""
-    out: dict[str, tuple[str, int]] = {}
-    name = typ = header = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(": ")
-        if key == "Name":
-            name, typ, header = value.strip(), "", ""
-        elif key == "Type":
-            typ = value.strip()
-        elif key == "Header":
-            header = value.strip()
-        elif key == "Number of entries" and name.startswith(SET_PREFIX):
-            out[name] = (f"{typ} {header}".strip(), int(value))
-    return out

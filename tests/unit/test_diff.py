@@ -17,6 +17,7 @@ def state() -> DesiredState:
             PortKey(4, "TCP", 30080): [N("198.51.100.0/24"), N("203.0.113.10/32")],
             PortKey(4, "UDP", 30081): [],
             PortKey(6, "TCP", 30080): [N("2001:db8:1::/64"), N("2001:db8:2::10/128")],
+            PortKey(6, "SCTP", 30082): [N("2001:db8:1::/64")],
         }
     )
 
@@ -37,9 +38,43 @@ def save_of(members: dict[str, frozenset[str]]) -> str:
 def test_members_use_ipset_save_format() -> None:
     members = diff.render_members(state())
     assert sorted(members) == sorted([*diff.set_names(4), *diff.set_names(6)])
-    assert members["npg-4-tcp"] == {"30080"} and members["npg-4-udp"] == {"30081"} and not members["npg-4-sctp"]
+    assert members["npg-4-tcp"] == {"30080"} and members["npg-4-udp"] == {"30081"}
+    assert not members["npg-4-sctp-ports"]
     assert members["npg-4-allow"] == {"198.51.100.0/24,tcp:30080", "203.0.113.10,tcp:30080"}
-    assert members["npg-6-allow"] == {"2001:db8:1::/64,tcp:30080", "2001:db8:2::10,tcp:30080"}
+    assert members["npg-6-allow"] == {
+        "2001:db8:1::/64,tcp:30080", "2001:db8:2::10,tcp:30080", "2001:db8:1::/64,sctp:30082",
+    }
+    # SCTP ports: a bitmap:port set never matches SCTP, so they are (every destination, sctp:port) pairs.
+    assert members["npg-6-sctp-ports"] == {"::/1,sctp:30082", "8000::/1,sctp:30082"}
+
+
+def test_sctp_ports_are_in_a_hash_set_matched_on_destination_address_and_port() -> None:
+    for family in FAMILIES:
+        name = diff.port_set_name(family, "SCTP")
+        inet = "inet" if family == 4 else "inet6"
+        assert diff.set_create_options(name, RANGE).startswith(f"hash:net,port family {inet} ")
+        for proto in ("TCP", "UDP"):
+            assert diff.set_create_options(diff.port_set_name(family, proto), RANGE) == "bitmap:port range 30000-32767"
+        specs = {r.protocol: r.spec() for r in diff.build_skeleton(family) if r.chain == diff.INGRESS_CHAIN}
+        assert specs["sctp"] == f"-p sctp -m set --match-set {name} dst,dst -j NPG-CHECK"
+        assert specs["tcp"] == f"-p tcp -m set --match-set npg-{family}-tcp dst -j NPG-CHECK"
+    assert diff.render_port_members(4, "SCTP", 30082) == ("0.0.0.0/1,sctp:30082", "128.0.0.0/1,sctp:30082")
+    assert diff.parse_port_member("npg-4-sctp-ports", "128.0.0.0/1,sctp:30082") == PortKey(4, "SCTP", 30082)
+    assert diff.parse_port_member("npg-4-udp", "30082") == PortKey(4, "UDP", 30082)
+    assert diff.parse_port_member("npg-4-sctp-ports", "0.0.0.0/1,tcp:30082") is None
+
+
+def test_the_retired_sctp_bitmap_set_is_destroyed_after_the_rules_stop_using_it() -> None:
+    # A node programmed by an earlier version holds npg-4-sctp (bitmap:port) referenced by the old rule.
+    members = diff.render_members(state())
+    text = save_of({k: v for k, v in members.items() if k.startswith("npg-4-")})
+    text += "create npg-4-sctp bitmap:port range 30000-32767\nadd npg-4-sctp 30082\n"
+    installed = diff.parse_ipset_save(text)
+    v4 = {k: v for k, v in members.items() if k.startswith("npg-4-")}
+    changes = diff.plan_set_changes(v4, installed, RANGE)
+    assert {c.name: c.action for c in changes}["npg-4-sctp"] == "destroy"
+    assert "npg-4-sctp" not in diff.render_ipset_restore(changes, RANGE, "fill")
+    assert diff.render_ipset_restore(changes, RANGE, "destroy") == "destroy npg-4-sctp\n"
 
 
 def test_families_without_ports_have_no_sets() -> None:
@@ -85,7 +120,7 @@ def test_wrong_range_rebuilds_absent_creates_unused_destroys_stray_goes_first() 
     installed = diff.parse_ipset_save(text)
     v4_only = {k: v for k, v in members.items() if k.startswith("npg-4-")}
     changes = {c.name: c.action for c in diff.plan_set_changes(v4_only, installed, RANGE)}
-    first_bitmap = sorted(n for n in members if "allow" not in n)[0]
+    first_bitmap = sorted(n for n in members if "bitmap" in diff.set_create_options(n, RANGE))[0]
     assert changes[first_bitmap] == "rebuild"
     assert changes["npg-4-udp"] == "create"
     assert changes["npg-4-allow-t"] == "stray"

@@ -23,6 +23,7 @@ PURE = [
     "webhook/settings.py",
     "enforcer/plan.py",
     "enforcer/diff.py",
+    "enforcer/sets.py",
     "enforcer/incremental.py",
     "enforcer/settings.py",
 ]
