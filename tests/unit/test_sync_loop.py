@@ -1,0 +1,213 @@
+"""The enforcer's sync path follows what changed: store change tracking, verification of changes only,
+and SyncLoop's fast path equal to the full recompute after any sequence of events, relists and key
+changes (with a recording dataplane; the real one is tested in tests/dataplane/test_sync_loop.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import enforcer.policies
+from enforcer.dataplane import Dataplane, SyncReport
+from enforcer.incremental import PortChange
+from enforcer.loop import SyncLoop
+from enforcer.plan import PortKey, ProtectedPort, plan_desired_state
+from enforcer.policies import PolicyStore, SigningKeys, StoredPolicy, VerificationCache, verify_policy
+from webhook.contract import Annotation, CidrRule, NodePortVerdict, PolicyRef, SourceSet, render_annotations
+from webhook.signing import Signer, VerifierKeys
+
+OLD, NEW = (Signer.from_seed(bytes([n]) * 32) for n in (11, 12))
+
+
+def trust(*signers: Signer) -> VerifierKeys:
+    """The verifier keys trusting these signers' public keys, in this order."""
+    return VerifierKeys(tuple(k for s in signers for k in s.verifier().public_keys))
+
+RANGE = (30000, 30005)
+CIDRS = ["198.51.100.0/24", "198.51.100.0/25", "203.0.113.7/32", "2001:db8::/32"]
+NAMES = ["p0", "p1", "p2", "p3", "p4"]
+
+
+def stored(name: str, ports: list[tuple[int, int]], key: Signer = OLD, rv: str = "1") -> StoredPolicy:
+    """A policy of namespace "ns" with a signed annotation: (nodePort, index in CIDRS) per entry."""
+    unique = dict(ports)
+    entries = tuple(
+        NodePortVerdict(
+            port, "TCP", "web", 80, ("IPv4", "IPv6"), SourceSet(False, (CidrRule(CIDRS[c]),))
+        ).entry()
+        for port, c in sorted(unique.items())
+    )
+    uid = f"uid-{name}"
+    annotations = render_annotations(Annotation(PolicyRef("ns", name, uid), entries), key)
+    return StoredPolicy("ns", name, uid, rv, tuple(sorted(annotations.items())))
+
+
+def report() -> SyncReport:
+    return SyncReport("legacy", 0, 0, 0, 0, 0, 0, 0, False, False, 0, 0.0)
+
+
+# --- PolicyStore ---------------------------------------------------------------------------------
+
+
+def test_store_records_only_real_changes() -> None:
+    store = PolicyStore()
+    a, b = stored("a", [(30000, 0)]), stored("b", [(30001, 1)])
+    store.replace("networkpolicies", [a, b], "1")
+    first = store.take_changes()
+    assert first.relisted and set(first.policies) == {("ns", "a"), ("ns", "b")}
+    assert store.take_changes().policies == {} and not store.take_changes().relisted
+
+    store.changed.clear()
+    store.apply("networkpolicies", "MODIFIED", StoredPolicy("ns", "a", a.uid, "2", a.annotations))  # spec only
+    store.apply("networkpolicies", "DELETED", stored("zzz", []))  # never known
+    assert not store.changed.is_set() and store.take_changes().policies == {}
+
+    a2 = stored("a", [(30000, 2)], rv="3")
+    store.apply("networkpolicies", "MODIFIED", a2)
+    store.apply("networkpolicies", "DELETED", b)
+    assert store.changed.is_set()
+    assert store.take_changes().policies == {("ns", "a"): a2, ("ns", "b"): None}
+
+
+def test_relist_is_diffed_against_what_is_known() -> None:
+    store = PolicyStore()
+    a, b, c = stored("a", [(30000, 0)]), stored("b", [(30001, 1)]), stored("c", [(30002, 0)])
+    store.replace("networkpolicies", [a, b], "1")
+    store.take_changes()
+    # After a 410: b changed only its resourceVersion, a was deleted, c created while we were away.
+    store.replace("networkpolicies", [StoredPolicy("ns", "b", b.uid, "9", b.annotations), c], "10")
+    changes = store.take_changes()
+    assert changes.relisted and changes.policies == {("ns", "a"): None, ("ns", "c"): c}
+    assert len(store) == 2
+
+
+# --- VerificationCache.verify_changes ------------------------------------------------------------
+
+
+def test_verify_changes_verifies_only_changes_and_defers_key_changes() -> None:
+    cache = VerificationCache()
+    a, b = stored("a", [(30000, 0)]), stored("b", [(30001, 1)], key=NEW)
+    assert cache.verify_changes({("ns", "a"): a}, trust(OLD)) is None  # nothing verified yet: full path first
+    good, rejected = cache.verify([a, b], trust(OLD))
+    assert list(good) == [("ns", "a")] and [r.name for r in rejected] == ["b"]
+    assert cache.rejected is rejected
+
+    # Unchanged fingerprints are left out; a deletion contributes nothing.
+    assert cache.verify_changes({("ns", "a"): a}, trust(OLD)) == {}
+    assert cache.verify_changes({("ns", "b"): None}, trust(OLD)) == {("ns", "b"): None}
+    assert [r.name for r in cache.rejected] == []
+    forged = stored("a", [(30000, 0)], key=NEW)
+    assert cache.verify_changes({("ns", "a"): forged}, trust(OLD)) == {("ns", "a"): None}
+    assert [r.name for r in cache.rejected] == ["a"]
+    # A key change cannot be handled from the changes alone.
+    assert cache.verify_changes({}, trust(NEW, OLD)) is None
+
+
+# --- SyncLoop: fast path == full recompute -------------------------------------------------------
+
+
+@dataclass
+class RecordingDataplane:
+    """Holds the ports it was told to program; `refuse_fast` makes sync_ports ask for a full sync."""
+
+    ports: dict[PortKey, ProtectedPort] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    refuse_fast: bool = False
+
+    def sync(self, state: Any, full_readback: bool = False) -> SyncReport:
+        self.calls.append("full")
+        self.ports = {p.key: p for p in state.ports}
+        return report()
+
+    def sync_ports(self, changes: Mapping[PortKey, PortChange]) -> SyncReport | None:
+        self.calls.append("fast")
+        if self.refuse_fast:
+            return None
+        for key, (before, after) in changes.items():
+            assert self.ports.get(key) == before, f"{key}: the planner's 'before' is not what was programmed"
+            if after is None:
+                del self.ports[key]
+            else:
+                self.ports[key] = after
+        return report()
+
+
+ports_lists = st.lists(st.tuples(st.integers(29999, 30006), st.integers(0, len(CIDRS) - 1)), max_size=3)
+ops = st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(NAMES), ports_lists, st.sampled_from([OLD, NEW])),
+    st.tuples(st.just("delete"), st.sampled_from(NAMES)),
+    st.tuples(st.just("spec"), st.sampled_from(NAMES)),
+    st.tuples(st.just("relist"), st.lists(st.tuples(st.sampled_from(NAMES), ports_lists), max_size=3)),
+    st.tuples(st.just("keys"), st.sampled_from([trust(OLD), trust(NEW), trust(NEW, OLD)])),
+    st.tuples(st.just("sync"), st.booleans(), st.booleans()),
+)
+
+
+@dataclass
+class Counter:
+    calls: int = 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(sequence=st.lists(ops, min_size=1, max_size=25))
+def test_fast_path_equals_full_plan_after_any_sequence(sequence: list[tuple[Any, ...]]) -> None:
+    verified = Counter()
+
+    def counting(p: StoredPolicy, keys: SigningKeys) -> object:
+        verified.calls += 1
+        return verify_policy(p, keys)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enforcer.policies, "verify_policy", counting)
+        _run_sequence(sequence, verified)
+
+
+def _run_sequence(sequence: list[tuple[Any, ...]], verified: Counter) -> None:
+    store = PolicyStore()
+    model: dict[str, StoredPolicy] = {}
+    keys: list[SigningKeys] = [trust(OLD)]
+    dp = RecordingDataplane()
+    loop = SyncLoop(store, cast(Dataplane, dp), lambda: keys[0], RANGE, threading.Event())
+    store.replace("networkpolicies", [], "1")
+    touched: set[str] = set()
+    keys_changed = relisted = True
+    for op in [*sequence, ("sync", False, False)]:
+        if op[0] == "put":
+            model[op[1]] = stored(op[1], op[2], op[3])
+            store.apply("networkpolicies", "MODIFIED", model[op[1]])
+            touched.add(op[1])
+        elif op[0] == "delete" and op[1] in model:
+            store.apply("networkpolicies", "DELETED", model.pop(op[1]))
+            touched.add(op[1])
+        elif op[0] == "spec" and op[1] in model:
+            p = model[op[1]]
+            model[op[1]] = StoredPolicy(p.namespace, p.name, p.uid, p.resource_version + "x", p.annotations)
+            store.apply("networkpolicies", "MODIFIED", model[op[1]])
+        elif op[0] == "relist":
+            for name, ports in op[1]:
+                model[name] = stored(name, ports)
+            store.replace("networkpolicies", list(model.values()), "2")
+            relisted = True
+        elif op[0] == "keys":
+            keys_changed = keys_changed or keys[0] != op[1]
+            keys[0] = op[1]
+        elif op[0] == "sync":
+            full_readback, refuse = op[1], op[2]
+            dp.refuse_fast, dp.calls, verified.calls = refuse, [], 0
+            loop.sync_once(full_readback=full_readback)
+            expected = plan_desired_state(
+                [a for p in model.values() if isinstance(a := verify_policy(p, keys[0]), Annotation)], RANGE
+            )
+            assert {k: p.allowed for k, p in dp.ports.items()} == expected.state.as_dict()
+            assert loop.rejected_entries == expected.rejected
+            if not (full_readback or relisted or keys_changed):
+                # O(changed): only the policies changed since the last sync were verified.
+                assert verified.calls <= len(touched)
+                assert dp.calls in ([], ["fast"], ["fast", "full"])
+            touched, keys_changed, relisted = set(), False, False
