@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from enforcer.dataplane import Dataplane, SyncReport
 from enforcer.incremental import IncrementalPlanner
-from enforcer.plan import RejectedEntry
+from enforcer.plan import DesiredState, RejectedEntry
 from enforcer.policies import PolicyId, PolicyStore, RejectedAnnotation, SigningKeys, VerificationCache
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,11 @@ class SyncLoop:
         self._planner = IncrementalPlanner(self.nodeport_range)
         self._need_full = True  # the first sync, and the one after a failure, recompute everything
         self._shown: tuple[object, object] = ((), ())  # the rejection tuples last reported
+
+    @property
+    def state(self) -> DesiredState:
+        """What the last sync programmed (built on demand: O(ports))."""
+        return self._planner.state()
 
     @property
     def rejected_entries(self) -> tuple[RejectedEntry, ...]:
