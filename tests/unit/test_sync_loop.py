@@ -4,6 +4,7 @@ changes (with a recording dataplane; the real one is tested in tests/dataplane/t
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import enforcer.policies
+from enforcer.backend import RunResult
 from enforcer.dataplane import Dataplane, SyncReport
 from enforcer.incremental import PortChange
 from enforcer.loop import SyncLoop
-from enforcer.plan import PortKey, ProtectedPort, plan_desired_state
+from enforcer.plan import DesiredState, PortKey, ProtectedPort, plan_desired_state
 from enforcer.policies import PolicyStore, SigningKeys, StoredPolicy, VerificationCache, verify_policy
 from webhook.contract import Annotation, CidrRule, NodePortVerdict, PolicyRef, SourceSet, render_annotations
 from webhook.signing import Signer, VerifierKeys
@@ -211,3 +213,45 @@ def _run_sequence(sequence: list[tuple[Any, ...]], verified: Counter) -> None:
                 assert verified.calls <= len(touched)
                 assert dp.calls in ([], ["fast"], ["fast", "full"])
             touched, keys_changed, relisted = set(), False, False
+
+
+# --- Dataplane.sync_ports with a scripted runner ---------------------------------------------------
+
+
+@dataclass
+class ScriptedRunner:
+    """Answers every command with success and empty output, except `ipset restore` when told to fail."""
+
+    fail_restore: bool = False
+    commands: list[tuple[tuple[str, ...], str | None]] = field(default_factory=list)
+
+    def __call__(self, argv: Any, stdin: str | None = None) -> RunResult:
+        self.commands.append((tuple(argv), stdin))
+        failed = self.fail_restore and tuple(argv[:2]) == ("ipset", "restore")
+        return RunResult(tuple(argv), 1 if failed else 0, "", "boom" if failed else "")
+
+
+def _port(port: int, *cidrs: str) -> ProtectedPort:
+    return ProtectedPort(PortKey(4, "TCP", port), tuple(ipaddress.ip_network(c) for c in cidrs))
+
+
+def test_sync_ports_writes_only_the_changed_members_and_hands_over_after_a_failure() -> None:
+    runner = ScriptedRunner()
+    dp = Dataplane("nft", RANGE, runner=runner)
+    first, second = _port(30001, "198.51.100.0/24"), _port(30002)
+    assert dp.sync_ports({first.key: (None, first)}) is None  # nothing programmed yet: full sync first
+    dp.sync(DesiredState((first, second)))
+
+    runner.commands.clear()
+    changed = _port(30002, "203.0.113.7/32")
+    report = dp.sync_ports({changed.key: (second, changed)})
+    assert report is not None and (report.members_added, report.members_removed) == (1, 0)
+    assert runner.commands == [(("ipset", "restore", "-exist"), "add npg-4-allow 203.0.113.7,tcp:30002\n")]
+
+    runner.commands.clear()
+    assert dp.sync_ports({}) is not None and runner.commands == []  # nothing changed: no process at all
+
+    runner.fail_restore = True
+    assert dp.sync_ports({changed.key: (changed, second)}) is None  # the caller then runs a full sync
+    runner.fail_restore = False
+    assert dp.sync_ports({changed.key: (changed, second)}) is None  # our record is gone until a full sync
