@@ -224,7 +224,7 @@ def cmd_memory(dp: Dataplane, pages_dir: Path, key_file: Path) -> dict[str, Any]
     del items
     loop = _sync_loop(dp, store, keys)
     report = loop.sync_once()
-    report2 = loop.sync_once()  # a periodic resync on top (read-back of 10k members)
+    report2 = loop.sync_once(full_readback=True)  # a periodic resync on top (read-back of 10k members)
     rss, hwm = _rss_mb()
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ports = len(dp.installed().ports)

@@ -36,7 +36,7 @@ class EnforcerMetrics:
         )
         self.sync_duration = Histogram(
             "nodeport_guard_sync_duration_seconds",
-            "Duration of a full plan + dataplane sync",
+            "Duration of one sync (fast path after events, or full verify + plan + dataplane sync)",
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
