@@ -126,8 +126,8 @@ class SyncLoop:
         """
         started = time.perf_counter()
         changes = self.store.take_changes()
-        keys = self.signing_keys()
-        try:
+        try:  # any failure below loses these changes: the next sync is then a full one
+            keys = self.signing_keys()
             report = None
             if not (full_readback or changes.relisted or self._need_full):
                 verified = self._verification.verify_changes(changes.policies, keys)

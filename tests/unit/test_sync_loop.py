@@ -215,6 +215,30 @@ def _run_sequence(sequence: list[tuple[Any, ...]], verified: Counter) -> None:
             touched, keys_changed, relisted = set(), False, False
 
 
+def test_a_failed_sync_is_followed_by_a_full_one() -> None:
+    """Changes taken by a sync that fails (here: the key source) are not lost: the next sync recomputes all."""
+    store = PolicyStore()
+    dp = RecordingDataplane()
+    failing = [False]
+
+    def keys() -> SigningKeys:
+        if failing[0]:
+            raise RuntimeError("key source unavailable")
+        return (OLD,)
+
+    loop = SyncLoop(store, cast(Dataplane, dp), keys, RANGE, threading.Event())
+    store.replace("networkpolicies", [stored("a", [(30000, 0)])], "1")
+    loop.sync_once()
+    store.apply("networkpolicies", "ADDED", stored("b", [(30001, 1)]))
+    failing[0] = True
+    with pytest.raises(RuntimeError):
+        loop.sync_once()
+    failing[0] = False
+    dp.calls.clear()
+    loop.sync_once()
+    assert dp.calls == ["full"] and sorted({k.port for k in dp.ports}) == [30000, 30001]
+
+
 def test_events_never_postpone_the_periodic_full_resync() -> None:
     """Under constant churn the loop still runs its full read-back resync every period."""
     store = PolicyStore()
