@@ -52,7 +52,7 @@ NOTES = (
     "policy: it selects every pod behind one NodePort and allows its own three IPv4 prefixes (a /30, a "
     "/29 and a /28 of its own block of 10.0.0.0/8, so nothing merges). N policies spread over "
     f"min(N, {CURVE_MAX_PORTS:,}) TCP NodePorts (range {NODEPORT_RANGE[0]}-{NODEPORT_RANGE[1]}), so at "
-    "50,000 each NodePort is shared by 5 policies (15 allowed prefixes; 150,000 set members), the shape "
+    "50,000 each NodePort is shared by 5 policies (15 allowed prefixes each; 150,000 in the allow set), the shape "
     "of one policy per allowed client network. Then one policy at a time is added (to an already "
     "protected NodePort), changed (its three prefixes replaced) or removed, in turn, and "
     "`SyncLoop.sync_once` is timed (the fast path: only the changed policy is verified and planned, "
