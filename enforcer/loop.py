@@ -131,8 +131,9 @@ class SyncLoop:
             report = None
             if not (full_readback or changes.relisted or self._need_full):
                 verified = self._verification.verify_changes(changes.policies, keys)
-                if verified is not None and self._refreshed(keys, changes.policies) != keys:
-                    verified = None  # new keys were read: everything is re-verified below
+                fresh = keys if verified is None else self._refreshed(keys, changes.policies)
+                if fresh != keys:  # new keys were read: everything is re-verified below with them
+                    verified, keys = None, fresh
                 if verified is not None:  # None: the keys changed, everything is re-verified below
                     report = self.dataplane.sync_ports(self._planner.apply(verified))
                     if report is None:  # the dataplane needs a full sync (sets or skeleton change)

@@ -18,9 +18,11 @@ from enforcer.plan import PortKey, plan_desired_state
 from enforcer.policies import PolicyStore, StoredPolicy, verify_policy
 from tests.netns import CLIENT_A4, CLIENT_A6, CLIENT_B4, NODE_V4, NODE_V6, Node
 from webhook.contract import Annotation, CidrRule, IPFamily, NodePortVerdict, PolicyRef, SourceSet, render_annotations
+from webhook.signing import Signer
 
 pytestmark = pytest.mark.netns
-KEY = b"sync-loop-test-key-0123456789abc"
+KEY = Signer.from_seed(b"sync-loop-test-seed-0123456789ab")
+TRUSTED = KEY.verifier()
 RANGE = (30000, 32767)
 PORT = 30080
 
@@ -55,7 +57,7 @@ class Harness:
         self.node = node
         self.dp = RecordingDataplane("nft", RANGE, lock_path=node.lock_path, runner=node.runner)
         self.store = PolicyStore()
-        self.loop = SyncLoop(self.store, self.dp, lambda: (KEY,), RANGE, threading.Event())
+        self.loop = SyncLoop(self.store, self.dp, lambda: TRUSTED, RANGE, threading.Event())
         self.model: dict[str, StoredPolicy] = {}
 
     def put(self, p: StoredPolicy) -> None:
@@ -70,7 +72,7 @@ class Harness:
         report = self.loop.sync_once(full_readback=full_readback)
         assert self.dp.paths == paths
         expected = plan_desired_state(
-            [a for p in self.model.values() if isinstance(a := verify_policy(p, (KEY,)), Annotation)], RANGE
+            [a for p in self.model.values() if isinstance(a := verify_policy(p, TRUSTED), Annotation)], RANGE
         )
         assert self.dp.installed() == expected.state == self.loop.state
         return report

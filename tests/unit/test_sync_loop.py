@@ -224,7 +224,7 @@ def test_a_failed_sync_is_followed_by_a_full_one() -> None:
     def keys() -> SigningKeys:
         if failing[0]:
             raise RuntimeError("key source unavailable")
-        return (OLD,)
+        return trust(OLD)
 
     loop = SyncLoop(store, cast(Dataplane, dp), keys, RANGE, threading.Event())
     store.replace("networkpolicies", [stored("a", [(30000, 0)])], "1")
@@ -239,12 +239,41 @@ def test_a_failed_sync_is_followed_by_a_full_one() -> None:
     assert dp.calls == ["full"] and sorted({k.port for k in dp.ports}) == [30000, 30001]
 
 
+def test_an_unknown_key_id_on_the_fast_path_re_reads_the_keys() -> None:
+    """A changed policy signed by a key this node does not trust yet (a rotation in progress) makes
+    the loop re-read the keys at once and verify again with them, as the full path does."""
+    store = PolicyStore()
+    dp = RecordingDataplane()
+    trusted = [trust(OLD)]
+    refreshes: list[int] = []
+
+    def refresh() -> SigningKeys:
+        refreshes.append(1)
+        trusted[0] = trust(NEW, OLD)
+        return trusted[0]
+
+    loop = SyncLoop(store, cast(Dataplane, dp), lambda: trusted[0], RANGE, threading.Event(), refresh_keys=refresh)
+    store.replace("networkpolicies", [stored("a", [(30000, 0)])], "1")
+    loop.sync_once()
+    assert refreshes == []
+    store.apply("networkpolicies", "ADDED", stored("b", [(30001, 1)], key=NEW))
+    dp.calls.clear()
+    loop.sync_once()
+    assert refreshes == [1] and dp.calls == ["full"]
+    assert sorted({k.port for k in dp.ports}) == [30000, 30001]
+    store.apply("networkpolicies", "MODIFIED", stored("b", [(30002, 1)], key=NEW))
+    dp.calls.clear()
+    loop.sync_once()  # the new key is trusted now: back on the fast path, no refresh
+    assert refreshes == [1] and dp.calls == ["fast"]
+
+
 def test_events_never_postpone_the_periodic_full_resync() -> None:
     """Under constant churn the loop still runs its full read-back resync every period."""
     store = PolicyStore()
     dp = RecordingDataplane()
     stop = threading.Event()
-    loop = SyncLoop(store, cast(Dataplane, dp), lambda: (OLD,), RANGE, stop, resync_seconds=0.2, debounce_seconds=0.01)
+    keys = trust(OLD)
+    loop = SyncLoop(store, cast(Dataplane, dp), lambda: keys, RANGE, stop, resync_seconds=0.2, debounce_seconds=0.01)
     store.replace("networkpolicies", [], "1")
     runner = threading.Thread(target=loop.run)
     runner.start()
