@@ -27,7 +27,7 @@ source_sets = st.one_of(
 verdicts = st.builds(
     NodePortVerdict,
     node_port=st.sampled_from([22, 29999, 30000, 30001, 30005, 30010, 30011]),
-    protocol=st.sampled_from(["TCP", "UDP"]),
+    protocol=st.sampled_from(["TCP", "UDP", "SCTP"]),
     service=st.just("svc"),
     service_port=st.just(80),
     ip_families=st.sampled_from([("IPv4",), ("IPv6",), ("IPv4", "IPv6")]),
