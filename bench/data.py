@@ -177,3 +177,30 @@ def network_policy_with_annotations(ref: PolicyRef, annotations: dict[str, str],
             "ingress": [{"from": ip_from(*port_cidrs(index)), "ports": [{"port": "http"}]}],
         },
     }
+
+
+# --- enforcer curve: many policies per NodePort --------------------------------------------------
+
+CLIENT_BLOCK = 64  # addresses of 10.0.0.0/8 reserved per client policy (50,000 policies use 3.2 M)
+
+
+def client_prefixes(index: int, variant: int = 0) -> tuple[str, str, str]:
+    """Three disjoint, non-adjacent IPv4 prefixes of the index-th client policy's own /26 block in
+    10.0.0.0/8 (so no two policies' prefixes ever merge); variant 1 is the policy after a change."""
+    if not 0 <= index < (1 << 24) // CLIENT_BLOCK:
+        raise ValueError(f"client policy {index}: at most {(1 << 24) // CLIENT_BLOCK} fit 10.0.0.0/8")
+    base = (10 << 24) + index * CLIENT_BLOCK
+    offsets = ((0, 30), (16, 29), (32, 28)) if variant == 0 else ((8, 30), (24, 29), (48, 29))
+    a, b, c = (f"{ipaddress.IPv4Address(base + offset)}/{length}" for offset, length in offsets)
+    return a, b, c
+
+
+def client_policy_annotations(
+    index: int, node_port: int, variant: int = 0, key: Signer = BENCH_SIGNING_KEY
+) -> tuple[PolicyRef, dict[str, str]]:
+    """Signed annotations of the index-th "one policy per client network" policy: it selects every
+    pod behind one NodePort and allows its three own prefixes (a version-2 part of scope "all")."""
+    ref = PolicyRef(namespace=f"ns-{index // 100}", name=f"client-{index}", uid=f"uid-client-{index}")
+    allow = SourceSet(False, tuple(sorted(CidrRule(c) for c in client_prefixes(index, variant))))
+    verdict = NodePortVerdict(node_port, "TCP", f"svc-{node_port}", 80, ("IPv4",), allow)
+    return ref, render_annotations(Annotation(ref, (verdict.entry(),)), key)

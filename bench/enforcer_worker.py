@@ -4,7 +4,7 @@ python-iptables acts on the namespace of the calling process, so everything that
 dataplane runs here, never in the benchmark runner. Each command prints one JSON object.
 
   full        our Dataplane.sync from empty vs `ipset restore` + `iptables-restore` (interleaved)
-  incremental one policy added at a time while N are programmed: the enforcer's sync_once
+  curve       N policies programmed, then one added/changed/removed per `op` line: the enforcer's sync_once
   memory      a fresh process listing N signed policies page by page, verify + plan + sync; VmHWM
   program     program a DesiredState file (for the per-packet benchmark) and print the report
   cleanup     remove everything of ours
@@ -97,17 +97,6 @@ def cmd_full(dp: Dataplane, backend: Backend, state: DesiredState, repeat: int) 
     return {"ours": ours, "floor": floor, "members": sum(len(p.allowed) for p in state.ports) + len(state.ports)}
 
 
-def _stored_policies(count: int, first_port: int, key: Any) -> list[Any]:
-    from bench.data import signed_policy_annotations
-    from enforcer.policies import StoredPolicy
-
-    out = []
-    for i in range(count):
-        ref, annotations = signed_policy_annotations(i, first_port + i, key)
-        out.append(StoredPolicy(ref.namespace, ref.name, ref.uid, str(1000 + i), tuple(sorted(annotations.items()))))
-    return out
-
-
 def _sync_loop(dp: Dataplane, store: Any, keys: Any) -> Any:
     from enforcer.loop import SyncLoop
 
@@ -116,39 +105,92 @@ def _sync_loop(dp: Dataplane, store: Any, keys: Any) -> Any:
     )
 
 
-def cmd_incremental(dp: Dataplane, policies: int, adds: int, budget_seconds: float) -> dict[str, Any]:
-    """Add up to `adds` policies one at a time; stop early (after at least 3) when the budget is spent."""
+def _client_policy(index: int, ports: int, first_port: int, variant: int, key: Any) -> Any:
+    from bench.data import client_policy_annotations
+    from enforcer.policies import StoredPolicy
+
+    ref, annotations = client_policy_annotations(index, first_port + index % ports, variant, key)
+    return StoredPolicy(ref.namespace, ref.name, ref.uid, str(1000 + index), tuple(sorted(annotations.items())))
+
+
+# One operation per sync, in turn: (event, variant of the annotation, (set members added, removed)).
+OPERATIONS: tuple[tuple[str, str, int, tuple[int, int]], ...] = (
+    ("add", "ADDED", 0, (3, 0)),
+    ("change", "MODIFIED", 1, (3, 3)),
+    ("remove", "DELETED", 1, (0, 3)),
+)
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+def cmd_curve(dp: Dataplane, policies: int, ports: int) -> dict[str, Any]:
+    """`policies` client policies over `ports` NodePorts are programmed (answers `ready`); then each
+    `op` line on stdin adds, changes or removes one policy (in turn, on an already protected port)
+    and answers the time of `sync_once`; `finish` runs the periodic full resync, checks the installed
+    state and answers the summary. The caller interleaves several of these, one per total N."""
     from bench.data import BENCH_SIGNING_KEY
     from enforcer.policies import PolicyStore
 
     dp.cleanup()
-    all_policies = _stored_policies(policies + adds, dp.nodeport_range[0], BENCH_SIGNING_KEY)
+    first = dp.nodeport_range[0]
+    start = time.perf_counter()
     store = PolicyStore()
-    store.replace("networkpolicies", all_policies[:policies], "1")
+    store.replace(
+        "networkpolicies", [_client_policy(i, ports, first, 0, BENCH_SIGNING_KEY) for i in range(policies)], "1"
+    )
+    generated = time.perf_counter() - start
     loop = _sync_loop(dp, store, BENCH_SIGNING_KEY.verifier())
     start = time.perf_counter()
     loop.sync_once()
     initial = time.perf_counter() - start
-    totals: list[float] = []
-    dataplane: list[float] = []
-    deadline = time.monotonic() + budget_seconds
-    for p in all_policies[policies:]:
-        if len(totals) >= 3 and time.monotonic() > deadline:
+    gc.collect()
+    _emit({"ready": True, "generate_seconds": generated, "initial_seconds": initial})
+    done = 0
+    for line in sys.stdin:
+        if line.strip() != "op":
             break
-        store.apply("networkpolicies", "ADDED", p)
+        kind, event, variant, expected = OPERATIONS[done % len(OPERATIONS)]
+        p = _client_policy(policies + done // len(OPERATIONS), ports, first, variant, BENCH_SIGNING_KEY)
+        store.apply("networkpolicies", event, p)  # type: ignore[arg-type]
         start = time.perf_counter()
         report = loop.sync_once()
-        totals.append(time.perf_counter() - start)
-        dataplane.append(report.seconds)
-        if report.members_added != 4:  # one port in the port set + its 3 allowed prefixes
-            raise RuntimeError(f"adding {p.name}: expected 4 set members added, the sync added {report.members_added}")
+        seconds = time.perf_counter() - start
+        done += 1
+        if (report.members_added, report.members_removed) != expected or report.full_readback:
+            raise RuntimeError(
+                f"{kind} of {p.name}: expected set members +{expected[0]} -{expected[1]} on the fast path, the "
+                f"sync added {report.members_added} and removed {report.members_removed} "
+                f"(full read-back: {report.full_readback})"
+            )
+        _emit({"kind": kind, "seconds": seconds, "dataplane_seconds": report.seconds})
+    start = time.perf_counter()
+    loop.sync_once(full_readback=True)  # the periodic resync: everything verified, planned, read back
+    resync = time.perf_counter() - start
     installed = dp.installed()
-    if len(installed.ports) != policies + len(totals):
+    if installed != loop.state or len(installed.ports) != min(ports, policies):
         raise RuntimeError(
-            f"after {len(totals)} adds {len(installed.ports)} ports are installed, expected {policies + len(totals)}"
+            f"after {done} operations {len(installed.ports)} ports are installed, not the "
+            f"{len(loop.state.ports)} planned"
         )
+    members = sum(len(p.allowed) for p in installed.ports)
     dp.cleanup()
-    return {"initial_seconds": initial, "sync_once": totals, "dataplane": dataplane}
+    return {"operations": done, "resync_seconds": resync, "allowed_members": members}
+
+
+def start_in_node(
+    node_ns: str, lock_path: str, command: str, backend: str, nodeport_range: tuple[int, int], *args: str,
+    stderr: Any = subprocess.DEVNULL,
+) -> subprocess.Popen[str]:
+    """Caller side: start this module's `command` inside the node namespace, talking by lines."""
+    return subprocess.Popen(
+        _argv(node_ns, lock_path, command, backend, nodeport_range, *args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
 
 
 def _rss_mb() -> tuple[float, float]:
@@ -182,7 +224,7 @@ def cmd_memory(dp: Dataplane, pages_dir: Path, key_file: Path) -> dict[str, Any]
     del items
     loop = _sync_loop(dp, store, keys)
     report = loop.sync_once()
-    report2 = loop.sync_once()  # a periodic resync on top (read-back of 10k members)
+    report2 = loop.sync_once(full_readback=True)  # a periodic resync on top (read-back of 10k members)
     rss, hwm = _rss_mb()
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ports = len(dp.installed().ports)
@@ -193,10 +235,32 @@ def cmd_memory(dp: Dataplane, pages_dir: Path, key_file: Path) -> dict[str, Any]
         "hwm_mb": hwm,
         "ru_maxrss_mb": max_rss,  # inherited across exec from the spawning process: informational only
         "ports": ports,
-        "policies": len(store.snapshot()),
+        "policies": len(store),
         "first_sync_seconds": report.seconds,
         "resync_seconds": report2.seconds,
     }
+
+
+def _argv(
+    node_ns: str, lock_path: str, command: str, backend: str, nodeport_range: tuple[int, int], *args: str
+) -> list[str]:
+    return [
+        "ip",
+        "netns",
+        "exec",
+        node_ns,
+        sys.executable,
+        "-m",
+        "bench.enforcer_worker",
+        command,
+        "--backend",
+        backend,
+        "--nodeport-range",
+        f"{nodeport_range[0]}-{nodeport_range[1]}",
+        "--lock-path",
+        lock_path,
+        *args,
+    ]
 
 
 def run_in_node(
@@ -210,23 +274,7 @@ def run_in_node(
 ) -> dict[str, Any] | None:
     """Caller side: run this module's `command` inside the node namespace; its last JSON line, if any."""
     proc = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            node_ns,
-            sys.executable,
-            "-m",
-            "bench.enforcer_worker",
-            command,
-            "--backend",
-            backend,
-            "--nodeport-range",
-            f"{nodeport_range[0]}-{nodeport_range[1]}",
-            "--lock-path",
-            lock_path,
-            *args,
-        ],
+        _argv(node_ns, lock_path, command, backend, nodeport_range, *args),
         capture_output=True,
         text=True,
         check=False,
@@ -241,15 +289,14 @@ def run_in_node(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.enforcer_worker")
-    parser.add_argument("command", choices=["full", "incremental", "memory", "program", "cleanup"])
+    parser.add_argument("command", choices=["full", "curve", "memory", "program", "cleanup"])
     parser.add_argument("--backend", choices=["legacy", "nft"], required=True)
     parser.add_argument("--nodeport-range", required=True, help="LOW-HIGH")
     parser.add_argument("--lock-path", required=True)
     parser.add_argument("--state-json", type=Path)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--policies", type=int, default=10_000)
-    parser.add_argument("--adds", type=int, default=30)
-    parser.add_argument("--budget-seconds", type=float, default=60.0)
+    parser.add_argument("--ports", type=int, default=10_000)
     parser.add_argument("--pages-dir", type=Path)
     parser.add_argument("--key-file", type=Path)
     args = parser.parse_args(argv)
@@ -262,8 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     dp = Dataplane(backend, nodeport_range, lock_path=args.lock_path)
     if args.command == "full":
         out = cmd_full(dp, backend, decode_state(args.state_json.read_text()), args.repeat)
-    elif args.command == "incremental":
-        out = cmd_incremental(dp, args.policies, args.adds, args.budget_seconds)
+    elif args.command == "curve":
+        out = cmd_curve(dp, args.policies, args.ports)
     elif args.command == "memory":
         prime_tables(backend)
         out = cmd_memory(dp, args.pages_dir, args.key_file)

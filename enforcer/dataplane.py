@@ -6,12 +6,13 @@ import importlib
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from enforcer import diff
+from enforcer import delta, diff
 from enforcer.backend import Backend, CommandRunner, RunResult, restore_command, run_command, save_command
+from enforcer.incremental import PortChange
 from enforcer.plan import (
     DEFAULT_NODEPORT_RANGE,
     FAMILIES,
@@ -78,7 +79,7 @@ class Dataplane:
         self._run = runner
         self.full_readback_interval = full_readback_interval
         # What our last successful sync programmed: a difference at the next read-back is drift.
-        self._last_members: dict[str, frozenset[str]] | None = None
+        self._last_members: dict[str, set[str]] | None = None
         self._last_full_read = float("-inf")
         self._memo: diff.MembersMemo = {}
         # python-iptables loads libiptc and every extension (~0.2 s): once here, not inside a sync.
@@ -106,7 +107,7 @@ class Dataplane:
                 terse[n][1] == len(last[n]) and diff.header_matches(terse[n][0], n, self.nodeport_range)
                 for n in last
             ):
-                return {n: diff.InstalledSet(n, terse[n][0], last[n]) for n in sorted(last)}, False
+                return {n: diff.InstalledSet(n, terse[n][0], frozenset(last[n])) for n in sorted(last)}, False
         self._last_full_read = time.monotonic()
         return self._read_sets(), True
 
@@ -157,6 +158,55 @@ class Dataplane:
         assert last_error is not None
         raise last_error
 
+    def sync_ports(self, changes: Mapping[PortKey, PortChange]) -> SyncReport | None:
+        """The fast path after an event: write only the set members of the changed ports.
+
+        Reads nothing back and runs at most one `ipset restore`, whatever the number of ports.
+        None when the caller must run a full `sync` instead: no successful sync to build on, a
+        set to create or a family to remove (skeleton changes), our record disagreeing with the
+        change, or a failed write (then the next full sync reads everything back). Drift made by
+        others is repaired by the periodic full sync, not here.
+        """
+        start = time.monotonic()
+        last = self._last_members
+        if last is None:
+            return None
+        lo, hi = self.nodeport_range
+        for key, (_, after) in changes.items():
+            if after is not None and not lo <= key.port <= hi:
+                raise ValueError(f"state port {key}: outside the NodePort range {lo}-{hi}; refusing to program it")
+        set_changes = delta.fast_set_changes(last, changes)
+        if set_changes is None:
+            return None
+        if set_changes:
+            # Forget our record until the write completes: a failure part-way forces a full read.
+            self._last_members = None
+            try:
+                self._ipset_restore(diff.render_ipset_restore(set_changes, self.nodeport_range, "fill"))
+            except DataplaneError as exc:
+                logger.warning("fast sync failed; a full sync follows", extra={"error": str(exc)})
+                return None
+            delta.apply_to(last, set_changes)
+            self._last_members = last
+        restricted = delta.newly_restricted(changes) if self.clear_conntrack else {}
+        report = SyncReport(
+            backend=self.backend,
+            rules_added=0,
+            rules_removed=0,
+            members_added=sum(c.added for c in set_changes),
+            members_removed=sum(c.removed for c in set_changes),
+            sets_created=0,
+            sets_rebuilt=0,
+            sets_destroyed=0,
+            drift_repaired=False,
+            full_readback=False,
+            conntrack_deleted=self._clear_conntrack(restricted) if restricted else 0,
+            seconds=time.monotonic() - start,
+        )
+        if set_changes:
+            logger.debug("dataplane ports synced", extra={"report": report})
+        return report
+
     def _sync_once(self, state: DesiredState, start: float, full: bool) -> SyncReport:
         sets, dumped = self._read_sets_cheaply(full)
         rules = {f: self._read_rules(f) for f in FAMILIES}
@@ -186,7 +236,7 @@ class Dataplane:
                 rules_removed += ours
         # Sets referenced by rules cannot be destroyed: only after the rules are gone.
         self._ipset_restore(diff.render_ipset_restore(changes, self.nodeport_range, "destroy"))
-        self._last_members = dict(desired_members)
+        self._last_members = {n: set(m) for n, m in desired_members.items()}
 
         deleted = self._clear_conntrack(_newly_restricted(changes, state)) if self.clear_conntrack else 0
         report = SyncReport(

@@ -2,6 +2,8 @@
 
 Nothing is written before the initial list of NetworkPolicies has been processed, so a
 restart never removes rules for policies it has not seen yet. SIGTERM leaves rules in place.
+Syncs after events cost O(changed policies); the first sync, relists, key changes and the
+periodic resync recompute everything and read the dataplane back.
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from enforcer.dataplane import Dataplane, SyncReport
 from enforcer.incremental import IncrementalPlanner
-from enforcer.policies import PolicyStore, RejectedAnnotation, SigningKeys, VerificationCache
+from enforcer.plan import DesiredState, RejectedEntry
+from enforcer.policies import PolicyId, PolicyStore, RejectedAnnotation, SigningKeys, VerificationCache
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ class EnforcerMetrics:
         )
         self.sync_duration = Histogram(
             "nodeport_guard_sync_duration_seconds",
-            "Duration of a full plan + dataplane sync",
+            "Duration of one sync (fast path after events, or full verify + plan + dataplane sync)",
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
@@ -87,30 +90,77 @@ class SyncLoop:
     def __post_init__(self) -> None:
         self._verification = VerificationCache()
         self._planner = IncrementalPlanner(self.nodeport_range)
+        self._need_full = True  # the first sync, and the one after a failure, recompute everything
+        self._shown: tuple[object, object] = ((), ())  # the rejection tuples last reported
+
+    @property
+    def state(self) -> DesiredState:
+        """What the last sync programmed (built on demand: O(ports))."""
+        return self._planner.state()
+
+    @property
+    def rejected_entries(self) -> tuple[RejectedEntry, ...]:
+        """Annotation entries the plan refuses (e.g. a port outside the range), sorted."""
+        return self._planner.rejected
+
+    def _refreshed(self, keys: SigningKeys, among: Mapping[PolicyId, object] | None) -> SigningKeys:
+        """The keys to verify with: re-read at once (`refresh_keys`) when a refused signature names a
+        key id not trusted yet, among the given policies (None: among all), else `keys`."""
+        if self.refresh_keys is None:
+            return keys
+        if among is None:
+            unknown = any(r.unknown_key_id for r in self._verification.rejected)
+        else:
+            unknown = any((r := self._verification.rejection(pid)) and r.unknown_key_id for pid in among)
+        return self.refresh_keys() if unknown else keys
 
     def sync_once(self, full_readback: bool = False) -> SyncReport:
-        """Verify and plan what changed, then bring the dataplane to the whole plan.
+        """Verify and plan what changed, then bring the dataplane to the plan.
 
-        `full_readback` re-reads every set member instead of trusting our last write: the periodic
-        resync does, so a member edited by hand (same count) is repaired within one period.
+        The fast path (after events) costs O(changed): only the policies changed since the last
+        sync are verified and planned, and only the set members of the ports they name are
+        written. The full path (the first sync, a relist, a key change, after a failure, and
+        the periodic resync with `full_readback`) verifies and plans every policy (unchanged ones
+        are cache hits) and diffs the whole state; `full_readback` re-reads every set member
+        instead of trusting our last write, so a member edited by hand is repaired within one period.
         """
         started = time.perf_counter()
-        snapshot, keys = self.store.snapshot(), self.signing_keys()
-        annotations, rejected = self._verification.verify(snapshot, keys)
-        if self.refresh_keys is not None and any(r.unknown_key_id for r in rejected):
-            fresh = self.refresh_keys()
-            if fresh != keys:
-                annotations, rejected = self._verification.verify(snapshot, fresh)
-        plan = self._planner.plan(annotations)
-        report = self.dataplane.sync(plan.state, full_readback=full_readback)
+        changes = self.store.take_changes()
+        try:  # any failure below loses these changes: the next sync is then a full one
+            keys = self.signing_keys()
+            report = None
+            if not (full_readback or changes.relisted or self._need_full):
+                verified = self._verification.verify_changes(changes.policies, keys)
+                fresh = keys if verified is None else self._refreshed(keys, changes.policies)
+                if fresh != keys:  # new keys were read: everything is re-verified below with them
+                    verified, keys = None, fresh
+                if verified is not None:  # None: the keys changed, everything is re-verified below
+                    report = self.dataplane.sync_ports(self._planner.apply(verified))
+                    if report is None:  # the dataplane needs a full sync (sets or skeleton change)
+                        report = self.dataplane.sync(self._planner.state())
+            if report is None:
+                snapshot = self.store.snapshot()
+                annotations, _ = self._verification.verify(snapshot, keys)
+                fresh = self._refreshed(keys, None)
+                if fresh != keys:
+                    annotations, _ = self._verification.verify(snapshot, fresh)
+                self._planner.plan(annotations)
+                report = self.dataplane.sync(self._planner.state(), full_readback=full_readback)
+        except Exception:
+            self._need_full = True
+            raise
+        self._need_full = False
+        rejected, plan_rejected = self._verification.rejected, self._planner.rejected
         self.metrics.sync_duration.observe(time.perf_counter() - started)
-        self.metrics.protected_ports.set(len(plan.state.ports))
+        self.metrics.protected_ports.set(self._planner.port_count)
         self.metrics.rejected_annotations.set(len(rejected))
-        self.metrics.rejected_entries.set(len(plan.rejected))
+        self.metrics.rejected_entries.set(len(plan_rejected))
         if report.drift_repaired:
             self.metrics.drift_repairs.inc()
             logger.warning("repaired drift in our chains or sets", extra={"report": str(report)})
-        self._report_rejections(rejected, [f"{r.namespace}/{r.name}: {r.reason}" for r in plan.rejected])
+        if self._shown[0] is not rejected or self._shown[1] is not plan_rejected:
+            self._shown = (rejected, plan_rejected)
+            self._report_rejections(rejected, [f"{r.namespace}/{r.name}: {r.reason}" for r in plan_rejected])
         return report
 
     def _report_rejections(self, rejected: tuple[RejectedAnnotation, ...], plan_rejections: list[str]) -> None:
@@ -141,19 +191,23 @@ class SyncLoop:
         while not self.store.synced.wait(0.5):
             if self.stop.is_set():
                 return
-        next_resync = 0.0
+        next_resync = 0.0  # the first sync is a full one
         while not self.stop.is_set():
             timeout = max(0.0, next_resync - time.monotonic())
             changed = self.store.changed.wait(timeout)
             if self.stop.is_set():
                 break
-            if changed:
+            # Event-driven syncs never postpone the periodic full one: under constant churn,
+            # drift is still repaired within one period.
+            due = time.monotonic() >= next_resync
+            if changed and not due:
                 self.stop.wait(self.debounce_seconds)  # coalesce a burst of events into one sync
             self.store.changed.clear()
             try:
-                self.sync_once(full_readback=not changed)
+                self.sync_once(full_readback=due)
                 self.ready.set()
-                next_resync = time.monotonic() + self.resync_seconds
+                if due:
+                    next_resync = time.monotonic() + self.resync_seconds
             except Exception as exc:
                 self.metrics.sync_errors.inc()
                 logger.exception("sync failed; retrying", extra={"error": str(exc)[:300]})

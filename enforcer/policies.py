@@ -9,7 +9,7 @@ reported with its namespace/name and the reason.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,52 +87,140 @@ def verify_policies(policies: Iterable[StoredPolicy], keys: SigningKeys) -> Veri
 
 
 _Fingerprint = tuple[str, tuple[tuple[str, str], ...], SigningKeys]
+PolicyId = tuple[str, str]  # (namespace, name)
 
 
 class VerificationCache:
     """Re-verifies only policies whose annotations, uid or the key changed since the last call.
 
+    `verify` takes every policy (the full path: periodic resync, relist, key change);
+    `verify_changes` takes only the policies changed since the last call (the fast path, O(changed)).
     Unchanged policies return the very same Annotation object, which the incremental planner
     recognises by identity.
     """
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], tuple[_Fingerprint, object]] = {}
+        self._seen: dict[PolicyId, tuple[_Fingerprint, object]] = {}
+        self._rejected_by: dict[PolicyId, RejectedAnnotation] = {}
+        self._rejected: tuple[RejectedAnnotation, ...] = ()
+        self._keys: SigningKeys | None = None
+
+    @property
+    def rejected(self) -> tuple[RejectedAnnotation, ...]:
+        """Every currently refused annotation, sorted by namespace/name (the same tuple until one changes)."""
+        return self._rejected
+
+    def rejection(self, pid: PolicyId) -> RejectedAnnotation | None:
+        """Why this policy's annotation is refused now, if it is."""
+        return self._rejected_by.get(pid)
+
+    def _check(self, p: StoredPolicy, keys: SigningKeys) -> object:
+        pid = (p.namespace, p.name)
+        fingerprint = (p.uid, p.annotations, keys)
+        cached = self._seen.get(pid)
+        result = cached[1] if cached is not None and cached[0] == fingerprint else verify_policy(p, keys)
+        self._seen[pid] = (fingerprint, result)
+        return result
+
+    def _sort_rejected(self) -> None:
+        self._rejected = tuple(sorted(self._rejected_by.values(), key=lambda r: (r.namespace, r.name)))
 
     def verify(
         self, policies: Iterable[StoredPolicy], keys: SigningKeys
-    ) -> tuple[dict[tuple[str, str], Annotation], tuple[RejectedAnnotation, ...]]:
-        fresh: dict[tuple[str, str], tuple[_Fingerprint, object]] = {}
-        good: dict[tuple[str, str], Annotation] = {}
-        rejected: list[RejectedAnnotation] = []
+    ) -> tuple[dict[PolicyId, Annotation], tuple[RejectedAnnotation, ...]]:
+        """Every policy: the annotations that verify (by policy) and the refused ones (O(total))."""
+        previous = self._seen
+        self._seen = {}
+        good: dict[PolicyId, Annotation] = {}
+        rejected: dict[PolicyId, RejectedAnnotation] = {}
         for p in policies:
             pid = (p.namespace, p.name)
-            fingerprint = (p.uid, p.annotations, keys)
-            cached = self._seen.get(pid)
-            result = cached[1] if cached is not None and cached[0] == fingerprint else verify_policy(p, keys)
-            fresh[pid] = (fingerprint, result)
+            cached = previous.get(pid)
+            if cached is not None:
+                self._seen[pid] = cached
+            result = self._check(p, keys)
             if isinstance(result, Annotation):
                 good[pid] = result
             elif isinstance(result, RejectedAnnotation):
-                rejected.append(result)
-        self._seen = fresh
-        rejected.sort(key=lambda r: (r.namespace, r.name))
-        return good, tuple(rejected)
+                rejected[pid] = result
+        self._keys = keys
+        if rejected != self._rejected_by:
+            self._rejected_by = rejected
+            self._sort_rejected()
+        return good, self._rejected
+
+    def verify_changes(
+        self, changes: Mapping[PolicyId, StoredPolicy | None], keys: SigningKeys
+    ) -> dict[PolicyId, Annotation | None] | None:
+        """Only the changed policies (None = deleted): each one's verified annotation, or None when
+        it contributes nothing (deleted, no annotation, refused). Policies whose fingerprint did
+        not change are left out. None when the keys changed since the last call: the caller must
+        then verify everything with `verify`."""
+        if self._keys is None or keys != self._keys:
+            return None
+        out: dict[PolicyId, Annotation | None] = {}
+        rejected_changed = False
+        for pid, p in changes.items():
+            before = self._seen.get(pid)
+            if p is None:
+                self._seen.pop(pid, None)
+                result: object = None
+            else:
+                result = self._check(p, keys)
+                if before is not None and before[1] is result:
+                    continue
+            if isinstance(result, RejectedAnnotation):
+                self._rejected_by[pid] = result
+                rejected_changed = True
+            elif self._rejected_by.pop(pid, None) is not None:
+                rejected_changed = True
+            out[pid] = result if isinstance(result, Annotation) else None
+        if rejected_changed:
+            self._sort_rejected()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed in the store since the last `take_changes`: per policy its current value
+    (None = deleted), and whether a relist happened (the caller then recomputes everything)."""
+
+    policies: dict[PolicyId, StoredPolicy | None]
+    relisted: bool
+
+
+def _same(a: StoredPolicy | None, b: StoredPolicy | None) -> bool:
+    """Equal for the enforcer: only our annotations and the uid (which they are bound to) matter."""
+    if a is None or b is None:
+        return a is b
+    return a.annotations == b.annotations and a.uid == b.uid
 
 
 class PolicyStore(ObjectSink[StoredPolicy]):
-    """Thread-safe store of trimmed policies; `changed` is set on every real change."""
+    """Thread-safe store of trimmed policies that records which ones changed since the last sync.
+
+    `changed` is set on every real change (annotations or uid; a spec or label change the
+    webhook has not re-resolved yet programs nothing). A relist is diffed against what is known,
+    so only the policies that really differ are reported, and it is flagged as a relist.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._policies: dict[tuple[str, str], StoredPolicy] = {}
+        self._policies: dict[PolicyId, StoredPolicy] = {}
+        self._dirty: set[PolicyId] = set()
+        self._relisted = False
         self.changed = threading.Event()
         self.synced = threading.Event()
 
     def replace(self, kind: str, objects: list[StoredPolicy], resource_version: str) -> None:
         fresh = {(p.namespace, p.name): p for p in objects}
         with self._lock:
+            old = self._policies
+            dirty = {k for k in old.keys() - fresh.keys()}
+            dirty.update(k for k, p in fresh.items() if not _same(old.get(k), p))
             self._policies = fresh
+            self._dirty |= dirty
+            self._relisted = True
         self.synced.set()
         self.changed.set()
 
@@ -141,13 +229,27 @@ class PolicyStore(ObjectSink[StoredPolicy]):
         with self._lock:
             old = self._policies.get(key)
             if event == "DELETED":
-                self._policies.pop(key, None)
+                if self._policies.pop(key, None) is None:
+                    return
             else:
                 self._policies[key] = p
-            if event != "DELETED" and old is not None and old.annotations == p.annotations and old.uid == p.uid:
-                return  # a spec or label change the webhook has not re-resolved yet: nothing to program
+                if _same(old, p):
+                    return  # a spec or label change the webhook has not re-resolved yet: nothing to program
+            self._dirty.add(key)
         self.changed.set()
 
+    def take_changes(self) -> Changes:
+        """The policies changed since the last call (O(changed)), and forget them."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            relisted, self._relisted = self._relisted, False
+            return Changes({k: self._policies.get(k) for k in dirty}, relisted)
+
     def snapshot(self) -> list[StoredPolicy]:
+        """Every stored policy (O(total): the full path only)."""
         with self._lock:
             return list(self._policies.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._policies)

@@ -68,3 +68,18 @@ def test_floor_scripts_load_exactly_the_state_our_sync_programs() -> None:
     assert diff.parse_installed_state(diff.parse_ipset_save(sets_script)) == state
     rules = diff.parse_iptables_save(rules_script.replace("-I PREROUTING 1 ", "-A PREROUTING "))
     assert diff.skeleton_matches(rules, diff.build_skeleton(4))
+
+
+def test_client_policies_share_ports_without_merging_prefixes() -> None:
+    """Several client policies per NodePort: the port allows the union of their own prefixes, none merged."""
+    key = data.BENCH_SIGNING_KEY
+    policies = []
+    for i in [0, 1, 7, 7 + 5, 7 + 10]:  # 7, 12 and 17 share port 30002 (5 ports)
+        ref, annotations = data.client_policy_annotations(i, 30000 + i % 5)
+        policies.append(StoredPolicy(ref.namespace, ref.name, ref.uid, "1", tuple(sorted(annotations.items()))))
+    verified = verify_policies(policies, key.verifier())
+    assert not verified.rejected
+    ports = plan_desired_state(verified.annotations).state.as_dict()
+    assert {k.port: len(v) for k, v in ports.items()} == {30000: 3, 30001: 3, 30002: 9}
+    changed = {ipaddress.ip_network(c) for c in data.client_prefixes(7, variant=1)}
+    assert not changed & {ipaddress.ip_network(c) for c in data.client_prefixes(7)}

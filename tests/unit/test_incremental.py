@@ -5,8 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enforcer.incremental import IncrementalPlanner, PolicyId
-from enforcer.plan import plan_desired_state
+from enforcer.delta import apply_to, fast_set_changes
+from enforcer.diff import render_members
+from enforcer.incremental import IncrementalPlanner, PolicyId, PortChange
+from enforcer.plan import DesiredState, PortKey, ProtectedPort, plan_desired_state
 from webhook.contract import Annotation, CidrRule, NodePortEntry, NodePortVerdict, PodGroup, PolicyRef, SourceSet
 
 RANGE = (30000, 30010)
@@ -25,7 +27,7 @@ source_sets = st.one_of(
 verdicts = st.builds(
     NodePortVerdict,
     node_port=st.sampled_from([22, 29999, 30000, 30001, 30005, 30010, 30011]),
-    protocol=st.sampled_from(["TCP", "UDP"]),
+    protocol=st.sampled_from(["TCP", "UDP", "SCTP"]),
     service=st.just("svc"),
     service_port=st.just(80),
     ip_families=st.sampled_from([("IPv4",), ("IPv6",), ("IPv4", "IPv6")]),
@@ -96,3 +98,61 @@ def test_unchanged_ports_keep_their_objects() -> None:
     after = planner.plan(second).state.ports
     assert len(after) == 6
     assert all(any(a is b for a in after) for b in before)
+
+
+def _changes(
+    before: dict[PolicyId, Annotation], after: dict[PolicyId, Annotation]
+) -> dict[PolicyId, Annotation | None]:
+    """Only what differs, as the store and the verification cache report it (None = gone)."""
+    out: dict[PolicyId, Annotation | None] = dict.fromkeys(before.keys() - after.keys())
+    out.update({pid: a for pid, a in after.items() if before.get(pid) != a})
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(sequence=st.lists(snapshots, min_size=1, max_size=6))
+def test_applying_only_the_changes_equals_the_full_plan(sequence: list[dict[PolicyId, Annotation]]) -> None:
+    """`apply` sees only the changed policies; its delta takes the previous state to the new one,
+    and the set members it implies take the previous sets to the new ones (or a full sync is asked)."""
+    planner = IncrementalPlanner(RANGE)
+    previous: dict[PolicyId, Annotation] = {}
+    state = planner.state()
+    for snapshot in sequence:
+        delta = planner.apply(_changes(previous, snapshot))
+        full = plan_desired_state(snapshot.values(), RANGE)
+        assert planner.state() == full.state and planner.rejected == full.rejected
+        ports = state.as_dict()
+        for key, (before, after) in delta.items():
+            assert (before.allowed if before else None) == ports.get(key)
+            assert after is not None or before is not None
+            if after is None:
+                del ports[key]
+            else:
+                ports[key] = after.allowed
+        assert ports == full.state.as_dict()
+        _check_members(state, full.state, delta)
+        previous, state = snapshot, full.state
+
+
+def _check_members(before: DesiredState, after: DesiredState, delta: dict[PortKey, PortChange]) -> None:
+    last = {n: set(m) for n, m in render_members(before).items()}
+    wanted = {n: set(m) for n, m in render_members(after).items()}
+    set_changes = fast_set_changes(last, delta)
+    if set_changes is None:
+        # Only when a set must be created or a family's sets and skeleton removed.
+        assert set(wanted) != set(last)
+        return
+    assert set(wanted) == set(last)
+    apply_to(last, set_changes)
+    assert last == wanted
+
+
+def test_fast_set_changes_refuses_what_disagrees_with_our_record() -> None:
+    port = ProtectedPort(PortKey(4, "TCP", 30001), ())
+    last = {n: set(m) for n, m in render_members([port]).items()}
+    assert fast_set_changes(last, {port.key: (port, port)}) == ()  # nothing to write
+    added = ProtectedPort(PortKey(4, "TCP", 30002), ())
+    changes = fast_set_changes(last, {added.key: (None, added)})
+    assert changes is not None and [(c.name, c.adds) for c in changes] == [("npg-4-tcp", ("30002",))]
+    last["npg-4-tcp"].add("30002")  # someone (or a lost reply) already added it: read back instead
+    assert fast_set_changes(last, {added.key: (None, added)}) is None
