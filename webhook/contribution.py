@@ -10,7 +10,7 @@ ports), so every policy names the same pods the same way and the enforcer can co
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -92,6 +92,16 @@ def service_endpoints(namespace: str, service: Mapping[str, Any], view: ClusterV
 def namespace_endpoints(namespace: str, view: ClusterView) -> tuple[ServiceEndpoints, ...]:
     """Every NodePort Service of a namespace, grouped (the reconciler builds this once per pass)."""
     return tuple(service_endpoints(namespace, s, view) for s in view.services_in(namespace) if is_nodeport_service(s))
+
+
+def endpoints_fingerprint(endpoints: Sequence[ServiceEndpoints]) -> Hashable:
+    """What a policy's entries depend on besides its own spec: each Service's name, selector, families,
+    ports and pod group ids (a group id digests labels and named ports). Not the pod counts: only the
+    warnings use them. Equal fingerprints give every policy equal entries (see AnnotationMemo)."""
+    return tuple(
+        (s.name, tuple(sorted(s.selector.items())), s.families, s.ports, tuple(g.group for g in s.groups))
+        for s in endpoints
+    )
 
 
 def _name_of(obj: Mapping[str, Any]) -> str:

@@ -4,8 +4,9 @@ A policy's annotation is its own part only (contract v2), so it changes when its
 uid, or the Services and pods it selects change, never when another policy does. The
 reconciler watches the cache's change notifications, debounces them, recomputes the changed
 policy (a policy event) or the policies of a namespace (a Service or Pod event; Services and
-pods are grouped once per pass), and patches only the policies whose stored annotations
-differ. With several replicas one leader does it (a Lease).
+pods are grouped once per pass, and a policy whose object and grouped Services are unchanged
+reuses its last result, `AnnotationMemo`), and patches only the policies whose stored
+annotations differ. With several replicas one leader does it (a Lease).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.admission import resolve_all_annotations
+from webhook.admission import AnnotationMemo, resolve_all_annotations
 from webhook.cache import ClusterCache
 from webhook.contract import owned_keys
 from webhook.semantics import PolicyMemo
@@ -43,10 +44,12 @@ def plan_patches(
     signing_key: Signer,
     memo: PolicyMemo | None = None,
     names: Collection[str] | None = None,
+    annotations: AnnotationMemo | None = None,
 ) -> list[AnnotationPatch]:
     """Pure given a cache snapshot: the patches that make stored annotations (of every policy of
-    the namespace, or only `names`) match what the policies contribute now."""
-    desired_by_policy = resolve_all_annotations(namespace, cache, signing_key, memo, names)
+    the namespace, or only `names`) match what the policies contribute now. `annotations` is the
+    reconciler's memo of desired annotations (same results, cheaper passes)."""
+    desired_by_policy = resolve_all_annotations(namespace, cache, signing_key, memo, names, annotations)
     patches = []
     for name, desired in sorted(desired_by_policy.items()):
         stored_policy = cache.policy(namespace, name)
@@ -151,6 +154,9 @@ class Reconciler:
         self._on_patched = on_patched
         self._excluded = frozenset(excluded_namespaces)
         self._memo = memo
+        # Desired annotations per policy, reused while its object and its namespace's grouped
+        # Services are the same: a Pod event in a namespace of 1,000 policies then costs lookups.
+        self._annotations = AnnotationMemo()
         # namespace -> names of the policies to recompute, or None for every policy there.
         self._dirty: dict[str, set[str] | None] = {}
         self._wake = threading.Condition()
@@ -183,7 +189,7 @@ class Reconciler:
     def reconcile_namespace(self, namespace: str, names: Collection[str] | None = None) -> int:
         """Patch the policies of `namespace` (all, or only `names`) whose annotations are not true."""
         failures = 0
-        for patch in plan_patches(namespace, self._cache, self._key, self._memo, names):
+        for patch in plan_patches(namespace, self._cache, self._key, self._memo, names, self._annotations):
             try:
                 self._patch_policy(patch)
                 logger.info("annotation updated", extra={"namespace": patch.namespace, "policy": patch.name})
