@@ -8,13 +8,17 @@ and the reconciler curve (on the real apiserver).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from bench.data import admission_review
-from webhook.review import JsonPatch
+from webhook.admission import AdmissionConfig, mutate
+from webhook.review import JsonPatch, parse_review
+from webhook.snapshot import ClusterView
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +123,22 @@ def with_patch(obj: Mapping[str, Any], patch: JsonPatch) -> Obj:
                 annotations[key] = op["value"]
             meta["annotations"] = annotations
     return out
+
+
+def review_pairs(
+    namespace: str, first_index: int, count: int, view: ClusterView, config: AdmissionConfig
+) -> tuple[list[Obj], list[Obj]]:
+    """(CREATE reviews for /mutate, the same policies as mutated, for /validate) of `count` new policies.
+
+    The /validate bodies carry the annotations the mutating webhook wrote, as the apiserver sends them.
+    """
+    to_mutate, to_validate = [], []
+    for i in range(first_index, first_index + count):
+        review = create_review(namespace, i, uid=f"bench-{i}")
+        answer = mutate(parse_review(review), view, config)["response"]
+        if not answer.get("allowed") or "patch" not in answer:
+            raise RuntimeError(f"allow-{i}: expected an annotated admission, got {json.dumps(answer)[:300]}")
+        patch = json.loads(base64.b64decode(answer["patch"]))
+        to_mutate.append(review)
+        to_validate.append(admission_review(namespace, with_patch(review["request"]["object"], patch), uid=f"v-{i}"))
+    return to_mutate, to_validate
