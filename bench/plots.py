@@ -27,6 +27,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 PREFIX = "curve-"
 MIN_POINTS = 3
 PREFERRED_AXES = ("policies_in_namespace", "total_policies")
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class Plot:
     title: str
     filename: str
     curves: tuple[Curve, ...]
+    targets: tuple[tuple[str, float], ...] = ()  # (text, value) of the benchmark's targets on this unit and axis
 
 
 def _spellings(value: int) -> list[str]:
@@ -97,18 +99,29 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower().replace("µ", "u")).strip("-") or "x"
 
 
-def group_plots(curves: Sequence[Curve]) -> list[Plot]:
+def group_plots(curves: Sequence[Curve], figures: Sequence[Figure] = ()) -> list[Plot]:
+    """One plot per benchmark, unit and axis; its target lines are those of every figure of that
+    benchmark and unit that has the axis input (a p99 target given at one size only included)."""
     by_key: dict[tuple[str, str, str], list[Curve]] = defaultdict(list)
     for curve in curves:
         by_key[(curve.benchmark, curve.unit, curve.axis)].append(curve)
-    return [
-        Plot(
-            title=f"{benchmark}: {unit} vs {axis.replace('_', ' ')}",
-            filename=f"{PREFIX}{_slug(benchmark)}-{_slug(unit)}-{_slug(axis)}.png",
-            curves=tuple(members),
+    plots = []
+    for (benchmark, unit, axis), members in by_key.items():
+        targets: dict[str, float] = {}
+        for fig in [f for c in members for _, f in c.points] + list(figures):
+            target = fig.target
+            mine = (fig.benchmark, fig.unit) == (benchmark, unit) and axis in fig.inputs
+            if mine and target is not None and target.statistic in ("median", "p99", "max"):
+                targets.setdefault(target.text, target.value)
+        plots.append(
+            Plot(
+                title=f"{benchmark}: {unit} vs {axis.replace('_', ' ')}",
+                filename=f"{PREFIX}{_slug(benchmark)}-{_slug(unit)}-{_slug(axis)}.png",
+                curves=tuple(members),
+                targets=tuple(targets.items()),
+            )
         )
-        for (benchmark, unit, axis), members in by_key.items()
-    ]
+    return plots
 
 
 def draw(plot: Plot, path: Path) -> None:
@@ -120,28 +133,29 @@ def draw(plot: Plot, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=100)
     values: list[float] = []
-    targets: dict[str, float] = {}
     for i, curve in enumerate(plot.curves):
-        color = f"C{i % 10}"
+        color, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]
         xs = [x for x, _ in curve.points]
         medians = [f.summary.median for _, f in curve.points if f.summary]
         p99s = [f.summary.p99 for _, f in curve.points if f.summary]
-        ax.plot(xs, medians, marker="o", color=color, label=f"{curve.label} (median)")
+        ax.plot(xs, medians, marker=marker, color=color, label=f"{curve.label} (median)")
         values += medians
         if any(f.summary and f.summary.runs >= 2 and f.summary.p99 != f.summary.median for _, f in curve.points):
-            ax.plot(xs, p99s, marker=".", linestyle="--", color=color, alpha=0.7, label=f"{curve.label} (p99)")
+            ax.plot(xs, p99s, marker=marker, markersize=3, linestyle="--", color=color, alpha=0.6,
+                    label=f"{curve.label} (p99)")
             values += p99s
-        for _, f in curve.points:
-            if f.target is not None and f.target.statistic in ("median", "p99", "max"):
-                targets.setdefault(f.target.text, f.target.value)
-    for text, value in targets.items():
+    for text, value in plot.targets:
         ax.axhline(value, linestyle=":", color="grey")
         ax.annotate(f"target: {text}", (0.01, value), xycoords=("axes fraction", "data"), fontsize=7, color="grey")
         values.append(value)
     ax.set_xscale("log")
     positive = [v for v in values if v > 0]
     if positive and max(positive) / min(positive) > 50:
-        ax.set_yscale("log")
+        if len(positive) < len(values):  # zeros (e.g. 0 writes) stay visible
+            ax.set_yscale("symlog", linthresh=min(positive))
+            ax.set_ylim(bottom=min(0.0, *values), top=max(values) * 2)
+        else:
+            ax.set_yscale("log")
     ax.set_xlabel(plot.curves[0].axis.replace("_", " ") + " (log scale)")
     ax.set_ylabel(plot.curves[0].unit)
     ax.set_title(plot.title, fontsize=10)
@@ -154,7 +168,7 @@ def draw(plot: Plot, path: Path) -> None:
 
 def write_plots(figures: Sequence[Figure], directory: Path = BENCH_DIR) -> list[tuple[str, str]]:
     """Draw every curve's plot into `directory`, remove stale curve PNGs; (title, filename) of each."""
-    plots = group_plots(find_curves(figures))
+    plots = group_plots(find_curves(figures), figures)
     written = []
     for plot in plots:
         draw(plot, directory / plot.filename)

@@ -217,12 +217,13 @@ def run(workdir: Path) -> list[Figure]:
                     scenario.setup()
                     with recording(plane, scenario.namespace) as recorder:
                         burst = scenario.burst(recorder)
-                        logger.warning("N=%d: burst %d writes, true after %.1f s", n, *burst)
+                        print(f"    N={n}: burst: {burst[0]} writes, true after {burst[1]:.1f} s", flush=True)
                         results: dict[str, list[tuple[int, float]]] = {c: [] for c in CHANGES}
                         for k in range(REPEAT):
                             for change, make in scenario.changes(k).items():
                                 results[change].append(scenario.measure(recorder, make))
-                                logger.warning("N=%d %s: %s", n, change, results[change][-1])
+                                writes, took = results[change][-1]
+                                print(f"    N={n} {change}: {writes} writes, true after {took:.2f} s", flush=True)
                 finally:
                     scenario.close()
                 figures += _figures(n, burst, results)
