@@ -23,7 +23,7 @@ from typing import Any
 from tests.components import WebhookServer
 from tests.controlplane.harness import ControlPlane
 from webhook.admission import resolve_all_annotations
-from webhook.contract import owned_keys
+from webhook.contract import NODEPORTS_KEY, owned_keys
 from webhook.listwatch import EventType, ListWatch, Obj, ObjectSink
 from webhook.snapshot import StaticClusterView
 
@@ -81,6 +81,15 @@ class PolicyRecorder(ObjectSink[Obj]):
     def modified_since(self, since: float) -> int:
         with self._lock:
             return sum(1 for ev in self.events if ev.at >= since and ev.event == "MODIFIED")
+
+    def first_naming(self, node_port: int, since: float) -> float | None:
+        """The first instant >= `since` at which a policy's annotation names `node_port`; None if not yet."""
+        needle = f'"nodePort":{node_port},'
+        with self._lock:
+            for ev in self.events:
+                if ev.at >= since and needle in ev.annotations.get(NODEPORTS_KEY, ""):
+                    return ev.at
+        return None
 
     def first_true(self, desired: Mapping[str, Annotations | None], since: float) -> float | None:
         """The first instant >= `since` at which exactly the policies of `desired` are stored, each
