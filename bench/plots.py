@@ -169,6 +169,11 @@ def draw(plot: Plot, path: Path) -> None:
 def write_plots(figures: Sequence[Figure], directory: Path = BENCH_DIR) -> list[tuple[str, str]]:
     """Draw every curve's plot into `directory`, remove stale curve PNGs; (title, filename) of each."""
     plots = group_plots(find_curves(figures), figures)
+    try:
+        import matplotlib  # noqa: F401  (the dev extra installs it)
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install -e '.[dev]'): %d plots not drawn", len(plots))
+        return []
     written = []
     for plot in plots:
         draw(plot, directory / plot.filename)
