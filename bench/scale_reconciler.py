@@ -207,6 +207,7 @@ def _figures(
                 inputs=inputs,
             )
         )
+        rate = sum(w for w, _ in samples) / max(sum(t for _, t in samples), 1e-9)
         out.append(
             Figure(
                 NAME,
@@ -215,6 +216,12 @@ def _figures(
                 summarize([t * 1000 for _, t in samples]),
                 BOUND,
                 inputs=inputs,
+                note=(
+                    f"{rate:.0f} reconciler writes/s, each admitted by both webhooks; one per policy selecting "
+                    "the Service's pods is the contract's cost of a Service change"
+                    if change in ("add a Service", "delete a Service")
+                    else ""
+                ),
             )
         )
     out.append(
