@@ -25,6 +25,7 @@ from tests.controlplane.harness import ControlPlane
 from webhook.admission import resolve_all_annotations
 from webhook.contract import NODEPORTS_KEY, owned_keys
 from webhook.listwatch import EventType, ListWatch, Obj, ObjectSink
+from webhook.signing import Signer
 from webhook.snapshot import StaticClusterView
 
 Annotations = dict[str, str]
@@ -147,7 +148,7 @@ def recording(plane: ControlPlane, namespace: str) -> Iterator[PolicyRecorder]:
         api.close()
 
 
-def desired_annotations(plane: ControlPlane, namespace: str, key: bytes) -> dict[str, Annotations | None]:
+def desired_annotations(plane: ControlPlane, namespace: str, key: Signer) -> dict[str, Annotations | None]:
     """What every stored policy of `namespace` should carry now, from the stored Services, Pods and
     policies, computed by the same pure core as the webhook's."""
     objects = {

@@ -276,26 +276,27 @@ class AnnotationMemo:
     """The reconciler's memo of each stored policy's desired annotations (a pure cache: same results).
 
     A policy's annotation depends only on its own object, the grouped NodePort Services of its
-    namespace (`endpoints_fingerprint`) and the signing key. An entry is reused while all three are
-    the same: the webhook's cache replaces a policy's dict on every change and never edits one in
-    place, and each entry holds its object, so identity is a safe test. A Pod that joins an existing
-    pod group changes no fingerprint, so the reconciler's pass over a namespace of 1,000 policies
-    costs a lookup per policy instead of 1,000 resolutions.
+    namespace (`endpoints_fingerprint`) and the signing key (the same Signer object; Ed25519
+    signatures are deterministic). An entry is reused while all three are the same: the webhook's
+    cache replaces a policy's dict on every change and never edits one in place, and each entry
+    holds its object, so identity is a safe test. A Pod that joins an existing pod group changes no
+    fingerprint, so the reconciler's pass over a namespace of 1,000 policies costs a lookup per
+    policy instead of 1,000 resolutions.
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], tuple[Mapping[str, Any], Hashable, bytes, Desired]] = {}
+        self._entries: dict[tuple[str, str], tuple[Mapping[str, Any], Hashable, Signer, Desired]] = {}
         self._lock = threading.Lock()
 
-    def get(self, namespace: str, obj: Mapping[str, Any], fingerprint: Hashable, key: bytes) -> tuple[bool, Desired]:
+    def get(self, namespace: str, obj: Mapping[str, Any], fingerprint: Hashable, key: Signer) -> tuple[bool, Desired]:
         """(hit, desired annotations) for this very policy object."""
         with self._lock:
             entry = self._entries.get((namespace, _meta_str(obj, "name")))
-        if entry is None or entry[0] is not obj or entry[2] != key or entry[1] != fingerprint:
+        if entry is None or entry[0] is not obj or entry[2] is not key or entry[1] != fingerprint:
             return False, None
         return True, entry[3]
 
-    def put(self, namespace: str, obj: Mapping[str, Any], fingerprint: Hashable, key: bytes, desired: Desired) -> None:
+    def put(self, namespace: str, obj: Mapping[str, Any], fingerprint: Hashable, key: Signer, desired: Desired) -> None:
         with self._lock:
             self._entries[(namespace, _meta_str(obj, "name"))] = (obj, fingerprint, key, desired)
 
@@ -351,7 +352,7 @@ def _desired_of(
     name: str,
     obj: Mapping[str, Any],
     view: ClusterView,
-    key: bytes,
+    key: Signer,
     memo: PolicyMemo | None,
     endpoints: tuple[ServiceEndpoints, ...],
 ) -> Desired:

@@ -131,7 +131,7 @@ def test_a_thousand_policies_on_the_same_pods(
     assert len(stored) == POLICIES
     for obj in stored:
         meta = obj["metadata"]
-        signed = read_signed(meta["annotations"], namespace, meta["name"], meta["uid"], installation.signing_key)
+        signed = read_signed(meta["annotations"], namespace, meta["name"], meta["uid"], installation.verifier_keys)
         assert signed is not None and signed.policy.uid == meta["uid"], meta["name"]
         assert sorted(e.node_port for e in signed.node_ports) == sorted(node_ports)
 

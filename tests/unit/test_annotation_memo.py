@@ -7,9 +7,10 @@ from typing import Any
 from tests.builders import ip_from, pod, policy, service
 from webhook.admission import AnnotationMemo, resolve_all_annotations
 from webhook.cache import TRIMMERS, ClusterCache
+from webhook.signing import Signer
 
-KEY = b"k" * 32
-OTHER_KEY = b"o" * 32
+KEY = Signer.from_seed(b"annotation-memo-test-key-0000001")
+OTHER_KEY = Signer.from_seed(b"annotation-memo-test-key-0000002")
 NS = "shop"
 HTTP = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
 
@@ -40,7 +41,7 @@ def _cache() -> ClusterCache:
     return cache
 
 
-def _check(cache: ClusterCache, memo: AnnotationMemo, key: bytes = KEY) -> dict[str, Any]:
+def _check(cache: ClusterCache, memo: AnnotationMemo, key: Signer = KEY) -> dict[str, Any]:
     with_memo = resolve_all_annotations(NS, cache, key, annotations=memo)
     assert with_memo == resolve_all_annotations(NS, cache, key)
     return with_memo

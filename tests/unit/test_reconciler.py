@@ -8,8 +8,9 @@ from typing import Any
 from tests.builders import ip_from, pod, policy, service
 from webhook.cache import TRIMMERS, ClusterCache
 from webhook.reconcile import AnnotationPatch, Reconciler
+from webhook.signing import Signer
 
-KEY = b"k" * 32
+KEY = Signer.from_seed(b"reconciler-parallel-test-key-001")
 NS = "shop"
 
 
