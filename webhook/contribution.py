@@ -10,7 +10,7 @@ ports), so every policy names the same pods the same way and the enforcer can co
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -200,14 +200,15 @@ def resolve_contribution(
     if not policy.affects_ingress:
         return Contribution((), ())
     namespace = policy.namespace
-    chosen_labels = [labels_of(p) for p in view.pods_matching(namespace, dict(pod_selector or {}))]
+    # The distinct label sets of the selected pods (replicas share theirs): what Services are matched against.
+    chosen_labels = {frozenset(labels_of(p).items()) for p in view.pods_matching(namespace, dict(pod_selector or {}))}
     if not chosen_labels:
         return Contribution((), ())
     if endpoints is None:
         endpoints = [
             service_endpoints(namespace, s, view)
             for s in view.services_in(namespace)
-            if is_nodeport_service(s) and _selects_some(s, chosen_labels)
+            if _selects_some(s, chosen_labels) and is_nodeport_service(s)
         ]
     entries: list[NodePortEntry] = []
     warnings: set[str] = set()
@@ -223,6 +224,6 @@ def resolve_contribution(
     return Contribution(tuple(entries), tuple(sorted(warnings)))
 
 
-def _selects_some(service: Mapping[str, Any], chosen_labels: Sequence[Mapping[str, str]]) -> bool:
+def _selects_some(service: Mapping[str, Any], chosen_labels: Collection[frozenset[tuple[str, str]]]) -> bool:
     wanted = ((service.get("spec") or {}).get("selector") or {}).items()
-    return any(wanted <= labels.items() for labels in chosen_labels)
+    return any(wanted <= labels for labels in chosen_labels)
