@@ -73,10 +73,15 @@ class ServiceEndpoints:
 def service_endpoints(namespace: str, service: Mapping[str, Any], view: ClusterView) -> ServiceEndpoints:
     """Group the backing pods of a NodePort Service (cost: its pods, never the policies)."""
     found: dict[str, PodGroupInfo] = {}
+    # Replicas share labels and named ports: digest each distinct pair once.
+    ids: dict[tuple[frozenset[tuple[str, str]], frozenset[tuple[tuple[str, str], int]]], str] = {}
     for pod in backing_pods(namespace, service, view):
         named = pod_named_ports(pod)
         labels = labels_of(pod)
-        group = contract.pod_group_id(labels, named)
+        key = (frozenset(labels.items()), frozenset(named.items()))
+        group = ids.get(key)
+        if group is None:
+            group = ids[key] = contract.pod_group_id(labels, named)
         seen = found.get(group)
         found[group] = PodGroupInfo(labels, named, group, 1 if seen is None else seen.count + 1)
     selector = (service.get("spec") or {}).get("selector") or {}
