@@ -24,7 +24,18 @@ from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 
-from bench import admission, end_to_end, enforcer_memory, enforcer_sync, packets, resolution
+from bench import (
+    admission,
+    end_to_end,
+    enforcer_memory,
+    enforcer_sync,
+    packets,
+    plots,
+    resolution,
+    scale_core,
+    scale_http,
+    scale_reconciler,
+)
 from bench.stats import Figure, figure_from_json, figure_to_json, mark_unmeasured, merge_figures, render_markdown
 
 logger = logging.getLogger("bench")
@@ -47,7 +58,17 @@ def _benchmark(module: ModuleType) -> Benchmark:
 
 
 BENCHMARKS: tuple[Benchmark, ...] = tuple(
-    _benchmark(m) for m in (admission, resolution, enforcer_sync, end_to_end, packets, enforcer_memory)
+    _benchmark(m) for m in (
+        admission,
+        resolution,
+        scale_core,
+        scale_http,
+        scale_reconciler,
+        enforcer_sync,
+        end_to_end,
+        packets,
+        enforcer_memory,
+    )
 )
 ORDER = tuple(b.name for b in BENCHMARKS)
 
@@ -181,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine["load average after the run (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     notes = {b.name: b.notes for b in BENCHMARKS}
     RESULTS_JSON.write_text(json.dumps([figure_to_json(f) for f in figures], indent=1) + "\n", encoding="utf-8")
-    RESULTS_MD.write_text(render_markdown(figures, machine, notes), encoding="utf-8")
+    drawn = plots.write_plots(figures, BENCH_DIR)  # the curves, as PNGs next to RESULTS.md
+    RESULTS_MD.write_text(render_markdown(figures, machine, notes, drawn), encoding="utf-8")
     print(f"wrote {RESULTS_JSON} and {RESULTS_MD}", flush=True)
     return 0 if all_ok else 1
 

@@ -302,12 +302,23 @@ def render_table(figures: Sequence[Figure]) -> str:
     return header + "\n".join(rows) + "\n"
 
 
-def render_markdown(figures: Sequence[Figure], machine: Mapping[str, str], notes: Mapping[str, str]) -> str:
-    """RESULTS.md: machine and versions, the table, then per-benchmark method notes and inputs."""
+def render_markdown(
+    figures: Sequence[Figure],
+    machine: Mapping[str, str],
+    notes: Mapping[str, str],
+    plots: Sequence[tuple[str, str]] = (),
+) -> str:
+    """RESULTS.md: machine and versions, the table, the plots of the curves (title, PNG file name),
+    then per-benchmark method notes and inputs."""
     lines = ["# nodeport-guard benchmark results", "", "Written by `make bench` (`python -m bench`); do not edit.", ""]
     lines += ["## Machine and versions", ""]
     lines += [f"- {k}: {v}" for k, v in machine.items()]
     lines += ["", "## Figures", "", render_table(figures)]
+    if plots:
+        legend = "Drawn from results.json by `bench/plots.py` (median solid, p99 dashed, log-scale x)."
+        lines += ["## Curves", "", legend, ""]
+        for title, filename in plots:
+            lines += [f"### {title}", "", f"![{title}]({filename})", ""]
     missed = [f for f in figures if f.met is False]
     if missed:
         lines += ["## Targets missed", ""]

@@ -10,7 +10,7 @@ ports), so every policy names the same pods the same way and the enforcer can co
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -73,10 +73,15 @@ class ServiceEndpoints:
 def service_endpoints(namespace: str, service: Mapping[str, Any], view: ClusterView) -> ServiceEndpoints:
     """Group the backing pods of a NodePort Service (cost: its pods, never the policies)."""
     found: dict[str, PodGroupInfo] = {}
+    # Replicas share labels and named ports: digest each distinct pair once.
+    ids: dict[tuple[frozenset[tuple[str, str]], frozenset[tuple[tuple[str, str], int]]], str] = {}
     for pod in backing_pods(namespace, service, view):
         named = pod_named_ports(pod)
         labels = labels_of(pod)
-        group = contract.pod_group_id(labels, named)
+        key = (frozenset(labels.items()), frozenset(named.items()))
+        group = ids.get(key)
+        if group is None:
+            group = ids[key] = contract.pod_group_id(labels, named)
         seen = found.get(group)
         found[group] = PodGroupInfo(labels, named, group, 1 if seen is None else seen.count + 1)
     selector = (service.get("spec") or {}).get("selector") or {}
@@ -92,6 +97,16 @@ def service_endpoints(namespace: str, service: Mapping[str, Any], view: ClusterV
 def namespace_endpoints(namespace: str, view: ClusterView) -> tuple[ServiceEndpoints, ...]:
     """Every NodePort Service of a namespace, grouped (the reconciler builds this once per pass)."""
     return tuple(service_endpoints(namespace, s, view) for s in view.services_in(namespace) if is_nodeport_service(s))
+
+
+def endpoints_fingerprint(endpoints: Sequence[ServiceEndpoints]) -> Hashable:
+    """What a policy's entries depend on besides its own spec: each Service's name, selector, families,
+    ports and pod group ids (a group id digests labels and named ports). Not the pod counts: only the
+    warnings use them. Equal fingerprints give every policy equal entries (see AnnotationMemo)."""
+    return tuple(
+        (s.name, tuple(sorted(s.selector.items())), s.families, s.ports, tuple(g.group for g in s.groups))
+        for s in endpoints
+    )
 
 
 def _name_of(obj: Mapping[str, Any]) -> str:
@@ -190,14 +205,15 @@ def resolve_contribution(
     if not policy.affects_ingress:
         return Contribution((), ())
     namespace = policy.namespace
-    chosen_labels = [labels_of(p) for p in view.pods_matching(namespace, dict(pod_selector or {}))]
+    # The distinct label sets of the selected pods (replicas share theirs): what Services are matched against.
+    chosen_labels = {frozenset(labels_of(p).items()) for p in view.pods_matching(namespace, dict(pod_selector or {}))}
     if not chosen_labels:
         return Contribution((), ())
     if endpoints is None:
         endpoints = [
             service_endpoints(namespace, s, view)
             for s in view.services_in(namespace)
-            if is_nodeport_service(s) and _selects_some(s, chosen_labels)
+            if _selects_some(s, chosen_labels) and is_nodeport_service(s)
         ]
     entries: list[NodePortEntry] = []
     warnings: set[str] = set()
@@ -213,6 +229,6 @@ def resolve_contribution(
     return Contribution(tuple(entries), tuple(sorted(warnings)))
 
 
-def _selects_some(service: Mapping[str, Any], chosen_labels: Sequence[Mapping[str, str]]) -> bool:
+def _selects_some(service: Mapping[str, Any], chosen_labels: Collection[frozenset[tuple[str, str]]]) -> bool:
     wanted = ((service.get("spec") or {}).get("selector") or {}).items()
-    return any(wanted <= labels.items() for labels in chosen_labels)
+    return any(wanted <= labels for labels in chosen_labels)

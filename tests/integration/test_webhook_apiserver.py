@@ -233,6 +233,13 @@ def test_two_policies_compose_fail_closed_and_a_deletion_rewrites_nothing(
 
     # Each policy selects one of the two pods (partial coverage): the NodePort takes the intersection.
     _eventually(lambda: composed_is("198.51.100.0/25"), what="the composed verdict is the intersection")
+
+    def bound_to_uids() -> bool:
+        parts = [(annotation_of(p), p["metadata"]["uid"]) for p in stored()]
+        return all(a is not None and a.policy.uid == uid for a, uid in parts)
+
+    # The reconciler's one write per create (the re-sign with the uid) is done before we look for others.
+    _eventually(bound_to_uids, what="both annotations re-signed with their uids")
     before = _get_policy(control_plane, namespace, "allow-a")["metadata"]["annotations"][NODEPORTS_KEY]
     control_plane.kubectl("delete", "networkpolicy", "allow-b", "-n", namespace)
     # web-2 (tier b) is no longer selected by any ingress policy: it accepts everything, so the

@@ -70,16 +70,20 @@ def test_floor_scripts_load_exactly_the_state_our_sync_programs() -> None:
     assert diff.skeleton_matches(rules, diff.build_skeleton(4))
 
 
-def test_client_policies_share_ports_without_merging_prefixes() -> None:
-    """Several client policies per NodePort: the port allows the union of their own prefixes, none merged."""
-    key = data.BENCH_SIGNING_KEY
-    policies = []
-    for i in [0, 1, 7, 7 + 5, 7 + 10]:  # 7, 12 and 17 share port 30002 (5 ports)
-        ref, annotations = data.client_policy_annotations(i, 30000 + i % 5)
-        policies.append(StoredPolicy(ref.namespace, ref.name, ref.uid, "1", tuple(sorted(annotations.items()))))
-    verified = verify_policies(policies, key.verifier())
-    assert not verified.rejected
-    ports = plan_desired_state(verified.annotations).state.as_dict()
-    assert {k.port: len(v) for k, v in ports.items()} == {30000: 3, 30001: 3, 30002: 9}
-    changed = {ipaddress.ip_network(c) for c in data.client_prefixes(7, variant=1)}
-    assert not changed & {ipaddress.ip_network(c) for c in data.client_prefixes(7)}
+def test_scale_namespace_reviews_are_annotated_by_mutate_and_admitted_by_validate() -> None:
+    from bench import scale_core, scale_data
+    from webhook.admission import validate
+    from webhook.contract import NODEPORTS_KEY, decode
+    from webhook.review import parse_review
+
+    cache, config = scale_core.settled_cache(3)
+    to_mutate, to_validate = scale_data.review_pairs(scale_core.NAMESPACE, 3, 2, cache, config)
+    assert [r["request"]["name"] for r in to_mutate] == ["allow-3", "allow-4"]
+    for body in to_validate:
+        obj = body["request"]["object"]
+        annotation = decode(obj["metadata"]["annotations"][NODEPORTS_KEY])
+        assert len(annotation.node_ports) == scale_data.SERVICES  # every Service's NodePort, one host each
+        index = int(obj["metadata"]["name"].removeprefix("allow-"))
+        hosts = {str(c.cidr) for e in annotation.node_ports for c in e.sources()[0].cidrs}
+        assert hosts == {f"{scale_data.host(index)}/32"}
+        assert validate(parse_review(body), cache, config)["response"]["allowed"]

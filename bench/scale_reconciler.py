@@ -1,0 +1,268 @@
+"""Scale curve on the real apiserver: reconciler writes per change and time-to-true vs policies in a namespace (I/O).
+
+The real stack of bench/end_to_end.py without the node: local etcd + kube-apiserver, `manifests/`
+installed by the certs tool, the webhook under gunicorn + TLS with list+watch and its reconciler.
+One namespace per N holds the issue's shape (bench/scale_data.py); after N policies are created and
+settled, each change is made through the API and measured: the reconciler's writes (its counter on
+the webhook's /metrics) and the time until every stored annotation is true (tests/policy_watch.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import scale_data
+from bench.stats import Figure, JsonScalar, Target, not_measured, summarize
+from tests.components import Installation, WebhookServer, install_manifests, remove_webhooks
+from tests.controlplane.harness import ControlPlane, running_control_plane
+from tests.policy_watch import PolicyRecorder, desired_annotations, recording, wait_quiet, wait_true
+
+logger = logging.getLogger(__name__)
+
+NAME = "scale-reconciler"
+SIZES = (10, 100, 1_000)
+REPEAT = 3
+CREATE_THREADS = 4
+TRUE_TIMEOUT = 120.0
+ONE_WRITE = Target("median", "<=", 1.0, "<= 1 write")
+BOUND = Target("median", "<=", 2000.0, "median <= 2 s (the reconciler's bound)")
+CHANGES = (
+    "create one policy",
+    "change one policy",
+    "delete one policy",
+    "add a pod to an existing group",
+    "add a Service",
+    "delete a Service",
+)
+# Writes a change must cost: one re-sign for a create (the uid), none for the rest but the Services,
+# whose NodePort every policy selecting its pods must name (one write per such policy: N here).
+WRITE_TARGETS: dict[str, Target | None] = {c: ONE_WRITE for c in CHANGES[:4]} | {c: None for c in CHANGES[4:]}
+NOTES = (
+    "The real stack: local etcd + kube-apiserver (tests/controlplane/harness.py), `manifests/` applied and "
+    "certificates installed by the certs tool, the webhook under gunicorn + TLS with list+watch and the leader "
+    "reconciler (tests/components.py `WebhookServer`), no node. Per N, a fresh namespace of 20 NodePort Services "
+    "x 5 pods, then N policies selecting every pod, each allowing its own non-adjacent /32, created through the "
+    f"API by {CREATE_THREADS} threads (the burst); then each change, {REPEAT} times, through the API: create one "
+    "more policy, change one policy's ipBlock, delete the created policy, add a pod with the labels of an "
+    "existing group, add a NodePort Service selecting existing pods, delete it. **Writes**: the reconciler's "
+    "successful patches, from its counter `nodeport_guard_reconciler_patches_total` on the webhook's /metrics, "
+    "read once the counter has been still for 1 s. **Time to true**: from just before the API call to the "
+    "first instant every stored policy of the namespace carries exactly the annotations the pure core "
+    "computes from the stored Services, Pods and policies (the policies' events are watched with timestamps "
+    "and replayed, tests/policy_watch.py); 0 when they never stopped being true. A create is true once the "
+    "reconciler re-signed it with its uid; a Service change once every policy names (or no longer names) its "
+    "NodePort. **First naming**: for a new Service, the time until the first policy's annotation names its "
+    "NodePort: from then on the enforcers filter it with the parts written so far (narrower, never wider)."
+)
+
+
+def _label(n: int) -> str:
+    return f"{n:,} policies in the namespace"
+
+
+def expected_figures() -> list[Figure]:
+    out = []
+    for n in SIZES:
+        out.append(not_measured(NAME, f"writes per create in a burst of {n:,}", "writes", None, ""))
+        for change in CHANGES:
+            out.append(not_measured(NAME, f"writes: {change}, {_label(n)}", "writes", WRITE_TARGETS[change], ""))
+            out.append(not_measured(NAME, f"time to true: {change}, {_label(n)}", "ms", BOUND, ""))
+        out.append(
+            not_measured(NAME, f"time to the new NodePort's first naming: add a Service, {_label(n)}", "ms", BOUND, "")
+        )
+    return out
+
+
+def _clients(plane: ControlPlane) -> tuple[Any, Any, Any]:
+    from kubernetes import client
+
+    api = plane.api_client()
+    return api, client.CoreV1Api(api), client.NetworkingV1Api(api)
+
+
+def _create_policies(plane: ControlPlane, namespace: str, indexes: list[int]) -> None:
+    """Create policies allow-i through the API from CREATE_THREADS threads (each its own client)."""
+    errors: list[str] = []
+
+    def work(part: list[int]) -> None:
+        api, _, networking = _clients(plane)
+        try:
+            for i in part:
+                try:
+                    networking.create_namespaced_network_policy(namespace, scale_data.policy_object(namespace, i))
+                except Exception as exc:  # reported below: the burst must not lose a policy
+                    errors.append(f"allow-{i}: {str(exc)[:300]}")
+        finally:
+            api.close()
+
+    threads = [threading.Thread(target=work, args=(indexes[k::CREATE_THREADS],)) for k in range(CREATE_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} creations failed, first: {errors[0]}")
+
+
+class Scenario:
+    """One namespace holding the shape with N policies, and the changes measured on it."""
+
+    def __init__(self, plane: ControlPlane, install: Installation, webhook: WebhookServer, n: int) -> None:
+        self.plane, self.install, self.webhook, self.n = plane, install, webhook, n
+        self.namespace = f"scale-{n}"
+        self.api, self.core, self.networking = _clients(plane)
+        self.protected: list[float] = []  # seconds from creating a Service to its NodePort first named
+
+    def setup(self) -> None:
+        self.plane.kubectl("create", "namespace", self.namespace)
+        services, pods, _ = scale_data.namespace_objects(self.namespace, 0, first_node_port=None)
+        for service in services:
+            self.core.create_namespaced_service(self.namespace, service)
+        for pod in pods:
+            self.core.create_namespaced_pod(self.namespace, pod)
+
+    def measure(
+        self, recorder: PolicyRecorder, change: Callable[[], Any], new_service: bool = False
+    ) -> tuple[int, float]:
+        """(reconciler writes, seconds to true) of one change. For a new NodePort Service (the change
+        returns it), also records when the first policy named its NodePort (from then on it is
+        filtered, fail closed)."""
+        before = wait_quiet(self.webhook, quiet=0.5)
+        since = time.monotonic()
+        made = change()
+        desired = desired_annotations(self.plane, self.namespace, self.install.signing_key)
+        took = wait_true(recorder, desired, since, TRUE_TIMEOUT)
+        after = wait_quiet(self.webhook, quiet=1.0, timeout=TRUE_TIMEOUT)
+        if new_service:
+            first = recorder.first_naming(int(made.spec.ports[0].node_port), since)
+            if first is None:
+                raise RuntimeError("no policy names the new Service's NodePort although its annotations are true")
+            self.protected.append(first - since)
+        return after - before, took
+
+    def burst(self, recorder: PolicyRecorder) -> tuple[int, float]:
+        return self.measure(recorder, lambda: _create_policies(self.plane, self.namespace, list(range(self.n))))
+
+    def changes(self, k: int) -> dict[str, Callable[[], None]]:
+        ns, n = self.namespace, self.n
+        extra_policy = n + k  # a new index: its own host
+        extra_service = scale_data.service_object(ns, 0)
+        extra_service["metadata"]["name"] = f"extra-{k}"
+        extra_service["spec"]["selector"] = scale_data.app_labels(k % scale_data.SERVICES)
+        extra_pod = scale_data.pod_object(ns, k % scale_data.SERVICES, 100 + k)
+        changed = scale_data.policy_object(ns, k)
+        changed["spec"]["ingress"][0]["from"][0]["ipBlock"]["cidr"] = f"{scale_data.host(n + 1000 + k)}/32"
+        return {
+            "create one policy": lambda: self.networking.create_namespaced_network_policy(
+                ns, scale_data.policy_object(ns, extra_policy)
+            ),
+            "change one policy": lambda: self.networking.patch_namespaced_network_policy(
+                f"allow-{k}", ns, {"spec": changed["spec"]}
+            ),
+            "delete one policy": lambda: self.networking.delete_namespaced_network_policy(f"allow-{extra_policy}", ns),
+            "add a pod to an existing group": lambda: self.core.create_namespaced_pod(ns, extra_pod),
+            "add a Service": lambda: self.core.create_namespaced_service(ns, extra_service),
+            "delete a Service": lambda: self.core.delete_namespaced_service(f"extra-{k}", ns),
+        }
+
+    def close(self) -> None:
+        self.api.close()
+
+
+def _figures(
+    n: int, burst: tuple[int, float], results: dict[str, list[tuple[int, float]]], protected: list[float]
+) -> list[Figure]:
+    inputs: dict[str, JsonScalar] = {
+        "policies_in_namespace": n,
+        "services": scale_data.SERVICES,
+        "pods": scale_data.SERVICES * scale_data.PODS_PER_SERVICE,
+        "repeats": REPEAT,
+    }
+    writes, took = burst
+    out = [
+        Figure(
+            NAME,
+            f"writes per create in a burst of {n:,}",
+            "writes",
+            summarize([writes / n]),
+            None,
+            inputs={**inputs, "burst_writes": writes, "burst_seconds_to_true": round(took, 2)},
+            note=f"{writes} writes for {n} creates; the namespace-wide contract (v1) needed about n^2/2",
+        )
+    ]
+    for change in CHANGES:
+        samples = results[change]
+        out.append(
+            Figure(
+                NAME,
+                f"writes: {change}, {_label(n)}",
+                "writes",
+                summarize([float(w) for w, _ in samples]),
+                WRITE_TARGETS[change],
+                inputs=inputs,
+            )
+        )
+        rate = sum(w for w, _ in samples) / max(sum(t for _, t in samples), 1e-9)
+        out.append(
+            Figure(
+                NAME,
+                f"time to true: {change}, {_label(n)}",
+                "ms",
+                summarize([t * 1000 for _, t in samples]),
+                BOUND,
+                inputs=inputs,
+                note=(
+                    f"{rate:.0f} reconciler writes/s, each admitted by both webhooks; one per policy selecting "
+                    "the Service's pods is the contract's cost of a Service change"
+                    if change in ("add a Service", "delete a Service")
+                    else ""
+                ),
+            )
+        )
+    out.append(
+        Figure(
+            NAME,
+            f"time to the new NodePort's first naming: add a Service, {_label(n)}",
+            "ms",
+            summarize([t * 1000 for t in protected]),
+            BOUND,
+            inputs=inputs,
+            note="from then on the enforcers filter it, allowing only the parts written so far (fail closed)",
+        )
+    )
+    return out
+
+
+def run(workdir: Path) -> list[Figure]:
+    figures: list[Figure] = []
+    with running_control_plane() as plane:
+        install = install_manifests(plane, workdir / "install")
+        webhook = WebhookServer(plane, install, workdir / "webhook.log")
+        try:
+            webhook.start()
+            for n in SIZES:
+                scenario = Scenario(plane, install, webhook, n)
+                try:
+                    scenario.setup()
+                    with recording(plane, scenario.namespace) as recorder:
+                        burst = scenario.burst(recorder)
+                        print(f"    N={n}: burst: {burst[0]} writes, true after {burst[1]:.1f} s", flush=True)
+                        results: dict[str, list[tuple[int, float]]] = {c: [] for c in CHANGES}
+                        for k in range(REPEAT):
+                            for change, make in scenario.changes(k).items():
+                                measured = scenario.measure(recorder, make, new_service=change == "add a Service")
+                                results[change].append(measured)
+                                writes, took = results[change][-1]
+                                print(f"    N={n} {change}: {writes} writes, true after {took:.2f} s", flush=True)
+                finally:
+                    scenario.close()
+                figures += _figures(n, burst, results, scenario.protected)
+        finally:
+            remove_webhooks(plane)
+            webhook.stop()
+    return figures
