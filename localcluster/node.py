@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from localcluster.build import NodeBinaries
-from localcluster.network import in_netns, run
+from localcluster.network import run
 from localcluster.plan import CLUSTER_CIDRS, NodePlan
 from localcluster.procs import spawn
 from localcluster.state import CGROUP_ROOT, State
