@@ -209,9 +209,9 @@ def up(name: str, images: Sequence[Path] = (), owner_pid: int = 0, timeout: floa
         holders = {n.name: start_node(state, n, node_bins, state.dir / "kubeconfigs", pki["ca.crt"])
                    for n in plan.nodes}
         cluster = Cluster(plan, state.dir, cp_bins.kubectl, holders)
-        sock_ready = lambda n: (state.dir / n.name / "containerd.sock").exists()  # noqa: E731
         for n in plan.nodes:
-            wait_until(f"{n.name} containerd", lambda n=n: sock_ready(n), 60)  # type: ignore[misc]
+            sock = state.dir / n.name / "containerd.sock"
+            wait_until(f"{n.name} containerd", sock.exists, 60)
         for archive in (pause, *images):
             _say(f"loading {archive.name} into both nodes' containerd")
             cluster.load_image(archive)
@@ -228,7 +228,7 @@ def up(name: str, images: Sequence[Path] = (), owner_pid: int = 0, timeout: floa
 def _keep_logs_for_debugging(d: Path) -> None:
     if not os.environ.get("NPG_CLUSTER_KEEP_LOGS"):
         return
-    keep = Path(f"/var/tmp/npg-cluster-logs-{d.name}-{int(time.time())}")
+    keep = d.parent / f"logs-{d.name}-{int(time.time())}"
     for log in d.rglob("*.log"):
         target = keep / log.relative_to(d)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def pack(
         run(["umoci", "init", "--layout", str(layout)], "umoci init")
         run(["umoci", "new", "--image", f"{layout}:{tag}"], "umoci new")
         for layer in layers:
-            run(["umoci", "raw", "add-layer", "--image", f"{layout}:{tag}", str(layer)], f"umoci add-layer {layer.name}")
+            run(["umoci", "raw", "add-layer", "--image", f"{layout}:{tag}", str(layer)], f"add-layer {layer.name}")
         config = ["umoci", "config", "--image", f"{layout}:{tag}", "--no-history"]
         config += [f"--config.entrypoint={e}" for e in entrypoint]
         config += [f"--config.cmd={c}" for c in cmd]

@@ -124,12 +124,15 @@ def build_cluster_pki(apiserver_ips: list[str], node_names: list[str]) -> Cluste
 
 def render_kubeconfig(server: str, ca: bytes, client: Pem) -> str:
     """A kubeconfig (JSON is valid YAML) with embedded certificates."""
-    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    cluster = {"server": server, "certificate-authority-data": b64(ca)}
     return json.dumps(
         {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "localcluster", "cluster": {"server": server, "certificate-authority-data": b64(ca)}}],
+            "clusters": [{"name": "localcluster", "cluster": cluster}],
             "users": [
                 {
                     "name": "user",

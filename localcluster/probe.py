@@ -65,7 +65,12 @@ def _once() -> int:
 
 def _steady(dst: str, port: int, proto: Proto, interval: float) -> int:
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
     attempts, answered = 0, []
     started = time.monotonic()
     print("ready", flush=True)

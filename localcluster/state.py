@@ -27,7 +27,8 @@ NETNS_DIR = Path("/run/netns")
 
 
 def state_root() -> Path:
-    return Path(os.environ.get("NPG_CLUSTER_DIR", "/var/tmp/nodeport-guard-cluster"))
+    # Root-owned and fixed, so `down` finds a crashed cluster's state; not a shared scratch file.
+    return Path(os.environ.get("NPG_CLUSTER_DIR", "/var/tmp/nodeport-guard-cluster"))  # noqa: S108
 
 
 def cluster_dir(name: str) -> Path:
