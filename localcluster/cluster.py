@@ -23,11 +23,11 @@ from localcluster import oci
 from localcluster.build import ensure_binaries, ensure_node_binaries, expected_binaries
 from localcluster.controlplane import Pki, kubectl, start_control_plane
 from localcluster.network import create_network, in_netns
-from localcluster.node import ctr_argv, enter, import_image, start_node
+from localcluster.node import ctr_argv, enter, import_image, start_agents, start_runtime
 from localcluster.pki import build_cluster_pki, render_kubeconfig
 from localcluster.plan import APISERVER_PORT, CP_V4, CP_V6, KUBERNETES_SERVICE_IP, ClusterPlan, build_plan
-from localcluster.procs import StartError, wait_until
-from localcluster.state import State, cluster_dir, is_stale, teardown
+from localcluster.procs import StartError, log_tail, wait_until
+from localcluster.state import State, alive, cluster_dir, is_stale, teardown
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +148,19 @@ def _write_pki(state: State, plan: ClusterPlan) -> Pki:
     return Pki(d)
 
 
+def _check_alive(cluster: Cluster) -> None:
+    """Fail fast, with its log, when a daemon of the cluster died while we wait for it."""
+    state = State.load(cluster.plan.name)
+    for proc in state.procs if state else []:
+        if not alive(proc):
+            node, _, daemon = proc.what.partition(" ")
+            log = cluster.dir / node / "logs" / f"{daemon}.log" if daemon else cluster.dir / "logs" / f"{node}.log"
+            raise StartError(f"{proc.what} exited; log tail:\n{log_tail(log)}")
+
+
 def _wait_ready(cluster: Cluster, timeout: float) -> None:
     def nodes_ready() -> bool:
+        _check_alive(cluster)
         items = cluster.kubectl_json("get", "nodes")["items"]
         ready = [
             n for n in items
@@ -158,6 +169,7 @@ def _wait_ready(cluster: Cluster, timeout: float) -> None:
         return len(ready) == len(cluster.plan.nodes)
 
     def registered() -> bool:
+        _check_alive(cluster)
         return len(cluster.kubectl_json("get", "nodes")["items"]) == len(cluster.plan.nodes)
 
     wait_until("both nodes registered", registered, timeout)
@@ -190,7 +202,7 @@ def up(name: str, images: Sequence[Path] = (), owner_pid: int = 0, timeout: floa
     started = time.monotonic()
     cp_bins = ensure_binaries()
     node_bins = ensure_node_binaries()
-    state = State(name=name, prefix=plan.prefix, owner_pid=owner_pid)
+    state = State(name=name, prefix=plan.prefix, owner_pid=owner_pid, starter_pid=os.getpid())
     state.save()
     try:
         pause = oci.ensure_pause_image()
@@ -206,16 +218,23 @@ def up(name: str, images: Sequence[Path] = (), owner_pid: int = 0, timeout: floa
         (state.dir / "kubeconfig").write_text(json.dumps(admin, indent=1))
         (state.dir / "kubeconfig").chmod(0o600)
         _say("starting containerd, kubelet and kube-proxy on node1 (iptables) and node2 (nftables)")
-        holders = {n.name: start_node(state, n, node_bins, state.dir / "kubeconfigs", pki["ca.crt"])
-                   for n in plan.nodes}
+        kubeconfigs = state.dir / "kubeconfigs"
+        runtimes = {n.name: start_runtime(state, n, kubeconfigs, pki["ca.crt"]) for n in plan.nodes}
+        holders = {name: holder for name, (holder, _) in runtimes.items()}
         cluster = Cluster(plan, state.dir, cp_bins.kubectl, holders)
         for n in plan.nodes:
             sock = state.dir / n.name / "containerd.sock"
-            wait_until(f"{n.name} containerd", sock.exists, 60)
+            log = state.dir / n.name / "logs" / "containerd.log"
+            wait_until(f"{n.name} containerd", sock.exists, 60, runtimes[n.name][1], log)
+        for n in plan.nodes:
+            start_agents(state, n, holders[n.name], node_bins, kubeconfigs)
         for archive in (pause, *images):
             _say(f"loading {archive.name} into both nodes' containerd")
             cluster.load_image(archive)
         _wait_ready(cluster, timeout)
+        state = State.load(name) or state
+        state.ready = True
+        state.save()
     except BaseException:
         _say(f"cluster {name!r} failed to come up; logs in {state.dir / 'logs'} are removed by teardown")
         _keep_logs_for_debugging(state.dir)

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from subprocess import Popen
 
 from localcluster.build import NodeBinaries
 from localcluster.network import run
@@ -194,15 +195,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }, indent=1))
 
 
-def start_node(state: State, node: NodePlan, bins: NodeBinaries, kubeconfigs: Path, ca_file: str) -> int:
-    """Start containerd, kubelet and kube-proxy for `node`; returns the mount-namespace holder pid."""
+def start_runtime(state: State, node: NodePlan, kubeconfigs: Path, ca_file: str) -> tuple[int, Popen[bytes]]:
+    """The node's mount namespace and containerd; returns the holder pid and the containerd process."""
     prepare_cgroups(node)
     holder = start_mount_namespace(state, node)
     write_configs(state, node, kubeconfigs, ca_file)
     d = node_dir(state, node)
+    containerd = spawn(state, enter(holder, node, ["containerd", "--config", str(d / "containerd.toml")]),
+                       d / "logs" / "containerd.log", f"{node.name} containerd")
+    return holder, containerd
+
+
+def start_agents(state: State, node: NodePlan, holder: int, bins: NodeBinaries, kubeconfigs: Path) -> None:
+    """kubelet and kube-proxy; containerd must already serve (kubelet exits if its socket is missing)."""
+    d = node_dir(state, node)
     logs = d / "logs"
-    spawn(state, enter(holder, node, ["containerd", "--config", str(d / "containerd.toml")]),
-          logs / "containerd.log", f"{node.name} containerd")
     spawn(
         state,
         enter(holder, node, [
@@ -223,7 +230,6 @@ def start_node(state: State, node: NodePlan, bins: NodeBinaries, kubeconfigs: Pa
         logs / "kube-proxy.log",
         f"{node.name} kube-proxy",
     )
-    return holder
 
 
 def ctr_argv(holder: int, state: State, node: NodePlan, *args: str) -> list[str]:

@@ -47,6 +47,8 @@ class State:
     name: str
     prefix: str
     owner_pid: int = 0  # 0: nobody; else the process whose death makes the cluster stale
+    starter_pid: int = 0  # the `up` that is making it; if it dies before `ready`, the cluster is stale
+    ready: bool = False
     apiserver_url: str = ""
     procs: list[Proc] = field(default_factory=list)
 
@@ -100,9 +102,11 @@ def list_clusters() -> list[str]:
 
 
 def is_stale(name: str) -> bool:
-    """A cluster whose owner died (a killed test session) or whose state file is gone."""
+    """A cluster whose owner died (a killed test session), whose `up` died half-way, or without a state file."""
     state = State.load(name)
     if state is None:
+        return True
+    if not state.ready and process_start(state.starter_pid) == "":
         return True
     return state.owner_pid != 0 and process_start(state.owner_pid) == ""
 

@@ -26,7 +26,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    left = wait_for_no_processes(session.stash[SESSION_START], markers=("tests.netns_bridge", "localcluster"))
+    left = wait_for_no_processes(session.stash[SESSION_START])
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         lines = ["processes started by this test session outlived it:", *left]

@@ -90,8 +90,8 @@ def boot_ticks() -> int:
 
 def our_processes(since_ticks: int, markers: tuple[str, ...] = ()) -> list[str]:
     """Processes started since `since_ticks` whose working directory is this repository (every process
-    the tests, the cluster tool or the demo start inherits it), or whose command line has a marker;
-    the caller and its ancestors excluded."""
+    the tests, the cluster tool or the demo start inherits it; other checkouts' test runs do not match),
+    or whose command line has a marker; the caller and its ancestors excluded."""
     excluded: set[int] = set()
     pid = os.getpid()
     while pid > 1:

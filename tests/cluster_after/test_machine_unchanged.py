@@ -27,4 +27,4 @@ def test_the_machine_is_unchanged_after_a_cluster_session(
     assert machine_before.differences(after) == {}
     assert [n for n in list_clusters() if n.startswith("t")] == []
     since = request.config.stash[SESSION_START]
-    assert wait_for_no_processes(since, markers=("nodeport-guard-cluster", "localcluster")) == []
+    assert wait_for_no_processes(since) == []
