@@ -22,11 +22,11 @@ from tests.machine import SESSION_START, MachineSnapshot, boot_ticks, take_snaps
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.stash[SESSION_START] = boot_ticks() - 1
+    session.config.stash[SESSION_START] = boot_ticks() - 1
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    left = wait_for_no_processes(session.stash[SESSION_START])
+    left = wait_for_no_processes(session.config.stash[SESSION_START])
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         lines = ["processes started by this test session outlived it:", *left]
