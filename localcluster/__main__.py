@@ -1,4 +1,4 @@
-"""`python -m localcluster up|down|status|env|image`: the local two-node cluster from the command line."""
+"""`python -m localcluster up|down|status|env|image|backends|probe`: the local two-node cluster by hand."""
 
 from __future__ import annotations
 
@@ -75,6 +75,26 @@ def _image(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backends(args: argparse.Namespace) -> int:
+    from localcluster.backends import NAMESPACE, render_backends
+
+    c = lc.attach(args.name)
+    print(c.kubectl("apply", "-f", "-", stdin=render_backends()).stdout, end="")
+    c.kubectl("-n", NAMESPACE, "rollout", "status", "daemonset/echo", "--timeout=120s", timeout=150)
+    print(c.kubectl("-n", NAMESPACE, "get", "services,pods", "-o", "wide").stdout, end="")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from localcluster.probe import Proto, Target, probe_many
+
+    c = lc.attach(args.name)
+    proto: Proto = "udp" if args.udp else "tcp"
+    [result] = probe_many(c.plan.client(args.client).netns, [Target(args.address, args.port, proto, 2.0)])
+    print(f"{args.client} -> {args.address}:{args.port}/{proto}: {result}")
+    return 0 if result.startswith("answer:") else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
     parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
@@ -85,15 +105,25 @@ def main(argv: list[str] | None = None) -> int:
         ("status", "what runs"),
         ("env", "print export lines for KUBECONFIG and PATH (kubectl v1.37)"),
         ("image", "build (or reuse) the product image from the Dockerfile; print the archive path"),
+        ("backends", "echo pods (TCP+UDP, answer with their name) behind NodePorts 30080-30083"),
+        ("probe", "one new connection from a client namespace; prints the answer (the pod name) or timeout"),
     ):
         p = sub.add_parser(cmd, help=helptext)
         p.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
         if cmd == "up":
             p.add_argument("--no-image", action="store_true", help="do not build or load the product image")
+        if cmd == "probe":
+            p.add_argument("client", choices=["client-a", "client-b"])
+            p.add_argument("address")
+            p.add_argument("port", type=int)
+            p.add_argument("--udp", action="store_true")
         if cmd == "down":
             p.add_argument("--stale", action="store_true", help="remove every cluster whose owner is gone")
     args = parser.parse_args(argv)
-    handlers = {"up": _up, "down": _down, "status": _status, "env": _env, "image": _image}
+    handlers = {
+        "up": _up, "down": _down, "status": _status, "env": _env, "image": _image, "backends": _backends,
+        "probe": _probe,
+    }
     try:
         return handlers[args.command](args)
     except (lc.PrerequisiteError, BuildError, ImageError, StartError) as exc:
