@@ -148,7 +148,32 @@ def build_image(context: Path = REPO, dockerfile: Path | None = None) -> Path:
             env=[f"{k}={v}" for k, v in final.env.items()], workdir=final.workdir, labels=final.labels,
             exposed=final.exposed,
         )
-        return out
+    _prune(cache, out, {s.key[:24] for s in built.values()} | _used_steps(stages, context, ignore))
+    return out
+
+
+def _used_steps(stages: list[df.Stage], context: Path, ignore: df.IgnoreRules) -> set[str]:
+    """The step-cache entries the current Dockerfile and context refer to."""
+    keys: dict[str, str] = {}
+    used: set[str] = set()
+    for stage in stages:
+        key = keys[stage.base] if stage.base in keys else _sha(BUILDER_VERSION, "base", base_image.recipe_key())
+        for ins in stage.instructions:
+            key = _step_key(key, ins, context, ignore, keys)
+            if ins.keyword == "RUN":
+                used.add(key[:24])
+        keys[stage.name] = key
+    return used
+
+
+def _prune(cache: Path, current: Path, used_steps: set[str]) -> None:
+    """Drop older product images and step results nothing refers to any more (each is hundreds of MB)."""
+    for old in cache.glob("nodeport-guard-*.tar"):
+        if old != current:
+            old.unlink(missing_ok=True)
+    for step in (cache / "steps").iterdir():
+        if step.name not in used_steps:
+            shutil.rmtree(step, ignore_errors=True)
 
 
 def _start(stage: df.Stage, built: dict[str, StageState]) -> tuple[Path, str]:

@@ -34,10 +34,9 @@ def test_security_settings_hold_on_a_real_node(cluster: Cluster, deployed: Deplo
     assert int(caps, 16) == (1 << 12) | (1 << 13)
 
 
-def test_the_enforcers_filter_in_mangle_prerouting_before_kube_proxy_dnat(
-    cluster: Cluster, deployed: Deployment
-) -> None:
-    for node in ("node1", "node2"):
-        logs = cluster.kubectl("logs", "-n", NS, "-l", "app.kubernetes.io/name=nodeport-guard-enforcer",
-                               "--prefix", "--tail=200").stdout
-        assert "iptables backend selected" in logs, (node, logs[-2000:])
+def test_each_enforcer_selects_its_node_backend_and_syncs(cluster: Cluster, deployed: Deployment) -> None:
+    pods = cluster.kubectl_json("get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=nodeport-guard-enforcer")
+    for pod in pods["items"]:
+        logs = cluster.kubectl("logs", "-n", NS, pod["metadata"]["name"]).stdout
+        assert '"iptables backend selected"' in logs, (pod["spec"]["nodeName"], logs[-2000:])
+        assert '"dataplane synced"' in logs, (pod["spec"]["nodeName"], logs[-2000:])
