@@ -133,19 +133,19 @@ def _cgroup_pids(top: Path) -> set[int]:
     return pids
 
 
-def _rmdir_tree(top: Path) -> bool:
-    """rmdir a cgroup tree bottom-up (cgroup directories are removed with rmdir, never rm -r)."""
-    dirs = sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True)
-    for d in [*dirs, top]:
-        for _ in range(50):
-            try:
+def _rmdir_trees(tops: list[Path], timeout: float = 20) -> list[Path]:
+    """rmdir cgroup trees bottom-up (cgroups go with rmdir, never rm -r), retrying while the kernel
+    still drains them; returns the tops that could not be removed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dirs = [d for top in tops for d in top.rglob("*") if d.is_dir()] + [t for t in tops if t.exists()]
+        for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+            with contextlib.suppress(OSError):
                 d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.1)
-    return not top.exists()
+        left = [t for t in tops if t.exists()]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 def _zombie(pid: int) -> bool:
@@ -168,7 +168,7 @@ def teardown(name: str, prefix: str | None = None) -> list[str]:
     prefix = prefix or (state.prefix if state else f"npgc-{name}-")
     problems: list[str] = []
     netns = sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix)) if NETNS_DIR.is_dir() else []
-    for attempt in range(5):
+    for attempt in range(20):
         victims: set[int] = set()
         if state:
             victims |= {p.pid for p in state.procs if alive(p)}
@@ -182,9 +182,10 @@ def teardown(name: str, prefix: str | None = None) -> list[str]:
         logger.info("killing %d processes of cluster %s (round %d)", len(victims), name, attempt + 1)
         _kill(victims)
         time.sleep(0.3)
-    for top in cgroup_dirs(prefix):
-        if not _rmdir_tree(top):
-            problems.append(f"cgroup {top} still exists")
+    started = time.monotonic()
+    for top in _rmdir_trees(cgroup_dirs(prefix)):
+        problems.append(f"cgroup {top} still exists")
+    logger.info("cgroups of cluster %s removed in %.1fs", name, time.monotonic() - started)
     for ns in netns:
         proc = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
