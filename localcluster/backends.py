@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from localcluster.image import IMAGE_NAME
+from localcluster.versions import IMAGE_NAME
 
 NAMESPACE = "demo"
 APP = "echo"

@@ -25,9 +25,9 @@ from localcluster import base as base_image
 from localcluster import dockerfile as df
 from localcluster.layers import diff_layer
 from localcluster.oci import ImageError, images_dir, pack, run, say, tar_directory
+from localcluster.versions import IMAGE_NAME
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE_NAME = "nodeport-guard:0.1.0"
 # `FROM` references the local builder can satisfy, and with what.
 STANDINS = {"python:3.11-slim-bookworm": base_image.ensure_base}
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -66,3 +66,12 @@ def test_env_and_exec_forms() -> None:
     assert df.key_values('A=1 B="x y"') == {"A": "1", "B": "x y"}
     assert df.exec_form('["a", "b"]') == ["a", "b"]
     assert df.exec_form("echo hi") == ["/bin/sh", "-c", "echo hi"]
+
+
+def test_the_manifests_run_the_image_the_local_builder_makes() -> None:
+    from localcluster.versions import IMAGE_NAME
+
+    images = set()
+    for path in [*(REPO / "manifests" / "base").glob("*.yaml"), REPO / "manifests" / "cleanup" / "daemonset.yaml"]:
+        images |= {line.split("image:", 1)[1].strip() for line in path.read_text().splitlines() if "image:" in line}
+    assert images == {IMAGE_NAME}
