@@ -50,7 +50,7 @@ def test_up_after_a_killed_up_works_and_down_removes_everything() -> None:
     try:
         for line in proc.stdout:  # kill it while the nodes start: processes, mounts and cgroups exist
             if "starting containerd, kubelet and kube-proxy" in line:
-                time.sleep(2)
+                time.sleep(1)  # containerd and kubelets are starting; the nodes are not Ready yet
                 break
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
