@@ -88,32 +88,47 @@ def boot_ticks() -> int:
     return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
 
 
+def _stat(pid: str) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def our_processes(since_ticks: int, markers: tuple[str, ...] = ()) -> list[str]:
-    """Processes started since `since_ticks` whose working directory is this repository (every process
-    the tests, the cluster tool or the demo start inherits it; other checkouts' test runs do not match),
-    or whose command line has a marker; the caller and its ancestors excluded."""
-    excluded: set[int] = set()
-    pid = os.getpid()
-    while pid > 1:
-        excluded.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            break
-    found = []
+    """Processes this session leaked: started since `since_ticks`, working directory this repository
+    (every process the tests, the cluster tool or the demo start inherits it) or a marker in the
+    command line, and either still our descendant or orphaned (parent PID 1). Other people's
+    processes in the same directory (a shell) are neither, so they do not count."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in excluded:
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(_stat(entry.name)[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    me = os.getpid()
+
+    def descends_from_me(pid: int) -> bool:
+        seen = 0
+        while pid > 1 and seen < 64:
+            pid = parents.get(pid, 0)
+            if pid == me:
+                return True
+            seen += 1
+        return False
+
+    found = []
+    for pid, ppid in parents.items():
+        if pid == me or not (ppid == 1 or descends_from_me(pid)):
             continue
         try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            cwd = os.readlink(entry / "cwd")
+            stat = _stat(str(pid))
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
         if stat[0] == "Z" or int(stat[19]) < since_ticks:
             continue
         if cwd == str(REPO) or any(m in cmdline for m in markers):
-            found.append(f"pid {entry.name} ppid {stat[1]} cwd {cwd}: {cmdline[:200]}")
+            found.append(f"pid {pid} ppid {ppid} cwd {cwd}: {cmdline[:200]}")
     return found
 
 
