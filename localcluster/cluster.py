@@ -42,6 +42,15 @@ def _say(msg: str) -> None:
     print(f"[localcluster {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+GUARDED_MOUNTS = ("/run", "/var/log", "/proc/sys/")
+
+
+def machine_mounts() -> list[str]:
+    """The machine's mounts on the paths a node's private mount namespace covers (must never change)."""
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return sorted(p for p in points if p in GUARDED_MOUNTS[:2] or p.startswith(GUARDED_MOUNTS[2]))
+
+
 def check_prerequisites() -> None:
     if os.geteuid() != 0:
         raise PrerequisiteError("the local cluster needs root (network namespaces, cgroups, containerd)")
@@ -219,6 +228,7 @@ def up(name: str, images: Sequence[Path] = (), owner_pid: int = 0, timeout: floa
         (state.dir / "kubeconfig").chmod(0o600)
         _say("starting containerd, kubelet and kube-proxy on node1 (iptables) and node2 (nftables)")
         kubeconfigs = state.dir / "kubeconfigs"
+        mounts_before = machine_mounts()
         runtimes = {n.name: start_runtime(state, n, kubeconfigs, pki["ca.crt"]) for n in plan.nodes}
         holders = {name: holder for name, (holder, _) in runtimes.items()}
         cluster = Cluster(plan, state.dir, cp_bins.kubectl, holders)
@@ -226,6 +236,8 @@ def up(name: str, images: Sequence[Path] = (), owner_pid: int = 0, timeout: floa
             sock = state.dir / n.name / "containerd.sock"
             log = state.dir / n.name / "logs" / "containerd.log"
             wait_until(f"{n.name} containerd", sock.exists, 60, runtimes[n.name][1], log)
+        if machine_mounts() != mounts_before:
+            raise StartError(f"the machine's mount table changed ({mounts_before} -> {machine_mounts()}); aborting")
         for n in plan.nodes:
             start_agents(state, n, holders[n.name], node_bins, kubeconfigs)
         for archive in (pause, *images):

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import sys
 from pathlib import Path
 from subprocess import Popen
 
 from localcluster.build import NodeBinaries
 from localcluster.network import run
 from localcluster.plan import CLUSTER_CIDRS, NodePlan
-from localcluster.procs import spawn
+from localcluster.procs import log_tail, spawn, wait_until
 from localcluster.state import CGROUP_ROOT, State
 
 logger = logging.getLogger(__name__)
@@ -70,29 +70,20 @@ def prepare_cgroups(node: NodePlan) -> None:
 
 
 def start_mount_namespace(state: State, node: NodePlan) -> int:
-    """A private mount namespace held by `sleep`; returns the holder's pid."""
+    """A private mount namespace held by localcluster.mountns, which makes the node's mounts from
+    inside it (so they can never land in the machine's mount table); returns the holder's pid."""
     d = node_dir(state, node)
+    sysctls = [f"{key}={value}" for key, value in KUBELET_SYSCTLS.items()
+               if Path("/proc/sys", key).read_text().strip() != value]
+    log = d / "holder.log"
     holder = spawn(
         state,
-        ["unshare", "--mount", "--propagation", "private", "sleep", "infinity"],
-        d / "holder.log",
+        ["unshare", "--mount", "--propagation", "private", "--",
+         sys.executable, "-m", "localcluster.mountns", str(d / "sysctl"), *sysctls],
+        log,
         f"{node.name} mount namespace",
     )
-    mnt = f"--mount=/proc/{holder.pid}/ns/mnt"
-    for _ in range(50):  # until unshare has exec'd sleep inside the new namespace
-        if Path(f"/proc/{holder.pid}/ns/mnt").resolve() != Path("/proc/self/ns/mnt").resolve():
-            break
-        time.sleep(0.05)
-    for target in ("/run", "/var/log"):
-        run(["nsenter", mnt, "--", "mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", target])
-    sysctl_dir = d / "sysctl"
-    sysctl_dir.mkdir(parents=True, exist_ok=True)
-    for key, value in KUBELET_SYSCTLS.items():
-        if Path("/proc/sys", key).read_text().strip() == value:
-            continue
-        f = sysctl_dir / key.replace("/", ".")
-        f.write_text(value + "\n")
-        run(["nsenter", mnt, "--", "mount", "--bind", str(f), f"/proc/sys/{key}"])
+    wait_until(f"{node.name} mount namespace", lambda: "ready" in log_tail(log), 30, holder, log, interval=0.05)
     return holder.pid
 
 

@@ -74,8 +74,18 @@ def take_snapshot() -> MachineSnapshot:
     for key in SYSCTLS:
         path = Path("/proc/sys") / key
         sections[f"sysctl {key}"] = path.read_text().strip() if path.exists() else "(absent)"
-    mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "cgroup" in line]
+    mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+    mounts = [line for line in mountinfo if "cgroup" in line]
     sections["cgroup mounts"] = "\n".join(" ".join(line.split()[3:]) for line in mounts)
+    # Every other mount, without IDs; network namespaces (nsfs, under /run/netns) come and go with
+    # any test run on the machine, so they are left out.
+    others = []
+    for line in mountinfo:
+        fields = line.split()
+        fstype = fields[fields.index("-") + 1]
+        if fstype != "nsfs" and not fields[4].startswith("/run/netns") and "cgroup" not in line:
+            others.append(f"{fields[4]} {fstype} {fields[3]}")
+    sections["mounts"] = "\n".join(sorted(others))
     root = Path("/sys/fs/cgroup")
     sections["cgroup top-level groups"] = "\n".join(
         sorted(str(d.relative_to(root)) for h in root.iterdir() if h.is_dir() for d in h.iterdir() if d.is_dir())
