@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import textwrap
 import time
@@ -112,6 +113,7 @@ def tell(story: Story, cluster: Cluster) -> None:
     try:
         run_policies(story, cluster)
     finally:
+        shutil.rmtree(deployment.certs_dir, ignore_errors=True)
         story.heading("make undeploy: every node clean again")
         result = undeploy(cluster)
         story.expect("make undeploy succeeded", result.returncode == 0, result.stderr[-500:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -43,3 +44,4 @@ def deployed(cluster: Cluster) -> Iterator[Deployment]:
     finally:
         if not deployment.undeployed:
             undeploy(cluster)
+        shutil.rmtree(deployment.certs_dir, ignore_errors=True)
