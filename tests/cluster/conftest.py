@@ -20,6 +20,12 @@ from tests.cluster.helpers import Deployment, deploy, undeploy
 from tests.machine import CLUSTER_RAN, MachineSnapshot
 
 
+@pytest.fixture(scope="package", autouse=True)
+def machine_before_the_tier(machine_before: MachineSnapshot) -> MachineSnapshot:
+    """Taken before the tier's first test (the lifecycle tests make and remove clusters too)."""
+    return machine_before
+
+
 @pytest.fixture(scope="package")
 def cluster(machine_before: MachineSnapshot, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     for name in list_clusters():  # what a killed earlier session left behind
