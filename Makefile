@@ -1,19 +1,21 @@
-# nodeport-guard: `make demo` runs the whole mission on a local control plane; `make test` runs every test.
+# nodeport-guard: `make demo` runs the whole mission on a local two-node cluster; `make test` runs every test.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := iptables ipset iproute2 conntrack kmod
+DEBIAN_PACKAGES := iptables ipset iproute2 conntrack kmod \
+	containerd runc containernetworking-plugins umoci skopeo debootstrap gcc libc6-dev
 PYTEST_ARGS ?=
 
-.PHONY: help install install-system install-python controlplane lint test unit integration demo bench deploy undeploy clean
+.PHONY: help install install-system install-python controlplane cluster-binaries image cluster-up cluster-down \
+	lint test unit integration demo bench deploy undeploy clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-install: install-system install-python controlplane ## everything needed on a fresh machine (root): packages, venv, control plane binaries
+install: install-system install-python controlplane cluster-binaries ## everything needed on a fresh machine (root): packages, venv, Kubernetes binaries
 
-install-system: ## Debian packages for the dataplane (iptables legacy+nft, ipset, iproute2, conntrack)
+install-system: ## Debian packages: dataplane tools, containerd/runc/CNI plugins, image tools (umoci, skopeo, debootstrap, gcc)
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "==> installing Debian packages: $$missing"; \
@@ -30,19 +32,31 @@ $(VENV)/.installed: pyproject.toml
 install-python: $(VENV)/.installed ## Python venv with runtime and dev dependencies
 
 controlplane: $(VENV)/.installed ## build (or reuse from ~/.cache/nodeport-guard) kube-apiserver, kubectl and etcd
-	$(PY) -m tests.controlplane.build
+	$(PY) -m localcluster.build
+
+cluster-binaries: $(VENV)/.installed ## also kubelet, kube-proxy, kube-controller-manager, kube-scheduler (same cache)
+	$(PY) -m localcluster.build --node
+
+image: $(VENV)/.installed ## the product image from ./Dockerfile without a Docker engine (cached by content)
+	$(PY) -m localcluster image
+
+cluster-up: install image ## a local two-node cluster in network namespaces, the image loaded; prints how to use it
+	$(PY) -m localcluster up
+
+cluster-down: $(VENV)/.installed ## remove the local cluster and everything it made (also after a crash)
+	$(PY) -m localcluster down
 
 lint: $(VENV)/.installed ## ruff + mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --strict
 
-test: install lint ## lint, then unit, integration and end-to-end tests (real apiserver, real netns + iptables)
+test: install lint image ## lint, then unit, integration, end-to-end and local-cluster tests (real packets)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 unit: $(VENV)/.installed ## only the pure unit tests (fast)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-demo: install ## the whole mission end to end on the local control plane
+demo: install image ## the whole mission on a local two-node cluster: up, make deploy, the story, undeploy, down
 	$(PY) -m tests.demo
 
 bench: install ## benchmarks; writes bench/results.json and bench/RESULTS.md (ONLY=name for one)

@@ -251,11 +251,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nodeport-guard-enforcer: NPG_BACKEND={choice!r}: expected auto, legacy or nft", file=sys.stderr)
             return 2
         # "auto" cleans both backends: rules written under one stay if the host switched to the other.
+        # Rules of every backend go first: a set cannot be destroyed while any rule references it.
         backends: tuple[Backend, ...] = ("legacy", "nft") if choice == "auto" else (cast(Backend, choice),)
         lock = os.environ.get("NPG_XTABLES_LOCK", "/run/xtables.lock")
-        for backend in backends:
-            Dataplane(backend, (1, 65535), lock_path=lock).cleanup()
-            logger.info("removed all nodeport-guard chains, rules and sets", extra={"backend": backend})
+        dataplanes = [Dataplane(backend, (1, 65535), lock_path=lock) for backend in backends]
+        for backend, dataplane in zip(backends, dataplanes, strict=True):
+            dataplane.remove_rules()
+            logger.info("removed all nodeport-guard chains and rules", extra={"backend": backend})
+        dataplanes[-1].destroy_sets()
+        logger.info("removed all nodeport-guard sets")
         return 0
     try:
         settings = EnforcerSettings.from_env(os.environ)

@@ -258,10 +258,18 @@ class Dataplane:
 
     def cleanup(self) -> None:
         """Remove every chain, rule and set we own; other chains, rules and sets are untouched."""
+        self.remove_rules()
+        self.destroy_sets()
+
+    def remove_rules(self) -> None:
+        """Remove our chains and rules of this backend (sets stay: rules of another backend may use them)."""
         for family in FAMILIES:
             installed = self._read_rules(family)
             if not diff.is_absent(installed):
                 self._write_skeleton(family, installed, None)
+
+    def destroy_sets(self) -> None:
+        """Destroy every set we own; the rules of every backend referencing them must be gone first."""
         names = [n for n in self._read_sets() if n.startswith(diff.SET_PREFIX)]
         self._ipset_restore("".join(f"destroy {n}\n" for n in names))
         self._last_members = None

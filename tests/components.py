@@ -229,6 +229,7 @@ class EnforcerProcess:
     metrics_port: int = 0
 
     def start(self) -> None:
+        self._stop_relay()  # a restart (after kill) gets a fresh relay; the old one must not linger
         relay_port = free_port()
         self.relay = subprocess.Popen(
             [sys.executable, "-m", "tests.netns_bridge", self.netns, str(relay_port), str(self.plane.apiserver_port)],
@@ -347,6 +348,12 @@ class EnforcerProcess:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._stop_relay()
+
+    def _stop_relay(self) -> None:
         if self.relay and self.relay.poll() is None:
             self.relay.kill()
             self.relay.wait()
+        if self.relay and self.relay.stdout:
+            self.relay.stdout.close()
+        self.relay = None

@@ -1,4 +1,8 @@
-"""Shared pytest fixtures: one real control plane per session, a fresh namespace per test."""
+"""Shared pytest fixtures: one real control plane per session, a fresh namespace per test.
+
+At the end of the session no process this session started may still run (an orphaned relay or
+daemon fails the run, with its command line printed).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,27 @@ from tests.components import (
     remove_webhooks,
 )
 from tests.controlplane.harness import ControlPlane, running_control_plane
+from tests.machine import SESSION_START, MachineSnapshot, boot_ticks, take_snapshot, wait_for_no_processes
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[SESSION_START] = boot_ticks() - 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    left = wait_for_no_processes(session.config.stash[SESSION_START])
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["processes started by this test session outlived it:", *left]
+        if reporter is not None:
+            reporter.write_line("\n".join(lines), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def machine_before() -> MachineSnapshot:
+    """The machine as it was before the first fixture that could change it (the local cluster) ran."""
+    return take_snapshot()
 
 
 @pytest.fixture(scope="session")

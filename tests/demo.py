@@ -1,38 +1,46 @@
-"""`make demo`: the whole mission, end to end, on the local control plane, told as a story.
+"""`make demo`: the whole mission on a real two-node cluster, told as a story and checked step by step.
 
-A real kube-apiserver + etcd, the manifests applied for real, the webhook under gunicorn/TLS
-and the enforcer inside a node network namespace (each with its own ServiceAccount token),
-real packets from a client namespace. Exits 0 only if every step behaved as expected.
+A local cluster comes up (localcluster: real kubelet, containerd and kube-proxy on two nodes,
+iptables mode on node1, nftables mode on node2), nodeport-guard is installed with `make deploy`
+as the README says, and real packets from two client namespaces go to NodePorts on both nodes.
+Then `make undeploy` and the cluster goes down. Exits 0 only if every check passed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from tests.components import (
+from localcluster.backends import NAMESPACE
+from localcluster.cluster import Cluster, down, up
+from localcluster.image import ensure_product_image
+from localcluster.probe import Proto
+from localcluster.state import is_stale, list_clusters, teardown
+from tests.cluster.helpers import (
     REPO,
-    EnforcerProcess,
-    WebhookServer,
-    install_manifests,
-    remove_webhooks,
-    run_kubectl_plugin,
+    apply_backends,
+    apply_policy,
+    delete_policies,
+    deploy,
+    our_dataplane,
+    probe_matrix,
+    undeploy,
+    user_env,
 )
-from tests.controlplane.harness import ControlPlane, running_control_plane
-from tests.kube_objects import as_list, nodeport_service, pod, policy
-from tests.netns import CLIENT_A4, CLIENT_B4, NODE_V4, Node, make_node
 
-NS = "shop"
+NAME = "demo"
+PORT = 30080
+OFFICE = "198.51.100.64/26"  # client A's network
 BOLD, GREEN, RED, DIM, RESET = (
     ("\033[1m", "\033[32m", "\033[31m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "", "", "")
 )
+Case = tuple[str, int, Proto, str]
+CASES: list[Case] = [(n, PORT, proto, "v4") for n in ("node1", "node2") for proto in ("tcp", "udp")]
 
 
 class Story:
@@ -44,7 +52,8 @@ class Story:
 
     def heading(self, text: str) -> None:
         self.step += 1
-        print(f"\n{BOLD}== {self.step}. {text}{RESET}", flush=True)
+        print(f"\n{BOLD}== {self.step}. {text}{RESET}  {DIM}[{time.monotonic() - self.started:.0f}s]{RESET}",
+              flush=True)
 
     def say(self, text: str) -> None:
         print(textwrap.fill(text, 100), flush=True)
@@ -61,140 +70,132 @@ class Story:
             self.failures.append(what)
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 8.0) -> bool:
+def reach(cluster: Cluster, client: str, answered: bool, timeout: float = 20) -> tuple[bool, str]:
+    """Probe NodePort 30080 (TCP and UDP) on both nodes until all answer (or all time out)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.15)
-    return check()
+    while True:
+        results = probe_matrix(cluster, client, CASES)
+        if all(r.startswith("answer:") == answered for r in results.values()):
+            return True, ""
+        if time.monotonic() > deadline:
+            return False, json.dumps({f"{n} {proto}": r for (n, _, proto, _), r in results.items()})
+        time.sleep(0.3)
 
 
-def kubectl_apply(plane: ControlPlane, story: Story, *objects: dict[str, Any]) -> Any:
-    result = plane.kubectl("apply", "-n", NS, "-f", "-", input=as_list(*objects), check=False)
-    story.show("$ kubectl apply -f policy.yaml\n" + (result.stdout + result.stderr).strip())
-    return result
+def expect_reach(story: Story, cluster: Cluster, client: str, answered: bool) -> None:
+    plan = cluster.plan.client(client)
+    ok, detail = reach(cluster, client, answered)
+    verb = "reaches" if answered else "is blocked at"
+    story.expect(f"{client} ({plan.v4}) {verb} NodePort {PORT} on node1 and node2, TCP and UDP", ok, detail)
 
 
-def client_sees(node: Node, src: str, port: int, expected: str) -> bool:
-    return wait_for(lambda: node.connect(src, NODE_V4[0], port, timeout=0.5) == expected)
+def kubectl_apply(story: Story, cluster: Cluster, name: str, ingress: list[dict[str, object]] | None) -> bool:
+    result = apply_policy(cluster, name, ingress)
+    story.show(f"$ kubectl apply -f {name}.yaml\n" + (result.stdout + result.stderr).strip())
+    return result.returncode == 0
 
 
-def our_rules(node: Node, backend: str) -> str:
-    rules = [line for line in node.iptables_save(backend).splitlines() if "NPG" in line]
-    sets = node.run(["ipset", "list", "-t"]).stdout
-    set_lines = [line for line in sets.splitlines() if line.startswith(("Name: npg-", "Number of entries"))]
-    return "\n".join(rules + set_lines)
+def plugin(cluster: Cluster, *args: str) -> str:
+    import subprocess
+
+    proc = subprocess.run(["kubectl", "nodeport-guard", *args], env=user_env(cluster), capture_output=True,
+                          text=True, timeout=60, check=False)
+    return proc.stdout + proc.stderr
 
 
-def run_story(plane: ControlPlane, workdir: Path, story: Story) -> None:
-    story.heading("Install nodeport-guard from manifests/ (certs and signing key by the certs tool)")
-    install = install_manifests(plane, workdir)
-    story.show(plane.kubectl("get", "serviceaccounts,secrets", "-n", "nodeport-guard").stdout)
-
-    story.heading("Start the webhook (gunicorn, TLS) and the enforcer (inside node namespace), own tokens")
-    webhook = WebhookServer(plane, install, workdir / "webhook.log")
-    with make_node(lock_path=str(workdir / "xtables.lock")) as node:
-        enforcer = EnforcerProcess(plane, install, node.node_ns, workdir / "enforcer.log", workdir, backend="legacy")
-        try:
-            webhook.start()
-            enforcer.start()
-            enforcer.wait_ready()
-            story.say(f"webhook at {webhook.url}; enforcer in netns {node.node_ns} (node address {NODE_V4[0]})")
-            tell(plane, node, enforcer, story)
-        finally:
-            remove_webhooks(plane)
-            enforcer.stop()
-            webhook.stop()
-            if story.failures:
-                print("\n--- webhook log (tail) ---\n" + webhook.log_tail())
-                print("\n--- enforcer log (tail) ---\n" + enforcer.log_tail())
+def tell(story: Story, cluster: Cluster) -> None:
+    story.heading("make deploy (as the README says: certs, secrets, manifests, rollout)")
+    deployment = deploy(cluster)
+    story.show("\n".join(deployment.output.splitlines()[-4:]))
+    story.show(cluster.kubectl("get", "pods", "-n", "nodeport-guard", "-o", "wide").stdout)
+    story.expect(f"webhook and enforcer rolled out on both nodes in {deployment.seconds:.0f}s",
+                 "successfully rolled out" in deployment.output)
+    try:
+        run_policies(story, cluster)
+    finally:
+        shutil.rmtree(deployment.certs_dir, ignore_errors=True)
+        story.heading("make undeploy: every node clean again")
+        result = undeploy(cluster)
+        story.expect("make undeploy succeeded", result.returncode == 0, result.stderr[-500:])
+        for node in ("node1", "node2"):
+            left = our_dataplane(cluster, node)
+            story.expect(f"no NPG- rule or npg- set left on {node}", left == [], "; ".join(left[:5]))
 
 
-def tell(plane: ControlPlane, node: Node, enforcer: EnforcerProcess, story: Story) -> None:
-    plane.kubectl("create", "namespace", NS)
-    story.heading("An app behind a NodePort Service")
-    ports = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    plane.kubectl(
-        "apply",
-        "-n",
-        NS,
-        "-f",
-        "-",
-        input=as_list(
-            pod("shop-1", {"app": "shop"}, ports),
-            pod("shop-2", {"app": "shop"}, ports),
-            nodeport_service("shop", {"app": "shop"}, [{"name": "http", "port": 80, "targetPort": "http"}]),
-        ),
-    )
-    svc = plane.kubectl_json("get", "service", "shop", "-n", NS)
-    node_port = int(svc["spec"]["ports"][0]["nodePort"])
-    story.show(plane.kubectl("get", "service", "shop", "-n", NS).stdout)
-    node.listen(node_port)
-    story.say(f"The apiserver allocated NodePort {node_port}; a listener answers on the node at that port.")
-    story.expect(
-        f"client {CLIENT_A4} reaches {NODE_V4[0]}:{node_port}", client_sees(node, CLIENT_A4, node_port, "connected")
-    )
-    story.expect(
-        f"client {CLIENT_B4} reaches {NODE_V4[0]}:{node_port}", client_sees(node, CLIENT_B4, node_port, "connected")
-    )
+def run_policies(story: Story, cluster: Cluster) -> None:
+    story.heading("An app behind a NodePort: TCP and UDP servers answering with their pod name, one per node")
+    apply_backends(cluster)
+    story.show(cluster.kubectl("get", "service", "echo", "-n", NAMESPACE).stdout)
+    story.show(cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide").stdout)
+    results = probe_matrix(cluster, "client-b", CASES)
+    story.show("\n".join(f"client-b -> {n} {proto}/{p}: {r}" for (n, p, proto, _), r in results.items()))
+    expect_reach(story, cluster, "client-a", answered=True)
+    expect_reach(story, cluster, "client-b", answered=True)
 
     story.heading("kubectl apply a deny-all NetworkPolicy")
-    result = kubectl_apply(plane, story, policy("deny-all", {}, [], policyTypes=["Ingress"]))
-    story.expect("kubectl apply succeeded", result.returncode == 0, result.stderr)
-    stored = plane.kubectl_json("get", "networkpolicy", "deny-all", "-n", NS)
+    story.expect("kubectl apply succeeded", kubectl_apply(story, cluster, "deny-all", []))
+    stored = cluster.kubectl_json("get", "networkpolicy", "deny-all", "-n", NAMESPACE)
     value = stored["metadata"].get("annotations", {}).get("nodeport-guard.io/nodeports", "{}")
-    story.say("The webhook stored the verdict in a signed annotation:")
-    story.show(json.dumps(json.loads(value), indent=2))
-    story.expect("annotation names the NodePort", f'"nodePort":{node_port}' in value)
-    explain = run_kubectl_plugin(plane, "explain", "-n", NS, "deny-all")
-    story.show("$ kubectl nodeport-guard explain -n shop deny-all\n" + explain.stdout + explain.stderr)
-    story.expect("kubectl nodeport-guard explain verifies it", "verified" in explain.stdout, explain.stderr)
+    story.say("The webhook stored its verdict in a signed annotation; the plugin verifies it:")
+    explain = plugin(cluster, "explain", "-n", NAMESPACE, "deny-all")
+    story.show("$ kubectl nodeport-guard explain -n demo deny-all\n" + explain)
+    story.expect("the annotation names NodePort 30080", f'"nodePort":{PORT}' in value, value[:200])
+    story.expect("kubectl nodeport-guard explain says verified", "verified" in explain, explain)
 
-    story.heading("Both clients are now blocked; the enforcer's rules on the node")
-    story.expect(f"client {CLIENT_A4} blocked", client_sees(node, CLIENT_A4, node_port, "timeout"))
-    story.expect(f"client {CLIENT_B4} blocked", client_sees(node, CLIENT_B4, node_port, "timeout"))
-    story.show(our_rules(node, enforcer.backend))
+    story.heading("Both clients are blocked on both nodes, before kube-proxy's DNAT")
+    expect_reach(story, cluster, "client-a", answered=False)
+    expect_reach(story, cluster, "client-b", answered=False)
+    for node in ("node1", "node2"):
+        rules = [line for line in our_dataplane(cluster, node) if "PREROUTING" in line or "Name:" in line]
+        story.show(f"{node}:\n" + "\n".join(rules[:4]))
 
-    story.heading("Allow one documentation network: 198.51.100.0/24")
-    allow = policy(
-        "allow-office", {"matchLabels": {"app": "shop"}}, [{"from": [{"ipBlock": {"cidr": "198.51.100.0/24"}}]}]
-    )
-    result = kubectl_apply(plane, story, allow)
-    story.expect("kubectl apply succeeded", result.returncode == 0, result.stderr)
-    story.expect(f"client {CLIENT_A4} (inside) allowed", client_sees(node, CLIENT_A4, node_port, "connected"))
-    story.expect(f"client {CLIENT_B4} (outside) still blocked", client_sees(node, CLIENT_B4, node_port, "timeout"))
+    story.heading(f"Allow the office network {OFFICE} (client-a) back in")
+    story.expect("kubectl apply succeeded",
+                 kubectl_apply(story, cluster, "allow-office", [{"from": [{"ipBlock": {"cidr": OFFICE}}]}]))
+    expect_reach(story, cluster, "client-a", answered=True)
+    expect_reach(story, cluster, "client-b", answered=False)
 
-    story.heading("A bad policy is rejected with the field and the fix; a doubtful one passes with a warning")
-    sloppy = policy("sloppy", {}, [{"from": [{"ipBlock": {"cidr": "203.0.113.7/24"}}]}])
-    result = kubectl_apply(plane, story, sloppy)
-    story.expect("kubectl apply refused it", result.returncode != 0 and "host bits" in result.stderr, result.stderr)
-    doubtful = policy("from-pods", {}, [{"from": [{"podSelector": {"matchLabels": {"role": "frontend"}}}]}])
-    result = kubectl_apply(plane, story, doubtful)
-    story.expect("kubectl printed a warning", result.returncode == 0 and "Warning:" in result.stderr, result.stderr)
+    story.heading("A bad policy is rejected with the field and the fix")
+    result = apply_policy(cluster, "sloppy", [{"from": [{"ipBlock": {"cidr": "203.0.113.7/24"}}]}])
+    story.show("$ kubectl apply -f sloppy.yaml\n" + result.stderr.strip())
+    story.expect("kubectl apply refused it, naming the field and 203.0.113.0/24",
+                 result.returncode != 0 and "ipBlock.cidr" in result.stderr and "203.0.113.0/24" in result.stderr)
 
     story.heading("Delete the policies: traffic restored, rules gone")
-    story.show(plane.kubectl("delete", "networkpolicies", "--all", "-n", NS).stdout)
-    story.expect(f"client {CLIENT_A4} reaches the NodePort", client_sees(node, CLIENT_A4, node_port, "connected"))
-    story.expect(f"client {CLIENT_B4} reaches the NodePort", client_sees(node, CLIENT_B4, node_port, "connected"))
-    story.expect(
-        "no chain, rule or set of ours is left",
-        wait_for(lambda: our_rules(node, enforcer.backend) == ""),
-        our_rules(node, enforcer.backend),
-    )
+    delete_policies(cluster)
+    expect_reach(story, cluster, "client-a", answered=True)
+    expect_reach(story, cluster, "client-b", answered=True)
+    deadline = time.monotonic() + 20
+    while any(our_dataplane(cluster, n) for n in ("node1", "node2")) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    story.expect("no chain, rule or set of ours is left on either node",
+                 not any(our_dataplane(cluster, n) for n in ("node1", "node2")))
 
 
 def main() -> int:
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # kubectl plugin
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     story = Story()
-    story.heading("Start a local control plane (kube-apiserver + etcd, built from source and cached)")
-    with tempfile.TemporaryDirectory(prefix="npg-demo-") as tmp, running_control_plane() as plane:
-        story.say(f"kube-apiserver ready at {plane.url}")
-        try:
-            run_story(plane, Path(tmp), story)
-        except Exception as exc:  # report the story so far, then fail
-            story.failures.append(f"demo aborted: {exc}")
-            print(f"{RED}demo aborted: {exc}{RESET}", file=sys.stderr)
+    story.heading("Build (or reuse) the image and bring up a local two-node cluster")
+    for name in list_clusters():
+        if name == NAME and is_stale(name):
+            teardown(name)
+    try:
+        image = ensure_product_image()
+        cluster = up(NAME, images=[image], owner_pid=os.getpid())
+    except Exception as exc:
+        print(f"{RED}the cluster did not come up: {exc}{RESET}", file=sys.stderr)
+        return 1
+    story.show(cluster.kubectl("get", "nodes", "-o", "wide").stdout)
+    try:
+        tell(story, cluster)
+    except Exception as exc:  # report the story so far, then fail
+        story.failures.append(f"demo aborted: {exc}")
+        print(f"{RED}demo aborted: {exc}{RESET}", file=sys.stderr)
+    finally:
+        story.heading("Tear the cluster down")
+        problems = down(NAME)
+        story.expect("every namespace, mount, cgroup, process and directory of the cluster removed", not problems,
+                     "; ".join(problems))
     elapsed = time.monotonic() - story.started
     print()
     if story.failures:

@@ -7,6 +7,8 @@ were created in) and its upstream connections in the root namespace, so nothing 
 namespace's network configuration changes.
 
 Run: `python -m tests.netns_bridge NETNS LISTEN_PORT TARGET_PORT` (prints "ready" when listening).
+The relay dies with the process that started it (PR_SET_PDEATHSIG), so a test run that ends
+or is killed never leaves one behind, orphaned, after its namespace is gone.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import signal
 import socket
 import sys
 import threading
 
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
 
 
 def _setns(fd: int) -> None:
@@ -53,7 +57,15 @@ def _serve(listener: socket.socket, target_port: int) -> None:
             threading.Thread(target=_pump, args=(a, b), daemon=True).start()
 
 
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl: nobody would signal us
+        os._exit(0)
+
+
 def main(argv: list[str]) -> int:
+    _die_with_parent()
     netns, listen_port, target_port = argv[0], int(argv[1]), int(argv[2])
     root = os.open("/proc/self/ns/net", os.O_RDONLY)
     node = os.open(f"/run/netns/{netns}", os.O_RDONLY)

@@ -1,9 +1,5 @@
-"""Pinned versions of the control-plane binaries (pure data)."""
+"""Pinned versions of the control-plane binaries: they live in localcluster.versions (pure data)."""
 
-from __future__ import annotations
+from localcluster.versions import ETCD_VERSION, KUBERNETES_GO_LINE, KUBERNETES_VERSION
 
-# Kubernetes 1.37 matches the `kubernetes` Python client 37.x pinned in pyproject.toml.
-KUBERNETES_VERSION = "v1.37.2"
-# Go line of that release's go.mod; the wrapper module keeps it (see docs/controlplane.md).
-KUBERNETES_GO_LINE = "1.26.0"
-ETCD_VERSION = "v3.6.16"
+__all__ = ["ETCD_VERSION", "KUBERNETES_GO_LINE", "KUBERNETES_VERSION"]

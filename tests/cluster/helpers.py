@@ -1,0 +1,128 @@
+"""What the cluster tier does to the local cluster: make deploy/undeploy, backends, policies, probes (I/O)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localcluster.backends import NAMESPACE, SERVICES, render_backends
+from localcluster.cluster import Cluster
+from localcluster.probe import Proto, Target, probe_many
+
+REPO = Path(__file__).resolve().parents[2]
+FAMILIES = ("v4", "v6")
+PROTOS: tuple[Proto, ...] = ("tcp", "udp")
+
+
+@dataclass
+class Deployment:
+    certs_dir: Path
+    output: str
+    seconds: float
+    undeployed: bool = False
+    log: list[str] = field(default_factory=list)
+
+
+def user_env(cluster: Cluster) -> dict[str, str]:
+    """What the README has a user do: `eval "$(python -m localcluster env)"`, the venv first on PATH."""
+    env = {**os.environ, **cluster.env()}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def make(cluster: Cluster, target: str, timeout: float = 600, **variables: str) -> subprocess.CompletedProcess[str]:
+    argv = ["make", "--no-print-directory", target, *(f"{k}={v}" for k, v in variables.items())]
+    return subprocess.run(argv, cwd=REPO, env=user_env(cluster), capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def deploy(cluster: Cluster) -> Deployment:
+    certs = Path(tempfile.mkdtemp(prefix="npg-deploy-certs-"))
+    started = time.monotonic()
+    proc = make(cluster, "deploy", CERTS_DIR=str(certs))
+    if proc.returncode != 0:
+        raise AssertionError(f"make deploy failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return Deployment(certs, proc.stdout + proc.stderr, time.monotonic() - started)
+
+
+def undeploy(cluster: Cluster) -> subprocess.CompletedProcess[str]:
+    return make(cluster, "undeploy")
+
+
+def apply_backends(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "-f", "-", stdin=render_backends())
+    cluster.kubectl("-n", NAMESPACE, "rollout", "status", "daemonset/echo", "--timeout=120s", timeout=150)
+
+
+def apply_policy(cluster: Cluster, name: str, ingress: list[dict[str, Any]] | None) -> subprocess.CompletedProcess[str]:
+    spec: dict[str, Any] = {"podSelector": {}, "policyTypes": ["Ingress"]}
+    if ingress is not None:
+        spec["ingress"] = ingress
+    body = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
+    return cluster.kubectl("apply", "-f", "-", stdin=json.dumps(body), check=False)
+
+
+def delete_policies(cluster: Cluster) -> None:
+    cluster.kubectl("-n", NAMESPACE, "delete", "networkpolicies", "--all", "--wait=true")
+
+
+def node_address(cluster: Cluster, node: str, family: str) -> str:
+    plan = cluster.plan.node(node)
+    return plan.v4 if family == "v4" else plan.v6
+
+
+def matrix(cluster: Cluster, ports: Iterable[int] | None = None) -> list[tuple[str, int, Proto, str]]:
+    """Every (node, nodePort, protocol, family) the backends expose."""
+    ports = list(ports) if ports is not None else [s.node_port for s in SERVICES]
+    return [(n.name, p, proto, fam) for n in cluster.plan.nodes for p in ports for proto in PROTOS for fam in FAMILIES]
+
+
+def probe_matrix(cluster: Cluster, client: str, cases: list[tuple[str, int, Proto, str]],
+                 timeout: float = 1.0) -> dict[tuple[str, int, Proto, str], str]:
+    targets = [Target(node_address(cluster, n, f), p, proto, timeout) for n, p, proto, f in cases]
+    results = probe_many(cluster.plan.client(client).netns, targets)
+    return dict(zip(cases, results, strict=True))
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30, interval: float = 0.5) -> Any:
+    """Retry `check` (which raises AssertionError until it holds) until it passes or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(interval)
+
+
+def expect(cluster: Cluster, client: str, cases: list[tuple[str, int, Proto, str]], answered: bool,
+           timeout: float = 30) -> dict[tuple[str, int, Proto, str], str]:
+    """Probe until every case is answered (or every case times out), on both nodes at once."""
+    def check() -> dict[tuple[str, int, Proto, str], str]:
+        results = probe_matrix(cluster, client, cases)
+        wrong = {k: v for k, v in results.items() if v.startswith("answer:") != answered}
+        assert not wrong, f"{client}: expected {'answers' if answered else 'timeouts'}, got {wrong}"
+        return results
+
+    result: dict[tuple[str, int, Proto, str], str] = eventually(check, timeout)
+    return result
+
+
+def our_dataplane(cluster: Cluster, node: str) -> list[str]:
+    """Every line on `node` naming one of our chains, rules or sets, over both iptables backends and nft."""
+    lines = []
+    for argv in (["iptables-legacy-save"], ["ip6tables-legacy-save"], ["iptables-nft-save"], ["ip6tables-nft-save"],
+                 ["nft", "list", "ruleset"], ["ipset", "list", "-n"]):
+        out = cluster.on_node(node, argv, check=False).stdout
+        lines += [f"{argv[0]}: {line}" for line in out.splitlines() if "npg" in line.lower()]
+    return lines
