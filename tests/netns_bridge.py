@@ -13,13 +13,13 @@ or is killed never leaves one behind, orphaned, after its namespace is gone.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
 import socket
 import sys
-import threading
+
+from localcluster.relay import serve
 
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
@@ -30,31 +30,6 @@ def _setns(fd: int) -> None:
     if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-
-def _serve(listener: socket.socket, target_port: int) -> None:
-    while True:
-        client, _ = listener.accept()
-        try:
-            upstream = socket.create_connection(("127.0.0.1", target_port), timeout=10)
-            upstream.settimeout(None)
-        except OSError:
-            client.close()
-            continue
-        for a, b in ((client, upstream), (upstream, client)):
-            threading.Thread(target=_pump, args=(a, b), daemon=True).start()
 
 
 def _die_with_parent() -> None:
@@ -75,7 +50,7 @@ def main(argv: list[str]) -> int:
     os.close(node)
     os.close(root)
     print("ready", flush=True)
-    _serve(listener, target_port)
+    serve(listener, "127.0.0.1", target_port)  # the same relay loop as the local cluster's
     return 0
 
 
