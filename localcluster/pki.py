@@ -34,13 +34,13 @@ class ClusterPki:
     service_account_pub: bytes
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def _issue(
+def issue_cert(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_name: x509.Name,
     subject: x509.Name,
@@ -80,10 +80,10 @@ def _issue(
     if usage:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    return Pem(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+    return Pem(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
 
 
-def _name(cn: str, org: str | None = None) -> x509.Name:
+def cert_name(cn: str, org: str | None = None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
     if org:
         attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
@@ -92,22 +92,22 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 
 def build_cluster_pki(apiserver_ips: list[str], node_names: list[str]) -> ClusterPki:
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("nodeport-guard-localcluster-ca")
-    ca = _issue(ca_key, ca_name, ca_name, ca=True)
+    ca_name = cert_name("nodeport-guard-localcluster-ca")
+    ca = issue_cert(ca_key, ca_name, ca_name, ca=True)
     dns = ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
            "localhost"]
     san: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     san += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ["127.0.0.1", *apiserver_ips]]
-    apiserver = _issue(ca_key, ca_name, _name("kube-apiserver"), san=san, usage=ExtendedKeyUsageOID.SERVER_AUTH)
+    apiserver = issue_cert(ca_key, ca_name, cert_name("kube-apiserver"), san=san, usage=ExtendedKeyUsageOID.SERVER_AUTH)
     identities = {
-        "admin": _name("localcluster-admin", "system:masters"),
-        "kube-proxy": _name("system:kube-proxy"),
-        "kube-controller-manager": _name("system:kube-controller-manager"),
-        "kube-scheduler": _name("system:kube-scheduler"),
-        **{n: _name(f"system:node:{n}", "system:nodes") for n in node_names},
+        "admin": cert_name("localcluster-admin", "system:masters"),
+        "kube-proxy": cert_name("system:kube-proxy"),
+        "kube-controller-manager": cert_name("system:kube-controller-manager"),
+        "kube-scheduler": cert_name("system:kube-scheduler"),
+        **{n: cert_name(f"system:node:{n}", "system:nodes") for n in node_names},
     }
     clients = {
-        who: _issue(ca_key, ca_name, subject, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+        who: issue_cert(ca_key, ca_name, subject, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
         for who, subject in identities.items()
     }
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -115,7 +115,7 @@ def build_cluster_pki(apiserver_ips: list[str], node_names: list[str]) -> Cluste
         ca=ca,
         apiserver=apiserver,
         clients=clients,
-        service_account_key=_key_pem(sa_key),
+        service_account_key=key_pem(sa_key),
         service_account_pub=sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
