@@ -5,10 +5,9 @@ with `make deploy`. The cases run side by side, in rounds (`tests.scenarios.plan
 are cluster-wide, so a NodePort no policy names is renumbered; a round is bounded by pod capacity),
 each case in namespaces of its own. A round:
 
-1. creates the namespaces, the case's Pods as real servers (the product image's Python: TCP accept
-   with a greeting and UDP echo on every port a backend may be asked on, running as root so that
-   ports below 1024 work; a case with an externalTrafficPolicy Local Service gets each pod once per
-   node, pinned, so both nodes have a local endpoint) and its Services; waits until the pods run;
+1. creates the namespaces, the case's Pods as real servers (`tests.scenario_backends`; a case with
+   an externalTrafficPolicy Local Service gets each pod once per node, pinned, so both nodes have
+   a local endpoint) and its Services; waits until the pods run;
 2. proves the path before any policy: every expectation's packet must get through on both nodes
    (retried until kube-proxy has programmed the Services), so a later "denied" means filtered;
 3. applies the case's NetworkPolicies through the real webhook (`kubectl apply`; a rejection is the
@@ -17,8 +16,8 @@ each case in namespaces of its own. A round:
 4. forgets the sources' conntrack entries on both nodes (every probe is a NEW connection) and sends
    one packet exchange per expectation and node, from the scenario client namespace holding that
    source (`localcluster.scenario_client`), to the node's own address: TCP connect, UDP
-   request/answer, SCTP INIT, observed arriving in the backend pod's network namespace by a raw
-   socket (`tests.probe_agent node` entered with nsenter into the pod's container process);
+   request/answer, SCTP INIT, observed arriving in a backend pod's network namespace by a raw
+   socket (`tests.scenario_backends.SctpObservers`);
 5. re-probes only the disagreeing expectations after settling longer, then deletes the namespaces.
 
 The verdict is read from packets only, never from rules or annotations.
@@ -38,12 +37,10 @@ from dataclasses import dataclass, field
 
 from localcluster.cluster import Cluster
 from localcluster.network import in_netns
-from localcluster.node import containerd_socket
 from localcluster.plan import NodePlan
 from localcluster.scenario_client import ScenarioClient
-from localcluster.state import State
-from localcluster.versions import IMAGE_NAME
-from tests.probes import PASSED, ClientAgent, NodeAgent, Observed
+from tests.probes import PASSED, ClientAgent, Observed
+from tests.scenario_backends import SctpObservers, pods_per_case, server_pod
 from tests.scenario_oracle import CaseOutcome, Row
 from tests.scenarios import (
     Case,
@@ -65,66 +62,8 @@ PODS_TIMEOUT = 240.0
 ROUND_LABEL = "nodeport-guard.test/scenario-round"
 MAX_PODS_PER_NODE = 40  # kubelet's maxPods in localcluster/node.py
 
-SERVER = r"""
-import selectors, socket, sys
-sel = selectors.DefaultSelector()
-for port in map(int, sys.argv[1:]):
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        s = socket.socket(socket.AF_INET6, kind)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind(("::", port))
-        if kind == socket.SOCK_STREAM:
-            s.listen(512)
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, kind)
-print("serving", sys.argv[1:], flush=True)
-while True:
-    for key, _ in sel.select():
-        try:
-            if key.data == socket.SOCK_STREAM:
-                c, _ = key.fileobj.accept()
-                c.settimeout(1.0)
-                try:
-                    c.sendall(b"ok")
-                finally:
-                    c.close()
-            else:
-                data, addr = key.fileobj.recvfrom(2048)
-                key.fileobj.sendto(data, addr)
-        except OSError:
-            pass
-"""
-
-
 def node_label(node: NodePlan) -> str:
     return f"{node.name}/{node.proxy_mode}"
-
-
-def _server_pod(spec: Obj, namespace: str, ports: Sequence[int], node: str | None) -> Obj:
-    container: Obj = {
-        "name": "app",
-        "image": IMAGE_NAME,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-u", "-c", SERVER, *map(str, ports)],
-        # Root, for ports below 1024; a test backend, not the product.
-        "securityContext": {"runAsUser": 0, "runAsNonRoot": False},
-    }
-    if spec.get("containerPorts"):
-        container["ports"] = spec["containerPorts"]
-    pod_spec: Obj = {"containers": [container], "terminationGracePeriodSeconds": 0,
-                     "enableServiceLinks": False, "automountServiceAccountToken": False}
-    name = spec["name"]
-    if node is not None:
-        pod_spec["nodeName"] = node
-        name = f"{name}-{node}"
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": spec.get("labels", {})},
-            "spec": pod_spec}
-
-
-def pods_per_case(case: Case, nodes: int) -> int:
-    return len(case.pods) * (nodes if has_local_service(case) else 1)
 
 
 @dataclass
@@ -152,14 +91,13 @@ class ClusterOracle:
         self.nodes = cluster.plan.nodes
         self.labels = tuple(node_label(n) for n in self.nodes)
         self.log = log
-        self._state = State.load(cluster.plan.name)
         self._agent = ClientAgent(client.netns)
         self._pool = ThreadPoolExecutor(max_workers=48)
-        self._observers: list[NodeAgent] = []
+        self._sctp = SctpObservers(cluster)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._close_observers()
+        self._sctp.close()
         self._agent.close()
 
     # --- cluster facts ---------------------------------------------------------------------
@@ -198,42 +136,6 @@ class ClusterOracle:
                 subprocess.run(in_netns(node.netns, ["conntrack", "-D", *family, "-s", source]),
                                capture_output=True, check=False, timeout=30)
 
-    # --- SCTP observers in the backend pods ------------------------------------------------
-
-    def _task_pids(self, node: NodePlan) -> dict[str, int]:
-        assert self._state is not None
-        argv = ["ctr", "--address", str(containerd_socket(self._state, node)), "-n", "k8s.io", "tasks", "ls"]
-        out = self.cluster.on_node(node.name, argv).stdout
-        return {f[0]: int(f[1]) for f in (line.split() for line in out.splitlines()[1:]) if len(f) >= 2}
-
-    def _observe_sctp(self, pods: list[Obj]) -> None:
-        """A raw-socket observer in the network namespace of every given pod."""
-        pids = {n.name: self._task_pids(n) for n in self.nodes}
-        for pod in pods:
-            node = pod["spec"]["nodeName"]
-            container = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-            pid = pids[node][container]
-            where = f"pod {pod['metadata']['namespace']}/{pod['metadata']['name']}"
-            self._observers.append(NodeAgent(where, [], enter=["nsenter", f"--net=/proc/{pid}/ns/net", "--"]))
-
-    def _close_observers(self) -> None:
-        for observer in self._observers:
-            observer.close()
-        self._observers = []
-
-    def _sctp_arrived(self, tag: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            for observer in self._observers:
-                seen = observer.take_init(tag)
-                if seen is not None:
-                    if not seen[2]:
-                        raise AssertionError(f"SCTP INIT tag {tag} reached {observer.netns} with a bad checksum")
-                    return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-
     # --- probing ---------------------------------------------------------------------------
 
     def _address(self, node: NodePlan, family: int) -> str:
@@ -246,7 +148,7 @@ class ClusterOracle:
             sent = self._agent.request("sctp", e.source, dst, e.node_port, timeout, tag)
             if sent != "sent":
                 raise RuntimeError(f"{e.describe()} to {node.name}: the client could not send the INIT: {sent}")
-            return "arrived" if self._sctp_arrived(tag, timeout) else "timeout"
+            return "arrived" if self._sctp.arrived(tag, timeout) else "timeout"
         result = self._agent.request(e.probe_protocol, e.source, dst, e.node_port, timeout)
         if result not in ("connected", "accepted", "refused", "answered", "timeout"):
             raise RuntimeError(f"{e.describe()} to {node.name}: {result}")
@@ -275,8 +177,9 @@ class ClusterOracle:
         return sorted((p["metadata"]["namespace"], p["metadata"]["name"], p["metadata"]["resourceVersion"])
                       for p in items if p["metadata"]["namespace"] in namespaces)
 
-    def _settle(self, namespaces: Sequence[str], before: dict[str, int], quiet: float) -> None:
-        """Annotations quiet for `quiet` s; then every enforcer synced since `before` and stayed idle for 1 s."""
+    def _settle(self, namespaces: Sequence[str], before: dict[str, int] | None, quiet: float) -> None:
+        """Annotations quiet for `quiet` s; then every enforcer synced since `before` (None: no policy was
+        admitted, nothing to sync) and stayed idle for 1 s."""
         last: list[tuple[str, str, str]] | None = None
         since = time.monotonic()
         deadline = since + 60
@@ -293,7 +196,7 @@ class ClusterOracle:
             previous = -1
             while True:
                 count = self.enforcer_syncs(node)
-                if count > before[node.name] and count == previous:
+                if (before is None or count > before[node.name]) and count == previous:
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the enforcer on {node.name} did not sync after the round's policies")
@@ -335,7 +238,7 @@ class ClusterOracle:
             pinned: list[str | None] = [n.name for n in self.nodes] if has_local_service(r.case) else [None]
 
             def build(spec: Obj, ns: str, ports: list[int] = ports, pinned: list[str | None] = pinned) -> list[Obj]:
-                return [_server_pod(spec, ns, ports, node) for node in pinned]
+                return [server_pod(spec, ns, ports, node) for node in pinned]
 
             objects = build_objects(r.case, r.mapping, build)
             r.notes += objects.notes
@@ -373,14 +276,14 @@ class ClusterOracle:
                      f"({time.monotonic() - started:.0f}s)")
             sctp_cases = {ns for r in running if any(e.probe_protocol == "sctp" for e in r.case.expectations)
                           for ns in r.mapping.values()}
-            self._observe_sctp([p for p in pods if p["metadata"]["namespace"] in sctp_cases])
+            self._sctp.observe([p for p in pods if p["metadata"]["namespace"] in sctp_cases])
             self._path_ready(running)
             self.log(f"[cluster oracle] round {tag}: every expectation gets through without a policy "
                      f"({time.monotonic() - started:.0f}s)")
             before = {n.name: self.enforcer_syncs(n) for n in self.nodes}
             list(self._pool.map(self._apply_policies, running))
             admitted = [r for r in running if r.rejected is None]
-            self._settle(names, before, quiet=1.5)
+            self._settle(names, before if any(r.policies for r in admitted) else None, quiet=1.5)
             self.forget_flows()
             items = [(e, n) for r in admitted for e in r.case.expectations for n in self.nodes]
             observed = dict(zip(((e.index, r.index, n.name) for r in admitted for e in r.case.expectations
@@ -399,7 +302,7 @@ class ClusterOracle:
                      f"({time.monotonic() - started:.0f}s)")
             return [self._outcome(r, observed, rechecked) for r in running]
         finally:
-            self._close_observers()
+            self._sctp.close()
             self.cluster.kubectl("delete", "namespace", *names, "--wait=true", "--ignore-not-found",
                                  timeout=300, check=False)
 
