@@ -118,8 +118,9 @@ def attach(plan: ClusterPlan, sources: Sequence[str]) -> ScenarioClient:
     return client
 
 
-def _rules(netns: str, family: str) -> str:
-    return run(["ip", "-n", netns, family, "rule", "show"], check=False).stdout
+def _has_rule(netns: str, family: str, pref: str, table: str) -> bool:
+    rules = run(["ip", "-n", netns, family, "rule", "show"], check=False).stdout.splitlines()
+    return any(line.startswith(f"{pref}:") and line.rstrip().endswith(f"lookup {table}") for line in rules)
 
 
 def detach(plan: ClusterPlan) -> list[str]:
@@ -128,12 +129,11 @@ def detach(plan: ClusterPlan) -> list[str]:
     for node in plan.nodes:
         if not Path(f"/run/netns/{node.netns}").exists():
             continue
-        v4 = _rules(node.netns, "-4")
-        if not any(line.startswith("0:") and "lookup local" in line for line in v4.splitlines()):
+        if not _has_rule(node.netns, "-4", "0", "local"):
             run(["ip", "-n", node.netns, "-4", "rule", "add", "pref", "0", "lookup", "local"], check=False)
         for family, pref, table in (("-4", LOCAL_RULE_PREF, "local"), ("-4", SCENARIO_RULE_PREF, SCENARIO_TABLE),
                                     ("-6", SCENARIO_RULE_PREF, SCENARIO_TABLE)):
-            while f"{pref}:" in _rules(node.netns, family):
+            while _has_rule(node.netns, family, pref, table):
                 if run(["ip", "-n", node.netns, family, "rule", "del", "pref", pref, "lookup", table],
                        check=False).returncode != 0:
                     problems.append(f"{node.name}: could not delete rule {family} pref {pref} lookup {table}")

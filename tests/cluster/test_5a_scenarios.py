@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -57,10 +58,27 @@ def _selected(request: pytest.FixtureRequest) -> list[Case]:
     return [c for c in CASES if c.name in names]
 
 
+def node_rules(cluster: Cluster) -> dict[str, str]:
+    """Every node's routing rules and the names of its links (pod veths come and go; ours must go)."""
+    def view(node: str) -> str:
+        rules = [cluster.on_node(node, ["ip", family, "rule"]).stdout for family in ("-4", "-6")]
+        links = [line.split()[0] for line in cluster.on_node(node, ["ip", "-br", "link"]).stdout.splitlines()]
+        return "\n".join([*rules, *(name for name in links if not name.startswith("veth"))])
+
+    return {n.name: view(n.name) for n in cluster.plan.nodes}
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteRun:
+    outcomes: dict[str, CaseOutcome]
+    rules_before: dict[str, str]
+    rules_after: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def outcomes(
+def run(
     request: pytest.FixtureRequest, cluster: Cluster, deployed: Deployment, pytestconfig: pytest.Config
-) -> Iterator[dict[str, CaseOutcome]]:
+) -> Iterator[SuiteRun]:
     # The demo backends of the earlier files hold NodePorts 30080-30083, which two cases need by number
     # (their policies name them); test_6 applies the backends again.
     cluster.kubectl("delete", "namespace", DEMO_NAMESPACE, "--ignore-not-found", "--wait=true", timeout=180)
@@ -75,12 +93,18 @@ def outcomes(
     log("\n" + render_header(cases, labels))
     started = time.monotonic()
     results: dict[str, CaseOutcome] = {}
+    before = node_rules(cluster)
     with scenario_client(cluster.plan, sources_of(cases)) as client, cluster_oracle(cluster, client, log) as oracle:
         for outcome in oracle.run(cases):
             results[outcome.case.name] = outcome
             log(render_case(outcome, labels))
     log(render_summary(list(results.values()), labels, time.monotonic() - started))
-    yield results
+    yield SuiteRun(results, before, node_rules(cluster))
+
+
+@pytest.fixture(scope="module")
+def outcomes(run: SuiteRun) -> dict[str, CaseOutcome]:
+    return run.outcomes
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -105,3 +129,8 @@ def test_a_case_the_webhook_rejects_is_reported_as_rejected_at_admission(outcome
     assert rendered.startswith("synthetic-host-bits-set: rejected at admission: ")
     unmarked = CaseOutcome(parse_case({**SYNTHETIC_INVALID, "invalid": False}), (), outcome.rejected, ())
     assert not unmarked.ok and "[NOT EXPECTED]" in render_case(unmarked, ())
+
+
+def test_the_scenario_client_leaves_every_node_as_it_was(run: SuiteRun) -> None:
+    assert run.rules_after == run.rules_before
+    assert all("scen0" not in rules for rules in run.rules_after.values())
