@@ -3,7 +3,8 @@
 A local cluster comes up (localcluster: real kubelet, containerd and kube-proxy on two nodes,
 iptables mode on node1, nftables mode on node2), nodeport-guard is installed with `make deploy`
 as the README says, and real packets from two client namespaces go to NodePorts on both nodes.
-Then `make undeploy` and the cluster goes down. Exits 0 only if every check passed.
+Then one shared scenario runs through the test suite's own packet oracle (tests/scenario_cluster.py),
+`make undeploy`, and the cluster goes down. Exits 0 only if every check passed.
 """
 
 from __future__ import annotations
