@@ -44,15 +44,14 @@ def parse_counter_save(text: str) -> RawCounters:
     """Members of our counter sets with their packet counts, from `ipset save` lines
     (`add npg-4-dropped 198.51.100.11,tcp:30080 packets 3 bytes 180`); other lines are ignored."""
     out: RawCounters = {}
+    sets = _SET_MODES
     for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 5 or fields[0] != "add" or fields[1] not in _SET_MODES:
+        fields = line.split(" ", 5)
+        # Fast path for the kernel's own layout; anything else is skipped, never guessed.
+        if len(fields) < 5 or fields[0] != "add" or fields[1] not in sets or fields[3] != "packets":
             continue
-        try:
-            packets = int(fields[fields.index("packets") + 1])
-        except (ValueError, IndexError):
-            continue
-        out[(fields[1], fields[2])] = packets
+        if fields[4].isdigit():
+            out[(fields[1], fields[2])] = int(fields[4])
     return out
 
 
@@ -68,6 +67,9 @@ def drop_key(set_name: str, member: str) -> DropKey | None:
     return DropKey(where[0], protocol, int(port_text), where[1])
 
 
+_UNSEEN = DropKey(4, "TCP", 0, "enforce")  # a sentinel: never a real member's key (port 0)
+
+
 class DropTotals:
     """Monotonic totals per DropKey from successive kernel reads (thread-safe).
 
@@ -78,23 +80,27 @@ class DropTotals:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._last: RawCounters = {}
+        self._last: Mapping[tuple[str, str], int] = {}
+        self._keys: dict[tuple[str, str], DropKey | None] = {}  # parsed once per member
         self._totals: dict[DropKey, int] = {}
 
     def update(self, raw: Mapping[tuple[str, str], int]) -> dict[DropKey, int]:
         """Fold one read in; returns the totals (a copy)."""
         with self._lock:
+            keys, last, totals = self._keys, self._last, self._totals
             for member, packets in raw.items():
-                key = drop_key(*member)
+                key = keys.get(member, _UNSEEN)
+                if key is _UNSEEN:
+                    key = keys[member] = drop_key(*member)
                 if key is None:
                     continue
-                before = self._last.get(member)
-                grown = packets if before is None or packets < before else packets - before
-                if grown or key not in self._totals:
-                    self._totals[key] = self._totals.get(key, 0) + grown
+                before = last.get(member, 0)
+                totals[key] = totals.get(key, 0) + (packets if packets < before else packets - before)
             # Members gone (set destroyed): forget their last count so a recreated one counts from 0.
-            self._last = dict(raw)
-            return dict(self._totals)
+            self._last = raw
+            if len(keys) > 2 * len(raw) + 1024:
+                self._keys = {m: k for m, k in keys.items() if m in raw}
+            return dict(totals)
 
     def totals(self) -> dict[DropKey, int]:
         with self._lock:

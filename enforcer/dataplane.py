@@ -128,17 +128,26 @@ class Dataplane:
 
     def read_counters(self) -> str:
         """`ipset save` of our counter sets only (sparse: a member per node address and port that saw
-        a denied new connection), in one `ipset restore` process after one `ipset list -n`.
+        a denied new connection), in one `ipset restore` process.
 
         Never the allow or port sets: their dump grows with the protected ports (~120 ms at 20k
         members). Safe from any thread: it reads, and writes nothing.
         """
-        names = set(_check(self._run(["ipset", "list", "-n"])).stdout.split())
-        wanted = [n for f in FAMILIES for n in diff.counter_set_names(f) if n in names]
-        if not wanted:
-            return ""
-        script = "".join(f"save {n}\n" for n in wanted)
-        return _check(self._run(["ipset", "restore"], script)).stdout
+        # Our last write names the counter sets that exist (one process); else, or when one has
+        # vanished since (the restore fails), ask the kernel.
+        last = self._last_members
+        for attempt in range(2):
+            if last is None or attempt:
+                names: Iterable[str] = _check(self._run(["ipset", "list", "-n"])).stdout.split()
+            else:
+                names = last.keys()
+            wanted = [n for n in names if diff.is_counter_set(n)]
+            if not wanted:
+                return ""
+            result = self._run(["ipset", "restore"], "".join(f"save {n}\n" for n in sorted(wanted)))
+            if result.returncode == 0 or attempt:
+                return _check(result).stdout
+        return ""
 
     # --- writing ---------------------------------------------------------------------------
 
