@@ -279,3 +279,18 @@ def test_everything_is_still_composed_from_every_part() -> None:
     groups = Part("some", groups=(("a" * 32, ()),), mode="audit")
     assert compose([groups], 4) == () and compose_mode([groups]) == "audit"
     assert PodGroup("a" * 32, None).allow is None
+
+
+def test_leaving_audit_mode_counts_as_newly_restricted_for_conntrack() -> None:
+    from enforcer.delta import fast_set_changes, newly_restricted
+
+    audited, enforced = _port(30080, "audit"), _port(30080, "enforce")
+    key = audited.key
+    assert newly_restricted({key: (audited, enforced)}) == {key: enforced.allowed}  # its denied flows now drop
+    assert newly_restricted({key: (enforced, audited)}) == {}  # audit drops nothing
+    assert newly_restricted({key: (None, audited)}) == {}
+    assert newly_restricted({key: (audited, enforced)}, audit_all=True) == {}
+    # The fast path writes the mode change as audit-set member changes only.
+    last = {name: set(m) for name, m in diff.render_members([audited]).items()}
+    (change,) = fast_set_changes(last, {key: (audited, enforced)}) or ()
+    assert change.name == "npg-4-audit" and change.removes == ("0.0.0.0/1,tcp:30080", "128.0.0.0/1,tcp:30080")
