@@ -294,3 +294,16 @@ def test_leaving_audit_mode_counts_as_newly_restricted_for_conntrack() -> None:
     last = {name: set(m) for name, m in diff.render_members([audited]).items()}
     (change,) = fast_set_changes(last, {key: (audited, enforced)}) or ()
     assert change.name == "npg-4-audit" and change.removes == ("0.0.0.0/1,tcp:30080", "128.0.0.0/1,tcp:30080")
+
+
+def test_enforcer_mode_setting() -> None:
+    from enforcer.settings import EnforcerSettings, SettingsError
+
+    public = {"NPG_PUBLIC_KEYS_CONFIGMAP": "nodeport-guard/nodeport-guard-signing-public-keys"}
+    assert EnforcerSettings.from_env(public).audit_all is False
+    assert EnforcerSettings.from_env({**public, "NPG_MODE": "audit"}).audit_all is True
+    assert EnforcerSettings.from_env({**public, "NPG_AUDIT_LOG_SECONDS": "2.5"}).audit_log_seconds == 2.5
+    with pytest.raises(SettingsError, match=r"NPG_MODE='dryrun': expected enforce"):
+        EnforcerSettings.from_env({**public, "NPG_MODE": "dryrun"})
+    with pytest.raises(SettingsError, match="NPG_AUDIT_LOG_SECONDS=0.0: must be > 0"):
+        EnforcerSettings.from_env({**public, "NPG_AUDIT_LOG_SECONDS": "0"})
