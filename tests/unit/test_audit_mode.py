@@ -305,5 +305,5 @@ def test_enforcer_mode_setting() -> None:
     assert EnforcerSettings.from_env({**public, "NPG_AUDIT_LOG_SECONDS": "2.5"}).audit_log_seconds == 2.5
     with pytest.raises(SettingsError, match=r"NPG_MODE='dryrun': expected enforce"):
         EnforcerSettings.from_env({**public, "NPG_MODE": "dryrun"})
-    with pytest.raises(SettingsError, match="NPG_AUDIT_LOG_SECONDS=0.0: must be > 0"):
+    with pytest.raises(SettingsError, match=r"NPG_AUDIT_LOG_SECONDS=0\.0: must be > 0"):
         EnforcerSettings.from_env({**public, "NPG_AUDIT_LOG_SECONDS": "0"})
