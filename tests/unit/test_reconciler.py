@@ -26,6 +26,8 @@ def _cache(policies: int) -> ClusterCache:
         )
         for i in range(policies)
     ]
+    for i, obj in enumerate(stored):
+        obj["metadata"]["resourceVersion"] = str(100 + i)
     cache.replace("networkpolicies", stored, "1")
     return cache
 
@@ -77,3 +79,57 @@ def test_a_true_annotation_is_not_written_again() -> None:
     cache.apply("networkpolicies", "MODIFIED", {**stored, "metadata": meta})
     assert reconciler.reconcile_namespace(NS) == 0
     assert len(patched) == 1
+
+
+def _written(p: AnnotationPatch, stored: dict[str, Any], version: str) -> dict[str, Any]:
+    """What the API answers to a merge patch of `stored`: the annotations merged, a new resourceVersion."""
+    merged = {**(stored["metadata"].get("annotations") or {}), **p.annotations}
+    annotations = {k: v for k, v in merged.items() if v is not None}
+    return {**stored, "metadata": {**stored["metadata"], "annotations": annotations, "resourceVersion": version}}
+
+
+def test_the_patch_response_is_cached_so_its_watch_echo_wakes_no_pass() -> None:
+    cache = _cache(3)
+    responses: dict[str, dict[str, Any]] = {}
+
+    def patch(p: AnnotationPatch) -> dict[str, Any]:
+        stored = cache.policy(NS, p.name)
+        assert stored is not None and p.resource_version == stored["metadata"]["resourceVersion"]
+        responses[p.name] = _written(p, stored, f"rv-{p.name}")
+        return responses[p.name]
+
+    patched: list[AnnotationPatch] = []
+    reconciler = _reconciler(cache, patch, patched)
+    events: list[tuple[str, str, str | None]] = []
+    cache.add_listener(lambda kind, ns, name: events.append((kind, ns, name)))
+    assert reconciler.reconcile_namespace(NS) == 0
+    assert len(patched) == 3 and events == []
+    for name, written in responses.items():
+        assert cache.policy(NS, name) == TRIMMERS["networkpolicies"](written)
+        cache.apply("networkpolicies", "MODIFIED", TRIMMERS["networkpolicies"](written))  # the watch echo
+    assert events == []
+    assert reconciler.reconcile_namespace(NS) == 0 and len(patched) == 3
+
+
+def test_a_newer_event_is_not_undone_by_an_older_patch_response() -> None:
+    cache = _cache(1)
+    stored = cache.policy(NS, "p0")
+    assert stored is not None
+    newer = {**stored, "metadata": {**stored["metadata"], "resourceVersion": "rv-newer"}}
+
+    def patch(p: AnnotationPatch) -> dict[str, Any]:
+        cache.apply("networkpolicies", "MODIFIED", newer)  # someone else's write lands first
+        return _written(p, stored, "rv-ours")
+
+    _reconciler(cache, patch, []).reconcile_namespace(NS)
+    assert cache.policy(NS, "p0") == newer
+
+
+def test_the_resync_yields_to_pending_changes_one_namespace_at_a_time() -> None:
+    stop = threading.Event()
+    reconciler = Reconciler(ClusterCache(), KEY, lambda p: None, stop, excluded_namespaces=("kube-system",))
+    reconciler.queue_resync(["a", "b", "kube-system", "c"])
+    reconciler.queue_resync(["b", "d"])
+    change: dict[str, set[str] | None] = {"x": {"p1"}}
+    assert reconciler.next_batch(change) == change  # a change first, the resync left queued
+    assert [reconciler.next_batch({}) for _ in range(5)] == [{"a": None}, {"b": None}, {"c": None}, {"d": None}, {}]
