@@ -39,7 +39,13 @@ TRUE_TIMEOUT = 60.0
 # A resync pass every few seconds instead of 60, so changes also land while one runs.
 RESYNC_SECONDS = 5
 BOUND = Target("median", "<=", 2000.0, "median <= 2 s (the reconciler's bound)")
-CHANGES = ("change one policy", "add a NodePort Service", "delete a NodePort Service", "add a pod with new labels")
+CHANGES = (
+    "change one policy",
+    "add a NodePort Service",
+    "delete a NodePort Service",
+    "add the first pod behind a NodePort Service",
+    "delete that pod",
+)
 NOTES = (
     "The real stack: local etcd + kube-apiserver, `manifests/` applied and certificates installed by the certs "
     "tool, the webhook under gunicorn + TLS with list+watch and the leader reconciler, no node "
@@ -50,10 +56,11 @@ NOTES = (
     "selecting every pod, each allowing its own IPv6 host; every Service is IPv6 single-stack (the test "
     "apiserver's IPv4 Service range is a /24). At 1, 10 and 100 namespaces (100, 1,000 and 10,000 Services), "
     f"each change is made {REPEAT} times in the first namespace: change one policy's ipBlock, add a NodePort "
-    "Service selecting existing pods, delete it, add a pod with the labels of a Service's pods and one more "
-    "(a new pod group: every policy's entries there change). **Time to true**: measured since just before the API call "
-    "until the first instant every stored policy of that namespace carries exactly what the pure core computes "
-    "(tests/policy_watch.py). **Writes**: the reconciler's counter on /metrics."
+    "Service selecting existing pods, delete it, add the first pod behind a NodePort Service that had none "
+    "(made before, untimed: every policy now names its NodePort), delete that pod. **Time to true**: "
+    "measured since just before the API call until the first instant every stored policy of that namespace "
+    "carries exactly what the pure core computes (tests/policy_watch.py). **Writes**: the reconciler's counter "
+    "on /metrics."
 )
 
 
@@ -167,7 +174,11 @@ class Changes:
         self.round += 1
         changed = _policy(0, k % POLICIES_PER_NAMESPACE, host=_host(0xFFF, k))
         service = json.dumps({**_service(0, True, k % NODEPORT_SERVICES), "metadata": {"name": f"extra-{k}"}})
-        pod = json.dumps(_pod(f"extra-{k}", {"app": f"app-{k % NODEPORT_SERVICES}", "round": str(k)}))
+        # A NodePort Service without pods, so its first pod is a change every policy sees (untimed).
+        lonely = {**_service(0, True, 0), "metadata": {"name": f"lonely-{k}"}}
+        lonely["spec"] = {**lonely["spec"], "selector": {"app": f"lonely-{k}"}}
+        plane.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(lonely))
+        pod = json.dumps(_pod(f"lonely-{k}", {"app": f"lonely-{k}"}))
         return {
             "change one policy": lambda: plane.kubectl(
                 "patch",
@@ -181,7 +192,12 @@ class Changes:
             ),
             "add a NodePort Service": lambda: plane.kubectl("create", "-n", ns, "-f", "-", input=service),
             "delete a NodePort Service": lambda: plane.kubectl("delete", "service", f"extra-{k}", "-n", ns),
-            "add a pod with new labels": lambda: plane.kubectl("create", "-n", ns, "-f", "-", input=pod),
+            "add the first pod behind a NodePort Service": lambda: plane.kubectl(
+                "create", "-n", ns, "-f", "-", input=pod
+            ),
+            "delete that pod": lambda: plane.kubectl(
+                "delete", "pod", f"lonely-{k}", "-n", ns, "--grace-period=0", "--force"
+            ),
         }
 
 
