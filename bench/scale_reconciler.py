@@ -217,8 +217,9 @@ def _figures(
                 BOUND,
                 inputs=inputs,
                 note=(
-                    f"{rate:.0f} reconciler writes/s, each admitted by both webhooks; one per policy selecting "
-                    "the Service's pods is the contract's cost of a Service change"
+                    f"{rate:.0f} reconciler writes/s, past our webhooks (their matchConditions exempt the "
+                    "reconciler's annotation writes); one per policy selecting the Service's pods is the "
+                    "contract's cost of a Service change"
                     if change in ("add a Service", "delete a Service")
                     else ""
                 ),

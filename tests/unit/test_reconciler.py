@@ -21,8 +21,12 @@ def _cache(policies: int) -> ClusterCache:
     cache.replace("pods", [TRIMMERS["pods"](pod("web-1", {"app": "web"}, namespace=NS))], "1")
     stored = [
         TRIMMERS["networkpolicies"](
-            policy(f"p{i}", {"podSelector": {}, "ingress": [{"from": ip_from(f"10.0.0.{2 * i + 1}/32")}]},
-                   namespace=NS, uid=f"uid-{i}")
+            policy(
+                f"p{i}",
+                {"podSelector": {}, "ingress": [{"from": ip_from(f"10.0.0.{2 * i + 1}/32")}]},
+                namespace=NS,
+                uid=f"uid-{i}",
+            )
         )
         for i in range(policies)
     ]
@@ -133,3 +137,40 @@ def test_the_resync_yields_to_pending_changes_one_namespace_at_a_time() -> None:
     change: dict[str, set[str] | None] = {"x": {"p1"}}
     assert reconciler.next_batch(change) == change  # a change first, the resync left queued
     assert [reconciler.next_batch({}) for _ in range(5)] == [{"a": None}, {"b": None}, {"c": None}, {"d": None}, {}]
+
+
+class _CountingCache(ClusterCache):
+    """Records which namespaces' Services and pods were read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: set[str] = set()
+
+    def services_in(self, namespace: str) -> Any:
+        self.read.add(namespace)
+        return super().services_in(namespace)
+
+    def pods_in(self, namespace: str) -> Any:
+        self.read.add(namespace)
+        return super().pods_in(namespace)
+
+
+def test_a_change_reads_only_its_own_namespace() -> None:
+    port = {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}
+    cache = _CountingCache()
+    namespaces = [f"ns-{i}" for i in range(50)]
+    cache.replace(
+        "services",
+        [
+            TRIMMERS["services"](service(f"s{k}", {"app": "web"}, [port], namespace=ns))
+            for ns in namespaces
+            for k in range(20)
+        ],
+        "1",
+    )
+    cache.replace("pods", [TRIMMERS["pods"](pod("web-1", {"app": "web"}, namespace=ns)) for ns in namespaces], "1")
+    reconciler = Reconciler(cache, KEY, lambda p: None, threading.Event())
+    cache.read.clear()
+    reconciler.reconcile_namespace("ns-7")
+    reconciler.reconcile_namespace("ns-7", {"p0"})
+    assert cache.read == {"ns-7"}
