@@ -10,6 +10,7 @@ the webhook's /metrics) and the time until every stored annotation is true (test
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,8 @@ CHANGES = (
     "add a Service",
     "delete a Service",
 )
+SERVICE_CHANGES = ("add a Service", "delete a Service")
+CPU_PARTS = ("webhook", "apiserver and etcd")
 # Writes a change must cost: one re-sign for a create (the uid), none for the rest but the Services,
 # whose NodePort every policy selecting its pods must name (one write per such policy: N here).
 WRITE_TARGETS: dict[str, Target | None] = {c: ONE_WRITE for c in CHANGES[:4]} | {c: None for c in CHANGES[4:]}
@@ -65,6 +68,26 @@ def _label(n: int) -> str:
     return f"{n:,} policies in the namespace"
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and its live children (gunicorn's worker); 0 if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_cpu_seconds(int(c)) for c in children)
+
+
+def _cpu(plane: ControlPlane, webhook: WebhookServer) -> dict[str, float]:
+    """CPU seconds so far of the webhook (with its reconciler) and of the apiserver with etcd."""
+    assert webhook.process is not None
+    return {
+        "webhook": _cpu_seconds(webhook.process.pid),
+        "apiserver and etcd": sum(_cpu_seconds(p.pid) for p in plane.processes),
+    }
+
+
 def expected_figures() -> list[Figure]:
     out = []
     for n in SIZES:
@@ -75,6 +98,9 @@ def expected_figures() -> list[Figure]:
         out.append(
             not_measured(NAME, f"time to the new NodePort's first naming: add a Service, {_label(n)}", "ms", BOUND, "")
         )
+        for change in SERVICE_CHANGES:
+            for part in CPU_PARTS:
+                out.append(not_measured(NAME, f"CPU per write ({part}): {change}, {_label(n)}", "CPU ms", None, ""))
     return out
 
 
@@ -117,6 +143,7 @@ class Scenario:
         self.namespace = f"scale-{n}"
         self.api, self.core, self.networking = _clients(plane)
         self.protected: list[float] = []  # seconds from creating a Service to its NodePort first named
+        self.last_cpu: dict[str, float] = {}  # CPU seconds of the last change until true, per process group
 
     def setup(self) -> None:
         self.plane.kubectl("create", "namespace", self.namespace)
@@ -133,10 +160,13 @@ class Scenario:
         returns it), also records when the first policy named its NodePort (from then on it is
         filtered, fail closed)."""
         before = wait_quiet(self.webhook, quiet=0.5)
+        cpu_before = _cpu(self.plane, self.webhook)
         since = time.monotonic()
         made = change()
         desired = desired_annotations(self.plane, self.namespace, self.install.signing_key)
         took = wait_true(recorder, desired, since, TRUE_TIMEOUT)
+        cpu_after = _cpu(self.plane, self.webhook)
+        self.last_cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
         after = wait_quiet(self.webhook, quiet=1.0, timeout=TRUE_TIMEOUT)
         if new_service:
             first = recorder.first_naming(int(made.spec.ports[0].node_port), since)
@@ -239,6 +269,31 @@ def _figures(
     return out
 
 
+def _cpu_figures(
+    n: int, results: dict[str, list[tuple[int, float]]], cpu: dict[str, list[dict[str, float]]]
+) -> list[Figure]:
+    """CPU per reconciler write of a Service change, by process group: what the wall time needs on an
+    idle machine, whatever the other load on this one."""
+    inputs: dict[str, JsonScalar] = {"policies_in_namespace": n, "repeats": REPEAT}
+    out = []
+    for change in SERVICE_CHANGES:
+        for part in CPU_PARTS:
+            per_write = [c[part] * 1000 / w for (w, _), c in zip(results[change], cpu[change], strict=True) if w]
+            total = [c[part] for c in cpu[change]]
+            out.append(
+                Figure(
+                    NAME,
+                    f"CPU per write ({part}): {change}, {_label(n)}",
+                    "CPU ms",
+                    summarize(per_write),
+                    None,
+                    inputs=inputs,
+                    note=f"CPU seconds per change until true (median): {summarize(total).median:.2f}",
+                )
+            )
+    return out
+
+
 def run(workdir: Path) -> list[Figure]:
     figures: list[Figure] = []
     with running_control_plane() as plane:
@@ -254,15 +309,18 @@ def run(workdir: Path) -> list[Figure]:
                         burst = scenario.burst(recorder)
                         print(f"    N={n}: burst: {burst[0]} writes, true after {burst[1]:.1f} s", flush=True)
                         results: dict[str, list[tuple[int, float]]] = {c: [] for c in CHANGES}
+                        cpu: dict[str, list[dict[str, float]]] = {c: [] for c in CHANGES}
                         for k in range(REPEAT):
                             for change, make in scenario.changes(k).items():
                                 measured = scenario.measure(recorder, make, new_service=change == "add a Service")
                                 results[change].append(measured)
+                                cpu[change].append(scenario.last_cpu)
                                 writes, took = results[change][-1]
                                 print(f"    N={n} {change}: {writes} writes, true after {took:.2f} s", flush=True)
                 finally:
                     scenario.close()
                 figures += _figures(n, burst, results, scenario.protected)
+                figures += _cpu_figures(n, results, cpu)
         finally:
             remove_webhooks(plane)
             webhook.stop()

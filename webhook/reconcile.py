@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +40,9 @@ DEBOUNCE_SECONDS = 0.1
 # skip our webhooks (matchConditions), so they take no gunicorn thread from users' admissions; the
 # apiserver and etcd are then the limit (bench/RESULTS.md, scale-reconciler).
 PATCH_WORKERS = 8
+# Policies planned at a time: each chunk groups the namespace's Services again (~1 ms), and its
+# patches are written while the next chunk is computed.
+PLAN_CHUNK = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,27 @@ def plan_patches(
             version = str(stored_policy["metadata"].get("resourceVersion", ""))
             patches.append(AnnotationPatch(namespace, name, change, version))
     return patches
+
+
+def iter_patches(
+    namespace: str,
+    cache: ClusterCache,
+    signing_key: Signer,
+    memo: PolicyMemo | None = None,
+    names: Collection[str] | None = None,
+    annotations: AnnotationMemo | None = None,
+    chunk: int = PLAN_CHUNK,
+) -> Iterator[AnnotationPatch]:
+    """`plan_patches`, `chunk` policies at a time (in name order): the first patches can be written
+    while the others are still being computed (a Service change at 1,000 policies recomputes all)."""
+    if names is None:
+        wanted = sorted(str(o["metadata"].get("name", "")) for o in cache.policies_in(namespace))
+        if annotations is not None:
+            annotations.keep_only(namespace, set(wanted))
+    else:
+        wanted = sorted(names)
+    for start in range(0, len(wanted), chunk):
+        yield from plan_patches(namespace, cache, signing_key, memo, wanted[start : start + chunk], annotations)
 
 
 class LeaseElector:
@@ -208,12 +232,9 @@ class Reconciler:
 
     def reconcile_namespace(self, namespace: str, names: Collection[str] | None = None) -> int:
         """Patch the policies of `namespace` (all, or only `names`) whose annotations are not true."""
-        patches = plan_patches(namespace, self._cache, self._key, self._memo, names, self._annotations)
-        if len(patches) <= 1:
-            applied = [self._apply(p) for p in patches]
-        else:
-            applied = list(self._patchers.map(self._apply, patches))
-        return applied.count(False)
+        patches = iter_patches(namespace, self._cache, self._key, self._memo, names, self._annotations)
+        # map() submits each patch as the planner yields it: writing starts after the first chunk.
+        return list(self._patchers.map(self._apply, patches)).count(False)
 
     def _apply(self, patch: AnnotationPatch) -> bool:
         """Write one patch; False when it failed (logged; the pass is retried)."""

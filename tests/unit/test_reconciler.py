@@ -7,7 +7,7 @@ from typing import Any
 
 from tests.builders import ip_from, pod, policy, service
 from webhook.cache import TRIMMERS, ClusterCache
-from webhook.reconcile import AnnotationPatch, Reconciler
+from webhook.reconcile import AnnotationPatch, Reconciler, iter_patches, plan_patches
 from webhook.signing import Signer
 
 KEY = Signer.from_seed(b"reconciler-parallel-test-key-001")
@@ -174,3 +174,22 @@ def test_a_change_reads_only_its_own_namespace() -> None:
     reconciler.reconcile_namespace("ns-7")
     reconciler.reconcile_namespace("ns-7", {"p0"})
     assert cache.read == {"ns-7"}
+
+
+def test_patches_are_planned_in_chunks_with_the_same_result() -> None:
+    cache = _cache(23)
+    whole = plan_patches(NS, cache, KEY)
+    assert len(whole) == 23
+    assert list(iter_patches(NS, cache, KEY, chunk=5)) == whole
+    assert list(iter_patches(NS, cache, KEY, names={"p3", "p17", "gone"}, chunk=1)) == [
+        p for p in whole if p.name in ("p3", "p17")
+    ]
+
+
+def test_the_first_patch_is_written_before_the_last_is_planned() -> None:
+    cache = _cache(30)
+    planned = iter_patches(NS, cache, KEY, chunk=4)
+    assert next(planned).name == "p0"
+    # A change made now, after the first chunk: the later chunks are planned from it.
+    cache.apply("networkpolicies", "DELETED", cache.policy(NS, "p9") or {})
+    assert "p9" not in {p.name for p in planned}
