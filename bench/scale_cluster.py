@@ -60,7 +60,8 @@ NOTES = (
     "(made before, untimed: every policy now names its NodePort), delete that pod. **Time to true**: "
     "measured since just before the API call until the first instant every stored policy of that namespace "
     "carries exactly what the pure core computes (tests/policy_watch.py). **Writes**: the reconciler's counter "
-    "on /metrics."
+    "on /metrics. Only a benchmark, not also an integration test: populating 10,000 Services through the "
+    "apiserver took 510 s on this machine, far above the 2 minutes a test may take."
 )
 
 
