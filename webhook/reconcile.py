@@ -234,7 +234,15 @@ class Reconciler:
         """Patch the policies of `namespace` (all, or only `names`) whose annotations are not true."""
         patches = iter_patches(namespace, self._cache, self._key, self._memo, names, self._annotations)
         # map() submits each patch as the planner yields it: writing starts after the first chunk.
-        return list(self._patchers.map(self._apply, patches)).count(False)
+        applied = list(self._patchers.map(self._apply, patches))
+        failed = applied.count(False)
+        if applied:
+            # One line per pass, not per write: a Service change is up to one write per policy.
+            logger.info(
+                "annotations updated",
+                extra={"namespace": namespace, "updated": len(applied) - failed, "failed": failed},
+            )
+        return failed
 
     def _apply(self, patch: AnnotationPatch) -> bool:
         """Write one patch; False when it failed (logged; the pass is retried)."""
@@ -246,7 +254,7 @@ class Reconciler:
                 extra={"namespace": patch.namespace, "policy": patch.name, "error": str(exc)[:300]},
             )
             return False
-        logger.info("annotation updated", extra={"namespace": patch.namespace, "policy": patch.name})
+        logger.debug("annotation updated", extra={"namespace": patch.namespace, "policy": patch.name})
         if written is not None and patch.resource_version:
             # Known now, not at the watch echo: the echo then changes nothing and wakes no pass.
             self._cache.record_write("networkpolicies", trim_policy(written), patch.resource_version)
