@@ -72,6 +72,10 @@ class EnforcerSettings:
     metrics_bind: tuple[str, int] = ("0.0.0.0", 9911)  # noqa: S104 - hostNetwork pod, scraped by node IP
     xtables_lock: Path = Path("/run/xtables.lock")
     log_level: str = "INFO"
+    # NPG_MODE=audit: the rollout switch, every protected NodePort of this node is audited (counted,
+    # logged, not dropped) whatever the policies' modes. "enforce" (default): each policy's mode.
+    audit_all: bool = False
+    audit_log_seconds: float = 10.0  # period of the bounded would-drop log (NPG_AUDIT_LOG_SECONDS)
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> EnforcerSettings:
@@ -112,6 +116,18 @@ class EnforcerSettings:
         if key_refresh <= 0:
             raise SettingsError(f"NPG_KEY_REFRESH_SECONDS={key_refresh}: must be > 0 (seconds between key re-reads)")
         kubeconfig = env.get("NPG_KUBECONFIG")
+        mode = env.get("NPG_MODE", "enforce")
+        if mode not in ("enforce", "audit"):
+            raise SettingsError(
+                f"NPG_MODE={mode!r}: expected enforce (each policy's mode, the default) or audit "
+                "(audit every NodePort on this node: count and log, drop nothing)"
+            )
+        try:
+            audit_log_seconds = float(env.get("NPG_AUDIT_LOG_SECONDS", "10"))
+        except ValueError as exc:
+            raise SettingsError(f"NPG_AUDIT_LOG_SECONDS: {exc}") from exc
+        if audit_log_seconds <= 0:
+            raise SettingsError(f"NPG_AUDIT_LOG_SECONDS={audit_log_seconds}: must be > 0")
         return EnforcerSettings(
             node_name=env.get("NPG_NODE_NAME", ""),
             public_keys_configmap=configmap,
@@ -129,4 +145,6 @@ class EnforcerSettings:
             metrics_bind=parse_bind(env.get("NPG_METRICS_BIND", "0.0.0.0:9911")),
             xtables_lock=Path(env.get("NPG_XTABLES_LOCK", "/run/xtables.lock")),
             log_level=env.get("NPG_LOG_LEVEL", "INFO"),
+            audit_all=mode == "audit",
+            audit_log_seconds=audit_log_seconds,
         )
