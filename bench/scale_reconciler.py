@@ -73,8 +73,8 @@ NOTES = (
     "needs about 2.5 s; with the machine shared (load average 12-19 during this run) the wall time is several "
     "times that and varies between runs (6.6 to 18 s here). Writing while planning (50 policies at a time) "
     "brought the new NodePort's first naming at 1,000 policies from 2.2 s to 0.2 s. "
-    "tests/integration/test_scale_services.py, whose policies name one NodePort each, measured 2.4-3.3 s (add) "
-    "and 1.8-3.2 s (delete) at 1,000 policies in two runs."
+    "tests/integration/test_scale_services.py, whose policies name one NodePort each, measured 2.4-3.8 s (add) "
+    "and 1.8-3.2 s (delete) at 1,000 policies in three runs."
 )
 
 
