@@ -126,6 +126,23 @@ class ClusterCache(ObjectSink[Obj]):
                 return
         self._notify(kind, ns, name)
 
+    def record_write(self, kind: str, obj: Obj, based_on_resource_version: str) -> bool:
+        """Store our own write's result (the API's response) now, without notifying: the writer
+        knows what it wrote, and the watch echo of it is then no change. Only if the stored
+        object is still the one the write was based on (a newer event must not be undone);
+        False when it was not stored."""
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        with self._lock:
+            store = self._objects[kind].get(ns)
+            old = store.get(name) if store is not None else None
+            if store is None or old is None or old["metadata"].get("resourceVersion") != based_on_resource_version:
+                return False
+            if kind == "pods":
+                self._unindex_pod(ns, name, old)
+                self._index_pod(ns, name, obj)
+            store[name] = obj
+            return True
+
     def _notify(self, kind: str, namespace: str, name: str | None) -> None:
         for listener in self._listeners:
             listener(kind, namespace, name)

@@ -6,23 +6,29 @@ reconciler watches the cache's change notifications, debounces them, recomputes 
 policy (a policy event) or the policies of a namespace (a Service or Pod event; Services and
 pods are grouped once per pass, and a policy whose object and grouped Services are unchanged
 reuses its last result, `AnnotationMemo`), and patches only the policies whose stored
-annotations differ. With several replicas one leader does it (a Lease).
+annotations differ. Its own writes are recorded in the cache from the PATCH response, so their
+watch echoes cause no further pass, and they skip our webhooks (the configurations'
+`matchConditions`). The periodic resync goes one namespace at a time, pending changes first,
+so a change never waits for a pass over the whole cluster. With several replicas one leader
+does it (a Lease).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from webhook.admission import AnnotationMemo, resolve_all_annotations
-from webhook.cache import ClusterCache
+from webhook.cache import ClusterCache, trim_policy
 from webhook.contract import owned_keys
+from webhook.listwatch import Obj
 from webhook.semantics import PolicyMemo
 from webhook.signing import Signer
 
@@ -30,10 +36,13 @@ logger = logging.getLogger(__name__)
 
 DEBOUNCE_SECONDS = 0.1
 # Patches of one pass in flight at once. A Service change rewrites every policy selecting its pods
-# (1,000 in a namespace of 1,000 policies), each write a round trip through the apiserver and both
-# webhooks: one at a time that is ~10 s. A few in parallel keep most of the gunicorn threads free
-# for users' admissions (gunicorn_conf.py: 8 threads), as each of these writes is admitted by us too.
-PATCH_WORKERS = 4
+# (1,000 in a namespace of 1,000 policies), each write a round trip through the apiserver. They
+# skip our webhooks (matchConditions), so they take no gunicorn thread from users' admissions; the
+# apiserver and etcd are then the limit (bench/RESULTS.md, scale-reconciler).
+PATCH_WORKERS = 8
+# Policies planned at a time: each chunk groups the namespace's Services again (~1 ms), and its
+# patches are written while the next chunk is computed.
+PLAN_CHUNK = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +51,9 @@ class AnnotationPatch:
     name: str
     # Merge-patch values: a string sets, None removes.
     annotations: dict[str, str | None]
+    # The stored object's resourceVersion the patch was planned against ("" unknown): the PATCH
+    # response replaces the cached object only if nothing newer arrived meanwhile.
+    resource_version: str = ""
 
 
 def plan_patches(
@@ -68,8 +80,30 @@ def plan_patches(
             if stored.get(key) != want.get(key):
                 change[key] = want.get(key)
         if change:
-            patches.append(AnnotationPatch(namespace, name, change))
+            version = str(stored_policy["metadata"].get("resourceVersion", ""))
+            patches.append(AnnotationPatch(namespace, name, change, version))
     return patches
+
+
+def iter_patches(
+    namespace: str,
+    cache: ClusterCache,
+    signing_key: Signer,
+    memo: PolicyMemo | None = None,
+    names: Collection[str] | None = None,
+    annotations: AnnotationMemo | None = None,
+    chunk: int = PLAN_CHUNK,
+) -> Iterator[AnnotationPatch]:
+    """`plan_patches`, `chunk` policies at a time (in name order): the first patches can be written
+    while the others are still being computed (a Service change at 1,000 policies recomputes all)."""
+    if names is None:
+        wanted = sorted(str(o["metadata"].get("name", "")) for o in cache.policies_in(namespace))
+        if annotations is not None:
+            annotations.keep_only(namespace, set(wanted))
+    else:
+        wanted = sorted(names)
+    for start in range(0, len(wanted), chunk):
+        yield from plan_patches(namespace, cache, signing_key, memo, wanted[start : start + chunk], annotations)
 
 
 class LeaseElector:
@@ -143,7 +177,7 @@ class Reconciler:
         self,
         cache: ClusterCache,
         signing_key: Signer,
-        patch_policy: Callable[[AnnotationPatch], None],
+        patch_policy: Callable[[AnnotationPatch], Obj | None],
         stop: threading.Event,
         is_leader: Callable[[], bool] = lambda: True,
         resync_seconds: float = 60.0,
@@ -167,6 +201,8 @@ class Reconciler:
         self._patchers = ThreadPoolExecutor(max_workers=max(1, patch_workers), thread_name_prefix="reconciler-patch")
         # namespace -> names of the policies to recompute, or None for every policy there.
         self._dirty: dict[str, set[str] | None] = {}
+        # Namespaces the periodic resync has still to visit, one per turn after pending changes.
+        self._resync_queue: list[str] = []
         self._wake = threading.Condition()
 
     def mark_dirty(self, kind: str, namespace: str, name: str | None = None) -> None:
@@ -196,24 +232,32 @@ class Reconciler:
 
     def reconcile_namespace(self, namespace: str, names: Collection[str] | None = None) -> int:
         """Patch the policies of `namespace` (all, or only `names`) whose annotations are not true."""
-        patches = plan_patches(namespace, self._cache, self._key, self._memo, names, self._annotations)
-        if len(patches) <= 1:
-            applied = [self._apply(p) for p in patches]
-        else:
-            applied = list(self._patchers.map(self._apply, patches))
-        return applied.count(False)
+        patches = iter_patches(namespace, self._cache, self._key, self._memo, names, self._annotations)
+        # map() submits each patch as the planner yields it: writing starts after the first chunk.
+        applied = list(self._patchers.map(self._apply, patches))
+        failed = applied.count(False)
+        if applied:
+            # One line per pass, not per write: a Service change is up to one write per policy.
+            logger.info(
+                "annotations updated",
+                extra={"namespace": namespace, "updated": len(applied) - failed, "failed": failed},
+            )
+        return failed
 
     def _apply(self, patch: AnnotationPatch) -> bool:
         """Write one patch; False when it failed (logged; the pass is retried)."""
         try:
-            self._patch_policy(patch)
+            written = self._patch_policy(patch)
         except Exception as exc:  # a conflict or a transient API error: retried on the next pass
             logger.warning(
                 "annotation update failed; will retry",
                 extra={"namespace": patch.namespace, "policy": patch.name, "error": str(exc)[:300]},
             )
             return False
-        logger.info("annotation updated", extra={"namespace": patch.namespace, "policy": patch.name})
+        logger.debug("annotation updated", extra={"namespace": patch.namespace, "policy": patch.name})
+        if written is not None and patch.resource_version:
+            # Known now, not at the watch echo: the echo then changes nothing and wakes no pass.
+            self._cache.record_write("networkpolicies", trim_policy(written), patch.resource_version)
         if self._on_patched:
             self._on_patched(patch)
         return True
@@ -221,11 +265,15 @@ class Reconciler:
     def run(self) -> None:
         next_resync = time.monotonic() + self._resync
         while not self._stop.is_set():
-            dirty = self._take_dirty(timeout=1.0)
+            dirty = self._take_dirty(timeout=0.0 if self._resync_queue else 1.0)
             if time.monotonic() >= next_resync:
-                dirty.update(dict.fromkeys(set(self._cache.namespaces()) - self._excluded))
+                self.queue_resync(self._cache.namespaces())
                 next_resync = time.monotonic() + self._resync
-            if not dirty or not self._is_leader():
+            if not self._is_leader():
+                self._resync_queue.clear()  # the leader resyncs; and no busy loop on a queue left here
+                continue
+            dirty = self.next_batch(dirty)
+            if not dirty:
                 continue
             retry = [ns for ns in sorted(dirty) if self.reconcile_namespace(ns, dirty[ns])]
             if retry:
@@ -233,18 +281,36 @@ class Reconciler:
                 for ns in retry:
                     self.mark_dirty("retry", ns)
 
+    def queue_resync(self, namespaces: Collection[str]) -> None:
+        """Queue `namespaces` for a full pass each (those not already queued, in order)."""
+        queued = set(self._resync_queue)
+        self._resync_queue += [ns for ns in namespaces if ns not in self._excluded and ns not in queued]
+
+    def next_batch(self, dirty: dict[str, set[str] | None]) -> dict[str, set[str] | None]:
+        """What to reconcile this turn: the pending changes, else one namespace of the resync. A
+        change arriving during a resync then waits for one namespace, not for the whole cluster."""
+        if dirty or not self._resync_queue:
+            return dirty
+        return {self._resync_queue.pop(0): None}
+
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name="reconciler", daemon=True)
         thread.start()
         return thread
 
 
-def kubernetes_patcher(api_client: Any) -> Callable[[AnnotationPatch], None]:
+def kubernetes_patcher(api_client: Any) -> Callable[[AnnotationPatch], Obj | None]:
+    """Merge-patch one policy's annotations; returns the stored object as JSON. The client's model
+    objects are not built: nothing reads them, and a Service change makes up to one write per policy."""
     from kubernetes import client
 
     api = client.NetworkingV1Api(api_client)
 
-    def patch(p: AnnotationPatch) -> None:
-        api.patch_namespaced_network_policy(p.name, p.namespace, {"metadata": {"annotations": p.annotations}})
+    def patch(p: AnnotationPatch) -> Obj | None:
+        response = api.patch_namespaced_network_policy(
+            p.name, p.namespace, {"metadata": {"annotations": p.annotations}}, _preload_content=False
+        )
+        body = json.loads(response.data)  # type: ignore[attr-defined]  # the raw urllib3 response
+        return body if isinstance(body, dict) else None
 
     return patch

@@ -119,6 +119,12 @@ def test_base_webhook_configurations_as_the_apiserver_stores_them(control_plane:
         ]
         if kind == "MutatingWebhookConfiguration":
             assert hook["reinvocationPolicy"] == "IfNeeded"
+        # Only the reconciler's annotation writes skip admission: its ServiceAccount, spec unchanged.
+        (condition,) = hook["matchConditions"]
+        assert f"request.userInfo.username == '{WEBHOOK_SA}'" in condition["expression"]
+        assert "object.spec == oldObject.spec" in condition["expression"]
+    pod = objects[("Deployment", NAMESPACE, "nodeport-guard-webhook")]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == WEBHOOK_SA.rsplit(":", 1)[1]
 
 
 def test_base_workloads_carry_the_promised_security_settings(control_plane: ControlPlane) -> None:
