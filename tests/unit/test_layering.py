@@ -45,6 +45,7 @@ ENFORCER_MAY_IMPORT = {
     "webhook.intervals",
     "webhook.listwatch",
     "webhook.logs",
+    "webhook.node_status",
     "webhook.signing",
 }
 
