@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from typing import Any, cast
 
 import pytest
 
@@ -134,7 +135,7 @@ class Clock:
 
 
 def test_publisher_writes_on_change_at_most_every_min_interval_and_beats_when_idle() -> None:
-    clock, writes = Clock(), []
+    clock, writes = Clock(), cast(list[dict[str, Any]], [])
     generation, rv = [0], ["10"]
 
     def read() -> Programmed | None:
@@ -173,7 +174,7 @@ def test_publisher_writes_on_change_at_most_every_min_interval_and_beats_when_id
 
 
 def test_publisher_says_stopped_on_the_way_out() -> None:
-    clock, writes = Clock(), []
+    clock, writes = Clock(), cast(list[dict[str, Any]], [])
     pub = StatusPublisher(
         "node1",
         "nodeport-guard",
@@ -187,3 +188,43 @@ def test_publisher_says_stopped_on_the_way_out() -> None:
     assert pub.tick(stopping=True)  # not rate-limited: the last word
     assert decode_lease(writes[-1]) is not None
     assert writes[-1]["metadata"]["annotations"]["nodeport-guard.io/enforcer"] == "stopped"
+
+
+def test_status_table_names_nodes_up_to_date_behind_and_not_ready() -> None:
+    from webhook.plugin_status import Snapshot, render, to_json
+
+    statuses = {"node1": status(rv="150"), "node2": status(rv="100", node="node2", phase="stopped")}
+    snap = Snapshot(
+        "NetworkPolicy shop/deny-all (resourceVersion 120)",
+        (P,),
+        tuple(verdicts(["node1", "node2"], statuses, [P], NOW)),
+    )
+    text = render(snap)
+    assert text.splitlines()[0] == "NetworkPolicy shop/deny-all (resourceVersion 120): in force on 1 of 2 nodes"
+    assert "up to date: node1" in text
+    assert "behind: node2 (behind, 1 version(s) not programmed, last change 30s ago)" in text
+    assert "enforcer not ready: node2 (stopped)" in text
+    doc = to_json(snap)
+    assert doc["inForce"] is False
+    assert [(n["node"], n["inForce"], n["enforcer"]) for n in doc["nodes"]] == [
+        ("node1", True, "ready"),
+        ("node2", False, "stopped"),
+    ]
+
+
+def test_wait_reads_until_in_force_or_the_timeout() -> None:
+    from webhook.plugin_status import Snapshot, parse_duration, wait_for
+
+    behind = Snapshot("p", (P,), (node_verdict("node1", status(rv="100"), [P], NOW),))
+    done = Snapshot("p", (P,), (node_verdict("node1", status(rv="150"), [P], NOW),))
+    answers = [behind, behind, done]
+    assert wait_for(lambda: answers.pop(0), wait=True, timeout=30).in_force and answers == []
+    reads = [0]
+
+    def never() -> Snapshot:
+        reads[0] += 1
+        return behind
+
+    assert not wait_for(never, wait=True, timeout=0).in_force and reads == [1]
+    assert not wait_for(never, wait=False, timeout=30).in_force and reads == [2]
+    assert [parse_duration(t) for t in ("90", "90s", "2m", "1h")] == [90, 90, 120, 3600]
