@@ -1,0 +1,166 @@
+"""`kubectl nodeport-guard status` on the real two-node cluster, through kubectl, with real packets.
+
+A just-applied policy is reported not yet in force, then in force on both nodes (and a client's
+packets are dropped on both); an enforcer stopped on one node (the DaemonSet's nodeSelector moved
+away from it) leaves that node behind for the next policy; `--wait --timeout` exits 1 on time and 0
+once every node caught up. A forged annotation is refused: a Warning Event from each node and the
+state "refused". The enforcer runs on both nodes again at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from localcluster.backends import NAMESPACE
+from localcluster.cluster import Cluster
+from tests.cluster.helpers import (
+    Deployment,
+    apply_backends,
+    apply_policy,
+    delete_policies,
+    eventually,
+    expect,
+    matrix,
+    user_env,
+)
+from tests.cluster.test_4_traffic import ALLOW_A
+
+NPG = "nodeport-guard"
+DAEMONSET = "daemonset/nodeport-guard-enforcer"
+
+
+def status(cluster: Cluster, *args: str, timeout: float = 150) -> tuple[int, str, float]:
+    """`kubectl nodeport-guard status ...` as a user runs it; (exit code, output, seconds)."""
+    started = time.monotonic()
+    proc = subprocess.run(["kubectl", "nodeport-guard", "status", *args], env=user_env(cluster),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started
+
+
+def nodes_report(cluster: Cluster, policy: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+    code, out, _ = status(cluster, policy, "-n", namespace, "-o", "json")
+    report: dict[str, Any] = json.loads(out[: out.rindex("}") + 1])
+    report["code"] = code
+    report["by_node"] = {n["node"]: n for n in report["nodes"]}
+    return report
+
+
+def node_names(cluster: Cluster) -> list[str]:
+    return sorted(n["metadata"]["name"] for n in cluster.kubectl_json("get", "nodes")["items"])
+
+
+def rollout(cluster: Cluster) -> None:
+    cluster.kubectl("rollout", "status", "-n", NPG, DAEMONSET, "--timeout=180s", timeout=200)
+
+
+@pytest.fixture
+def backends(cluster: Cluster, deployed: Deployment) -> Any:
+    apply_backends(cluster)
+    yield
+    delete_policies(cluster)
+
+
+def test_a_just_applied_policy_is_not_in_force_then_in_force_on_both_nodes(
+    cluster: Cluster, backends: None
+) -> None:
+    nodes = node_names(cluster)
+    assert len(nodes) == 2
+    # A first policy makes both enforcers write their status now: the next write waits up to 5 s.
+    assert apply_policy(cluster, "allow-a", ALLOW_A).returncode == 0
+    code, out, _ = status(cluster, "allow-a", "-n", NAMESPACE, "--wait", "--timeout", "90s")
+    assert code == 0 and "in force on 2 of 2 nodes" in out, out
+
+    applied = time.monotonic()
+    assert apply_policy(cluster, "deny-all", None).returncode == 0
+    report = nodes_report(cluster, "deny-all")
+    assert report["code"] == 1 and report["inForce"] is False, report
+    assert {n["state"] for n in report["nodes"]} != {"in-force"}
+    assert all(n["enforcer"] == "ready" for n in report["nodes"]), report
+
+    code, out, seconds = status(cluster, "deny-all", "-n", NAMESPACE, "--wait", "--timeout", "90s")
+    in_force_after = time.monotonic() - applied
+    assert code == 0, out
+    assert "in force on 2 of 2 nodes" in out and f"up to date: {', '.join(nodes)}" in out
+    print(f"deny-all in force on both nodes {in_force_after:.1f} s after kubectl apply (status --wait {seconds:.1f} s)")
+    # What status says is what the packets meet: client-a (allowed by allow-a alone) is now dropped too.
+    expect(cluster, "client-a", matrix(cluster, [30080]), answered=False)
+    digests = {n: cluster.kubectl_json("get", "lease", f"nodeport-guard-node-{n}", "-n", NPG)["metadata"]
+               ["annotations"]["nodeport-guard.io/verdicts-digest"] for n in nodes}
+    assert len(set(digests.values())) == 1, digests  # both nodes enforce the same verdicts
+
+
+def test_a_node_whose_enforcer_is_stopped_is_behind_and_wait_times_out(cluster: Cluster, backends: None) -> None:
+    first, second = node_names(cluster)
+    assert apply_policy(cluster, "allow-a", ALLOW_A).returncode == 0
+    assert status(cluster, "allow-a", "-n", NAMESPACE, "--wait", "--timeout", "90s")[0] == 0
+    selector = {"spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": first}}}}}
+    cluster.kubectl("patch", "-n", NPG, DAEMONSET, "-p", json.dumps(selector))
+    try:
+        rollout(cluster)
+
+        def stopped() -> None:
+            report = nodes_report(cluster, "allow-a")
+            assert report["by_node"][second]["enforcer"] == "stopped", report
+
+        eventually(stopped, timeout=60)
+        # What it programmed stays in force (its rules stay in place) ...
+        assert nodes_report(cluster, "allow-a")["by_node"][second]["state"] == "in-force"
+        # ... but a new policy does not reach it.
+        assert apply_policy(cluster, "deny-all", None).returncode == 0
+        code, out, seconds = status(cluster, "deny-all", "-n", NAMESPACE, "--wait", "--timeout", "8s")
+        assert code == 1 and 8 <= seconds < 30, (code, seconds, out)
+        assert "in force on 1 of 2 nodes" in out and f"up to date: {first}" in out, out
+        assert f"behind: {second} (behind, 1 version(s) not programmed" in out, out
+        assert f"enforcer not ready: {second} (stopped)" in out, out
+        report = nodes_report(cluster, "deny-all")
+        assert report["by_node"][first]["state"] == "in-force" and report["by_node"][second]["state"] == "behind"
+    finally:
+        cluster.kubectl("patch", "-n", NPG, DAEMONSET, "--type=json",
+                        "-p", json.dumps([{"op": "remove", "path": "/spec/template/spec/nodeSelector"}]))
+        rollout(cluster)
+    code, out, _ = status(cluster, "deny-all", "-n", NAMESPACE, "--wait", "--timeout", "90s")
+    assert code == 0 and "in force on 2 of 2 nodes" in out, out
+    expect(cluster, "client-a", matrix(cluster, [30080]), answered=False)
+
+
+def test_a_forged_annotation_is_refused_with_a_warning_event_from_each_node(
+    cluster: Cluster, deployed: Deployment
+) -> None:
+    # kube-system is outside the webhooks' reach, so the forged annotation is stored as written.
+    forged = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "npg-forged",
+            "namespace": "kube-system",
+            "annotations": {
+                "nodeport-guard.io/nodeports": json.dumps({"v": 2, "nodePorts": []}),
+                "nodeport-guard.io/signature": "ed25519:forged:AAAA",
+            },
+        },
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(forged))
+    try:
+        def refused_everywhere() -> dict[str, Any]:
+            report = nodes_report(cluster, "npg-forged", "kube-system")
+            assert report["code"] == 1 and {n["state"] for n in report["nodes"]} == {"refused"}, report
+            return report
+
+        eventually(refused_everywhere, timeout=60)
+
+        def warned_by_each_node() -> None:
+            events = cluster.kubectl_json("get", "events", "-n", "kube-system")["items"]
+            hosts = {e["source"].get("host") for e in events
+                     if e["reason"] == "AnnotationRejected" and e["involvedObject"]["name"] == "npg-forged"}
+            assert hosts == set(node_names(cluster)), hosts
+            assert all(e["type"] == "Warning" for e in events if e["reason"] == "AnnotationRejected")
+
+        eventually(warned_by_each_node, timeout=60)
+    finally:
+        cluster.kubectl("delete", "networkpolicy", "npg-forged", "-n", "kube-system", "--ignore-not-found")
