@@ -241,3 +241,33 @@ def verdicts(
 
 def all_in_force(results: Sequence[NodeVerdict]) -> bool:
     return bool(results) and all(v.state == "in-force" for v in results)
+
+
+def in_force_watermark(nodes: Sequence[str], statuses: Mapping[str, NodeStatus]) -> int | None:
+    """Pure: the highest resourceVersion every node has programmed (the minimum over nodes);
+    None when there is no node or a node has not reported one."""
+    numbers = [resource_version_number(statuses[n].resource_version) if n in statuses else None for n in nodes]
+    if not numbers or any(n is None for n in numbers):
+        return None
+    return min(n for n in numbers if n is not None)
+
+
+def newly_in_force(
+    policies: Iterable[PolicyVersion],
+    nodes: Sequence[str],
+    statuses: Mapping[str, NodeStatus],
+    since: int,
+    upto: int,
+) -> list[PolicyVersion]:
+    """Pure: the policy versions that came into force on every node when the watermark moved from
+    `since` to `upto`: resourceVersion in (since, upto] and refused by no node (a node whose list of
+    refusals is truncated cannot vouch, so nothing is announced while it is)."""
+    if any(statuses[n].refused_total > len(statuses[n].refused) for n in nodes if n in statuses):
+        return []
+    refused = {(r.namespace, r.name) for n in nodes if n in statuses for r in statuses[n].refused}
+    out = []
+    for p in policies:
+        rv = resource_version_number(p.resource_version)
+        if rv is not None and since < rv <= upto and (p.namespace, p.name) not in refused:
+            out.append(p)
+    return sorted(out, key=lambda p: (p.namespace, p.name))

@@ -1,8 +1,9 @@
 """`kubectl nodeport-guard status` on the real two-node cluster, through kubectl, with real packets.
 
-A just-applied policy is reported not yet in force, then in force on both nodes (and a client's
-packets are dropped on both); an enforcer stopped on one node (the DaemonSet's nodeSelector moved
-away from it) leaves that node behind for the next policy; `--wait --timeout` exits 1 on time and 0
+With allow-a in force (client-b dropped), a just-applied allow-b is reported not yet in force, then
+in force on both nodes, and client-b's packets are answered on both; an enforcer stopped on one
+node (the DaemonSet's nodeSelector moved away from it) leaves that node behind for allow-b, and
+client-b is answered on the other node only; `--wait --timeout` exits 1 on time and 0
 once every node caught up. A forged annotation is refused: a Warning Event from each node and the
 state "refused". The enforcer runs on both nodes again at the end.
 """
@@ -26,10 +27,12 @@ from tests.cluster.helpers import (
     eventually,
     expect,
     matrix,
+    probe_matrix,
     user_env,
 )
 from tests.cluster.test_4_traffic import ALLOW_A
 
+ALLOW_B = [{"from": [{"ipBlock": {"cidr": "203.0.113.0/28"}}, {"ipBlock": {"cidr": "2001:db8:b::/64"}}]}]
 NPG = "nodeport-guard"
 DAEMONSET = "daemonset/nodeport-guard-enforcer"
 
@@ -74,24 +77,34 @@ def test_a_just_applied_policy_is_not_in_force_then_in_force_on_both_nodes(
     assert apply_policy(cluster, "allow-a", ALLOW_A).returncode == 0
     code, out, _ = status(cluster, "allow-a", "-n", NAMESPACE, "--wait", "--timeout", "90s")
     assert code == 0 and "in force on 2 of 2 nodes" in out, out
+    expect(cluster, "client-b", matrix(cluster, [30080]), answered=False)
 
     applied = time.monotonic()
-    assert apply_policy(cluster, "deny-all", None).returncode == 0
-    report = nodes_report(cluster, "deny-all")
+    assert apply_policy(cluster, "allow-b", ALLOW_B).returncode == 0
+    report = nodes_report(cluster, "allow-b")
     assert report["code"] == 1 and report["inForce"] is False, report
     assert {n["state"] for n in report["nodes"]} != {"in-force"}
     assert all(n["enforcer"] == "ready" for n in report["nodes"]), report
 
-    code, out, seconds = status(cluster, "deny-all", "-n", NAMESPACE, "--wait", "--timeout", "90s")
+    code, out, seconds = status(cluster, "allow-b", "-n", NAMESPACE, "--wait", "--timeout", "90s")
     in_force_after = time.monotonic() - applied
     assert code == 0, out
     assert "in force on 2 of 2 nodes" in out and f"up to date: {', '.join(nodes)}" in out
-    print(f"deny-all in force on both nodes {in_force_after:.1f} s after kubectl apply (status --wait {seconds:.1f} s)")
-    # What status says is what the packets meet: client-a (allowed by allow-a alone) is now dropped too.
-    expect(cluster, "client-a", matrix(cluster, [30080]), answered=False)
+    print(f"allow-b in force on both nodes {in_force_after:.1f} s after kubectl apply (status --wait {seconds:.1f} s)")
+    # What status says is what the packets meet: client-b is let in on both nodes, at once.
+    results = probe_matrix(cluster, "client-b", matrix(cluster, [30080]))
+    assert all(r.startswith("answer:") for r in results.values()), results
     digests = {n: cluster.kubectl_json("get", "lease", f"nodeport-guard-node-{n}", "-n", NPG)["metadata"]
                ["annotations"]["nodeport-guard.io/verdicts-digest"] for n in nodes}
     assert len(set(digests.values())) == 1, digests  # both nodes enforce the same verdicts
+
+    def announced_once() -> None:
+        events = cluster.kubectl_json("get", "events", "-n", NAMESPACE)["items"]
+        mine = [e for e in events if e["reason"] == "InForce" and e["involvedObject"]["name"] == "allow-b"]
+        assert len(mine) == 1 and mine[0]["type"] == "Normal", mine
+        assert "in force on all 2 nodes" in mine[0]["message"]
+
+    eventually(announced_once, timeout=30)  # the webhook's leader: a Normal Event, once
 
 
 def test_a_node_whose_enforcer_is_stopped_is_behind_and_wait_times_out(cluster: Cluster, backends: None) -> None:
@@ -111,21 +124,24 @@ def test_a_node_whose_enforcer_is_stopped_is_behind_and_wait_times_out(cluster: 
         # What it programmed stays in force (its rules stay in place) ...
         assert nodes_report(cluster, "allow-a")["by_node"][second]["state"] == "in-force"
         # ... but a new policy does not reach it.
-        assert apply_policy(cluster, "deny-all", None).returncode == 0
-        code, out, seconds = status(cluster, "deny-all", "-n", NAMESPACE, "--wait", "--timeout", "8s")
+        assert apply_policy(cluster, "allow-b", ALLOW_B).returncode == 0
+        code, out, seconds = status(cluster, "allow-b", "-n", NAMESPACE, "--wait", "--timeout", "8s")
         assert code == 1 and 8 <= seconds < 30, (code, seconds, out)
         assert "in force on 1 of 2 nodes" in out and f"up to date: {first}" in out, out
         assert f"behind: {second} (behind, 1 version(s) not programmed" in out, out
         assert f"enforcer not ready: {second} (stopped)" in out, out
-        report = nodes_report(cluster, "deny-all")
+        report = nodes_report(cluster, "allow-b")
         assert report["by_node"][first]["state"] == "in-force" and report["by_node"][second]["state"] == "behind"
+        # The packets agree: client-b is let in where allow-b is in force, still dropped where it is behind.
+        results = probe_matrix(cluster, "client-b", matrix(cluster, [30080]))
+        assert all(r.startswith("answer:") == (node == first) for (node, *_), r in results.items()), results
     finally:
         cluster.kubectl("patch", "-n", NPG, DAEMONSET, "--type=json",
                         "-p", json.dumps([{"op": "remove", "path": "/spec/template/spec/nodeSelector"}]))
         rollout(cluster)
-    code, out, _ = status(cluster, "deny-all", "-n", NAMESPACE, "--wait", "--timeout", "90s")
+    code, out, _ = status(cluster, "allow-b", "-n", NAMESPACE, "--wait", "--timeout", "90s")
     assert code == 0 and "in force on 2 of 2 nodes" in out, out
-    expect(cluster, "client-a", matrix(cluster, [30080]), answered=False)
+    expect(cluster, "client-b", matrix(cluster, [30080]), answered=True)
 
 
 def test_a_forged_annotation_is_refused_with_a_warning_event_from_each_node(

@@ -240,6 +240,14 @@ def rbac_applied(control_plane: ControlPlane) -> None:
         (WEBHOOK_SA, "update", "leases.coordination.k8s.io/nodeport-guard-reconciler", NAMESPACE, True),
         (WEBHOOK_SA, "update", "leases.coordination.k8s.io/something-else", NAMESPACE, False),
         (WEBHOOK_SA, "create", "leases.coordination.k8s.io", "default", False),
+        # InForce Events: node names, the status Leases (read only) and its own watermark Lease.
+        (WEBHOOK_SA, "watch", "nodes", "", True),
+        (WEBHOOK_SA, "patch", "nodes", "", False),
+        (WEBHOOK_SA, "watch", "leases.coordination.k8s.io", NAMESPACE, True),
+        (WEBHOOK_SA, "list", "leases.coordination.k8s.io", "default", False),
+        (WEBHOOK_SA, "patch", "leases.coordination.k8s.io/nodeport-guard-in-force", NAMESPACE, True),
+        (WEBHOOK_SA, "patch", "leases.coordination.k8s.io/nodeport-guard-node-node1", NAMESPACE, False),
+        (WEBHOOK_SA, "update", "leases.coordination.k8s.io/nodeport-guard-node-node1", NAMESPACE, False),
         (WEBHOOK_SA, "get", f"secrets/{PRIVATE_KEY_SECRET}", NAMESPACE, False),  # mounted, never read via the API
         (WEBHOOK_SA, "get", f"secrets/{LEGACY_HMAC_SECRET}", NAMESPACE, False),
         (ENFORCER_SA, "watch", "networkpolicies.networking.k8s.io", "", True),

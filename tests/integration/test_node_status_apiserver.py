@@ -1,6 +1,7 @@
-"""Node status Leases written with the enforcer's own token, read by `kubectl nodeport-guard status`, on the
-real apiserver. The enforcers' side is the publisher fed by a real list+watch of NetworkPolicies (the
-dataplane is proven on the cluster tier, tests/cluster/test_5c_status.py)."""
+"""Node status Leases written with the enforcer's own token, read by `kubectl nodeport-guard status`,
+and the webhook's InForce Event (once), on the real apiserver. The enforcers' side is the publisher
+fed by a real list+watch of NetworkPolicies (the dataplane is proven on the cluster tier,
+tests/cluster/test_5c_status.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from enforcer.status import Programmed, StatusPublisher, lease_writer
 from tests.components import NAMESPACE, Installation, WebhookServer, run_kubectl_plugin
 from tests.controlplane.harness import ControlPlane
 from tests.kube_objects import as_list, nodeport_service, pod, policy
+from webhook.inforce import KEY_WATERMARK, MARKER_LEASE, InForceAnnouncer
 from webhook.listwatch import ListWatch
-from webhook.node_status import decode_lease, lease_name
+from webhook.node_status import PolicyVersion, decode_lease, lease_name
 
 HTTP = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
 
@@ -97,7 +99,11 @@ def status(plane: ControlPlane, *args: str) -> tuple[int, str, str]:
 
 
 def test_status_follows_each_node_from_not_in_force_to_in_force_and_a_stopped_node_falls_behind(
-    control_plane: ControlPlane, namespace: str, webhook: WebhookServer, nodes: list[FakeNode]
+    control_plane: ControlPlane,
+    installation: Installation,
+    namespace: str,
+    webhook: WebhookServer,
+    nodes: list[FakeNode],
 ) -> None:
     one, two = nodes
     one.start()
@@ -125,6 +131,14 @@ def test_status_follows_each_node_from_not_in_force_to_in_force_and_a_stopped_no
     assert code == 0, out + err
     assert time.monotonic() - started < 15
     assert "in force on 2 of 2 nodes" in out and f"up to date: {one.name}, {two.name}" in out
+    # The webhook (the reconciler's leader) says so once, with a Normal Event on the policy.
+    deadline = time.monotonic() + 20
+    while not (announced := _in_force_events(control_plane, namespace)):
+        assert time.monotonic() < deadline, "no InForce Event after 20 s"
+        time.sleep(0.5)
+    assert len(announced) == 1 and announced[0]["type"] == "Normal", announced
+    assert announced[0]["involvedObject"]["name"] == "deny-all"
+    assert "in force on all 2 nodes" in announced[0]["message"]
 
     two.halt()  # its last write says "stopped"; its rules would stay, but it takes nothing new
     deadline = time.monotonic() + 10
@@ -143,6 +157,41 @@ def test_status_follows_each_node_from_not_in_force_to_in_force_and_a_stopped_no
 
     missing = run_kubectl_plugin(control_plane, "status", "nope", "-n", namespace)
     assert missing.returncode == 2 and "not found" in missing.stderr
+    # Once: a webhook that restarts after writing the Event but before its marker repeats nothing.
+    _announce_again_from_an_old_marker(control_plane, installation, announced[0])
+    assert _in_force_events(control_plane, namespace) == announced
+
+
+def _in_force_events(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    events = plane.kubectl_json("get", "events", "-n", namespace)["items"]
+    return [e for e in events if e["reason"] == "InForce"]
+
+
+def _announce_again_from_an_old_marker(plane: ControlPlane, installation: Installation, event: dict[str, Any]) -> None:
+    older = int(event["involvedObject"]["resourceVersion"]) - 1
+    plane.kubectl("annotate", "lease", MARKER_LEASE, "-n", NAMESPACE, f"{KEY_WATERMARK}={older}", "--overwrite")
+    api = plane.api_client(installation.webhook_kubeconfig)
+    stop = threading.Event()
+    try:
+        policies = [
+            (
+                PolicyVersion(
+                    event["involvedObject"]["namespace"], "deny-all", event["involvedObject"]["resourceVersion"]
+                ),
+                "",
+                True,
+            )
+        ]
+        announcer = InForceAnnouncer(api, NAMESPACE, lambda: policies, lambda: True, stop)
+        announcer.watch()
+        deadline = time.monotonic() + 10
+        while not announcer.synced():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert announcer.step() == 0  # the Event exists: 409, not a second one
+    finally:
+        stop.set()
+        api.close()
 
 
 def _lease(plane: ControlPlane, node: str) -> dict[str, Any] | None:

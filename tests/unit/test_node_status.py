@@ -228,3 +228,33 @@ def test_wait_reads_until_in_force_or_the_timeout() -> None:
     assert not wait_for(never, wait=True, timeout=0).in_force and reads == [1]
     assert not wait_for(never, wait=False, timeout=30).in_force and reads == [2]
     assert [parse_duration(t) for t in ("90", "90s", "2m", "1h")] == [90, 90, 120, 3600]
+
+
+def test_the_in_force_watermark_is_the_minimum_over_every_node() -> None:
+    from webhook.node_status import in_force_watermark
+
+    statuses = {"node1": status(rv="150"), "node2": status(rv="130", node="node2")}
+    assert in_force_watermark(["node1", "node2"], statuses) == 130
+    assert in_force_watermark(["node1", "node2", "node3"], statuses) is None  # node3 never reported
+    assert in_force_watermark(["node1"], {"node1": status(rv="")}) is None
+    assert in_force_watermark([], statuses) is None
+
+
+def test_newly_in_force_takes_the_versions_the_watermark_passed_and_no_refused_one() -> None:
+    from webhook.node_status import newly_in_force
+
+    policies = [
+        PolicyVersion("shop", "old", "100"),
+        PolicyVersion("shop", "a", "125"),
+        PolicyVersion("shop", "bad", "126"),
+        PolicyVersion("shop", "b", "130"),
+        PolicyVersion("shop", "later", "131"),
+    ]
+    statuses = {
+        "node1": status(rv="150"),
+        "node2": status(rv="130", node="node2", refused=(Refused("shop", "bad", "126"),), refused_total=1),
+    }
+    got = newly_in_force(policies, ["node1", "node2"], statuses, since=120, upto=130)
+    assert [p.name for p in got] == ["a", "b"]
+    truncated = {**statuses, "node1": status(rv="150", refused_total=MAX_REFUSED + 1)}
+    assert newly_in_force(policies, ["node1", "node2"], truncated, since=120, upto=130) == []
