@@ -53,7 +53,7 @@ def parse_time(text: str | None) -> datetime.datetime | None:
 
 
 def resource_version_number(text: str | None) -> int | None:
-    """resourceVersions are etcd revisions, integers that grow (comparable since KEP-5504); None if not."""
+    """resourceVersions served from etcd are its revisions, integers that only grow; None if not one."""
     try:
         return int(text or "")
     except ValueError:
@@ -181,6 +181,11 @@ def enforcer_condition(status: NodeStatus | None, now: datetime.datetime) -> str
     return status.phase
 
 
+def _not_below(version: int | None, programmed: int) -> bool:
+    """A version the node has not programmed yet; one that is not an integer is never assumed programmed."""
+    return version is None or version > programmed
+
+
 def node_verdict(
     node: str, status: NodeStatus | None, wanted: Sequence[PolicyVersion], now: datetime.datetime
 ) -> NodeVerdict:
@@ -197,7 +202,7 @@ def node_verdict(
     programmed = resource_version_number(status.resource_version)
     if programmed is None:
         return NodeVerdict(node, "behind", condition, "", len(wanted), since, "the enforcer has not synced yet")
-    newer = [p for p in wanted if (resource_version_number(p.resource_version) or 0) > programmed]
+    newer = [p for p in wanted if _not_below(resource_version_number(p.resource_version), programmed)]
     refused_ids = {(r.namespace, r.name) for r in status.refused}
     refused = [p for p in wanted if (p.namespace, p.name) in refused_ids]
     truncated = status.refused_total > len(status.refused)

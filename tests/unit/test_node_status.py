@@ -258,3 +258,8 @@ def test_newly_in_force_takes_the_versions_the_watermark_passed_and_no_refused_o
     assert [p.name for p in got] == ["a", "b"]
     truncated = {**statuses, "node1": status(rv="150", refused_total=MAX_REFUSED + 1)}
     assert newly_in_force(policies, ["node1", "node2"], truncated, since=120, upto=130) == []
+
+
+def test_a_resource_version_that_is_not_a_number_is_never_taken_as_programmed() -> None:
+    v = node_verdict("node1", status(rv="150"), [PolicyVersion("shop", "odd", "opaque-token")], NOW)
+    assert v.state == "behind"
