@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -180,3 +181,35 @@ def test_a_forged_annotation_is_refused_with_a_warning_event_from_each_node(
         eventually(warned_by_each_node, timeout=60)
     finally:
         cluster.kubectl("delete", "networkpolicy", "npg-forged", "-n", "kube-system", "--ignore-not-found")
+
+
+def test_an_enforcer_token_may_write_only_its_own_nodes_status(cluster: Cluster, deployed: Deployment) -> None:
+    """The ValidatingAdmissionPolicy with a real pod-bound token (it names the pod's node)."""
+    first, second = node_names(cluster)
+    pods = cluster.kubectl_json("get", "pods", "-n", NPG, "-l", "app.kubernetes.io/name=nodeport-guard-enforcer")
+    pod = next(p["metadata"]["name"] for p in pods["items"] if p["spec"]["nodeName"] == first)
+    token = cluster.kubectl("create", "token", "nodeport-guard-enforcer", "-n", NPG, "--bound-object-kind=Pod",
+                            f"--bound-object-name={pod}", "--duration=10m").stdout.strip()
+
+    # A kubeconfig with the token alone: with the admin's client certificate next to it, the certificate would win.
+    raw = json.loads(cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+    kubeconfig = {
+        "apiVersion": "v1", "kind": "Config", "clusters": raw["clusters"],
+        "users": [{"name": "enforcer", "user": {"token": token}}],
+        "contexts": [{"name": "enforcer", "context": {"cluster": raw["clusters"][0]["name"], "user": "enforcer"}}],
+        "current-context": "enforcer",
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig") as f:
+        f.write(json.dumps(kubeconfig))
+        f.flush()
+
+        def patch(node: str) -> subprocess.CompletedProcess[str]:
+            body = json.dumps({"metadata": {"annotations": {"nodeport-guard.io/probe": "x"}}})
+            return subprocess.run([str(cluster.kubectl_bin), "--kubeconfig", f.name, "patch", "lease",
+                                   f"nodeport-guard-node-{node}", "-n", NPG, "--type=merge", "-p", body],
+                                  capture_output=True, text=True, timeout=60, check=False)
+
+        own, other = patch(first), patch(second)
+    assert own.returncode == 0, own.stderr
+    assert other.returncode != 0 and "the node its pod runs on" in other.stderr, other.stderr
+    cluster.kubectl("annotate", "lease", f"nodeport-guard-node-{first}", "-n", NPG, "nodeport-guard.io/probe-")
