@@ -21,6 +21,7 @@ PURE = [
     "webhook/admission.py",
     "webhook/snapshot.py",
     "webhook/settings.py",
+    "webhook/node_status.py",
     "enforcer/plan.py",
     "enforcer/diff.py",
     "enforcer/sets.py",
