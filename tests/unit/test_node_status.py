@@ -263,3 +263,15 @@ def test_newly_in_force_takes_the_versions_the_watermark_passed_and_no_refused_o
 def test_a_resource_version_that_is_not_a_number_is_never_taken_as_programmed() -> None:
     v = node_verdict("node1", status(rv="150"), [PolicyVersion("shop", "odd", "opaque-token")], NOW)
     assert v.state == "behind"
+
+
+def test_status_settings_default_to_the_write_budget_and_refuse_a_faster_one() -> None:
+    from enforcer.settings import EnforcerSettings, SettingsError
+
+    base = {"NPG_PUBLIC_KEYS_FILE": "/dev/null"}
+    settings = EnforcerSettings.from_env(base)
+    assert (settings.status_min_interval_seconds, settings.status_heartbeat_seconds) == (5.0, 60.0)
+    assert settings.status_namespace == "nodeport-guard"
+    for bad in ({"NPG_STATUS_MIN_INTERVAL_SECONDS": "0.5"}, {"NPG_STATUS_HEARTBEAT_SECONDS": "2"}):
+        with pytest.raises(SettingsError, match="NPG_STATUS_MIN_INTERVAL_SECONDS"):
+            EnforcerSettings.from_env({**base, **bad})
