@@ -74,11 +74,13 @@ def test_a_just_applied_policy_is_not_in_force_then_in_force_on_both_nodes(
 ) -> None:
     nodes = node_names(cluster)
     assert len(nodes) == 2
-    # A first policy makes both enforcers write their status now: the next write waits up to 5 s.
     assert apply_policy(cluster, "allow-a", ALLOW_A).returncode == 0
+    expect(cluster, "client-b", matrix(cluster, [30080]), answered=False)
+    # A new version of allow-a (a label) makes both enforcers write their status now; waiting for
+    # it puts us within 5 s of that write, so the next one waits: allow-b is seen before it is in force.
+    cluster.kubectl("label", "networkpolicy", "allow-a", "-n", NAMESPACE, "round=1", "--overwrite")
     code, out, _ = status(cluster, "allow-a", "-n", NAMESPACE, "--wait", "--timeout", "90s")
     assert code == 0 and "in force on 2 of 2 nodes" in out, out
-    expect(cluster, "client-b", matrix(cluster, [30080]), answered=False)
 
     applied = time.monotonic()
     assert apply_policy(cluster, "allow-b", ALLOW_B).returncode == 0
@@ -199,17 +201,21 @@ def test_an_enforcer_token_may_write_only_its_own_nodes_status(cluster: Cluster,
         "contexts": [{"name": "enforcer", "context": {"cluster": raw["clusters"][0]["name"], "user": "enforcer"}}],
         "current-context": "enforcer",
     }
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
     with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig") as f:
         f.write(json.dumps(kubeconfig))
         f.flush()
-
-        def patch(node: str) -> subprocess.CompletedProcess[str]:
-            body = json.dumps({"metadata": {"annotations": {"nodeport-guard.io/probe": "x"}}})
-            return subprocess.run([str(cluster.kubectl_bin), "--kubeconfig", f.name, "patch", "lease",
-                                   f"nodeport-guard-node-{node}", "-n", NPG, "--type=merge", "-p", body],
-                                  capture_output=True, text=True, timeout=60, check=False)
-
-        own, other = patch(first), patch(second)
-    assert own.returncode == 0, own.stderr
-    assert other.returncode != 0 and "the node its pod runs on" in other.stderr, other.stderr
+        api = config.new_client_from_config(config_file=f.name)  # type: ignore[no-untyped-call]
+    leases = client.CoordinationV1Api(api)
+    body = {"metadata": {"annotations": {"nodeport-guard.io/probe": "x"}}}
+    try:
+        # A plain PATCH, as the enforcer sends it (kubectl patch would GET first, which it may not).
+        leases.patch_namespaced_lease(f"nodeport-guard-node-{first}", NPG, body)
+        with pytest.raises(ApiException) as denied:
+            leases.patch_namespaced_lease(f"nodeport-guard-node-{second}", NPG, body)
+        assert "the node its pod runs on" in str(denied.value.body), denied.value
+    finally:
+        api.close()
     cluster.kubectl("annotate", "lease", f"nodeport-guard-node-{first}", "-n", NPG, "nodeport-guard.io/probe-")
