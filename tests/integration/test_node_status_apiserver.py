@@ -155,6 +155,11 @@ def test_status_follows_each_node_from_not_in_force_to_in_force_and_a_stopped_no
     assert f"behind: {two.name} (behind, 1 version(s) not programmed" in out
     assert f"enforcer not ready: {two.name} (stopped)" in out
 
+    # Every policy of the namespace at once: the same answer, as JSON for scripts.
+    code, out, _ = status(control_plane, "-n", namespace, "-o", "json")
+    whole = json.loads(out)
+    assert code == 1 and [p["name"] for p in whole["policies"]] == ["deny-all"]
+    assert {n["node"]: n["state"] for n in whole["nodes"]} == {one.name: "in-force", two.name: "behind"}
     missing = run_kubectl_plugin(control_plane, "status", "nope", "-n", namespace)
     assert missing.returncode == 2 and "not found" in missing.stderr
     # Once: a webhook that restarts after writing the Event but before its marker repeats nothing.
