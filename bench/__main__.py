@@ -29,6 +29,7 @@ from bench import (
     end_to_end,
     enforcer_memory,
     enforcer_sync,
+    node_status,
     packets,
     plots,
     resolution,
@@ -68,6 +69,7 @@ BENCHMARKS: tuple[Benchmark, ...] = tuple(
         end_to_end,
         packets,
         enforcer_memory,
+        node_status,
     )
 )
 ORDER = tuple(b.name for b in BENCHMARKS)

@@ -39,7 +39,7 @@ class Programmed:
 
 def verdicts_digest(state: DesiredState) -> str:
     """Pure: a short digest of every (family, protocol, port) verdict; equal nodes enforce equal verdicts."""
-    # Packed addresses, not text: 10,000 ports in about 50 ms here (4x less), only when a write is due.
+    # Packed addresses, not text (about 4x cheaper); only when a write is due. `make bench ONLY=node_status`.
     h = hashlib.sha256()
     for port in state.ports:
         key = port.key
