@@ -26,6 +26,7 @@ from types import ModuleType
 
 from bench import (
     admission,
+    drop_scrape,
     end_to_end,
     enforcer_memory,
     enforcer_sync,
@@ -70,6 +71,7 @@ BENCHMARKS: tuple[Benchmark, ...] = tuple(
         packets,
         enforcer_memory,
         node_status,
+        drop_scrape,
     )
 )
 ORDER = tuple(b.name for b in BENCHMARKS)

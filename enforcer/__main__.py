@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from enforcer.backend import Backend, detect_backend
 from enforcer.dataplane import Dataplane
+from enforcer.drops import DropReader, log_audit_forever
 from enforcer.loop import EnforcerMetrics, SyncLoop
 from enforcer.policies import PolicyStore, RejectedAnnotation, trim_policy
 from enforcer.settings import EnforcerSettings, SettingsError
@@ -208,7 +209,10 @@ def run(settings: EnforcerSettings) -> int:
         settings.nodeport_range,
         lock_path=str(settings.xtables_lock),
         clear_conntrack=settings.clear_conntrack,
+        audit_all=settings.audit_all,
     )
+    drops = DropReader(dataplane.read_counters)
+    metrics.watch_drops(drops)
     from kubernetes import client
 
     store = PolicyStore()
@@ -235,6 +239,9 @@ def run(settings: EnforcerSettings) -> int:
     server = _serve_probes(loop, metrics, settings.metrics_bind)
     publisher = _status_publisher(settings, api_client, loop, store)
     status_thread = publisher.start(stop) if publisher else None
+    threading.Thread(
+        target=log_audit_forever, args=(drops, stop, settings.audit_log_seconds), name="audit-log", daemon=True
+    ).start()
     watch.start()
     loop.run()
     server.shutdown()

@@ -68,6 +68,7 @@ class Dataplane:
         clear_conntrack: bool = False,
         runner: CommandRunner = run_command,
         full_readback_interval: float = 60.0,
+        audit_all: bool = False,
     ) -> None:
         if backend not in ("legacy", "nft"):
             raise ValueError(f"backend {backend!r}: must be 'legacy' or 'nft' (see enforcer.backend.detect_backend)")
@@ -78,13 +79,18 @@ class Dataplane:
         self.clear_conntrack = clear_conntrack
         self._run = runner
         self.full_readback_interval = full_readback_interval
+        # The node-wide rollout switch (NPG_MODE=audit): every protected port is audited, none dropped.
+        self.audit_all = audit_all
         # What our last successful sync programmed: a difference at the next read-back is drift.
         self._last_members: dict[str, set[str]] | None = None
         self._last_full_read = float("-inf")
         self._memo: diff.MembersMemo = {}
         # python-iptables loads libiptc and every extension (~0.2 s): once here, not inside a sync.
         self._iptc: Any = importlib.import_module("iptc") if backend == "legacy" else None
-        logger.info("dataplane backend", extra={"backend": backend, "nodeport_range": nodeport_range})
+        logger.info(
+            "dataplane backend",
+            extra={"backend": backend, "nodeport_range": nodeport_range, "audit_all": audit_all},
+        )
 
     # --- reading back --------------------------------------------------------------------
 
@@ -104,7 +110,8 @@ class Dataplane:
         if last is not None and not full and not stale:
             terse = diff.parse_ipset_terse(_check(self._run(["ipset", "list", "-t"])).stdout)
             if set(terse) == set(last) and all(
-                terse[n][1] == len(last[n]) and diff.header_matches(terse[n][0], n, self.nodeport_range)
+                (diff.is_counter_set(n) or terse[n][1] == len(last[n]))
+                and diff.header_matches(terse[n][0], n, self.nodeport_range)
                 for n in last
             ):
                 return {n: diff.InstalledSet(n, terse[n][0], frozenset(last[n])) for n in sorted(last)}, False
@@ -118,6 +125,29 @@ class Dataplane:
     def installed(self) -> DesiredState:
         """What the installed sets enforce (ports in our port sets with their allowed prefixes)."""
         return diff.parse_installed_state(self._read_sets())
+
+    def read_counters(self) -> str:
+        """`ipset save` of our counter sets only (sparse: a member per node address and port that saw
+        a denied new connection), in one `ipset restore` process.
+
+        Never the allow or port sets: their dump grows with the protected ports (~120 ms at 20k
+        members). Safe from any thread: it reads, and writes nothing.
+        """
+        # Our last write names the counter sets that exist (one process); else, or when one has
+        # vanished since (the restore fails), ask the kernel.
+        last = self._last_members
+        for attempt in range(2):
+            if last is None or attempt:
+                names: Iterable[str] = _check(self._run(["ipset", "list", "-n"])).stdout.split()
+            else:
+                names = last.keys()
+            wanted = [n for n in names if diff.is_counter_set(n)]
+            if not wanted:
+                return ""
+            result = self._run(["ipset", "restore"], "".join(f"save {n}\n" for n in sorted(wanted)))
+            if result.returncode == 0 or attempt:
+                return _check(result).stdout
+        return ""
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -175,7 +205,7 @@ class Dataplane:
         for key, (_, after) in changes.items():
             if after is not None and not lo <= key.port <= hi:
                 raise ValueError(f"state port {key}: outside the NodePort range {lo}-{hi}; refusing to program it")
-        set_changes = delta.fast_set_changes(last, changes)
+        set_changes = delta.fast_set_changes(last, changes, self.audit_all)
         if set_changes is None:
             return None
         if set_changes:
@@ -188,7 +218,7 @@ class Dataplane:
                 return None
             delta.apply_to(last, set_changes)
             self._last_members = last
-        restricted = delta.newly_restricted(changes) if self.clear_conntrack else {}
+        restricted = delta.newly_restricted(changes, self.audit_all) if self.clear_conntrack else {}
         report = SyncReport(
             backend=self.backend,
             rules_added=0,
@@ -210,7 +240,7 @@ class Dataplane:
     def _sync_once(self, state: DesiredState, start: float, full: bool) -> SyncReport:
         sets, dumped = self._read_sets_cheaply(full)
         rules = {f: self._read_rules(f) for f in FAMILIES}
-        desired_members = diff.render_members(state, self._memo)
+        desired_members = diff.render_members(state, self._memo, self.audit_all)
         diffs = [diff.plan_family_diff(f, desired_members, sets, rules[f], self.nodeport_range) for f in FAMILIES]
         changes = [c for d in diffs for c in d.set_changes]
         drift = any(d.skeleton_drift for d in diffs)
@@ -238,7 +268,8 @@ class Dataplane:
         self._ipset_restore(diff.render_ipset_restore(changes, self.nodeport_range, "destroy"))
         self._last_members = {n: set(m) for n, m in desired_members.items()}
 
-        deleted = self._clear_conntrack(_newly_restricted(changes, state)) if self.clear_conntrack else 0
+        restricted = _newly_restricted(changes, state, self.audit_all) if self.clear_conntrack else {}
+        deleted = self._clear_conntrack(restricted)
         report = SyncReport(
             backend=self.backend,
             rules_added=rules_added,
@@ -316,14 +347,18 @@ class Dataplane:
         return deleted
 
 
-def _newly_restricted(changes: Iterable[diff.SetChange], state: DesiredState) -> dict[PortKey, tuple[Network, ...]]:
-    """Ports that became protected or lost allowed members in this sync, with their allow-lists now."""
+def _newly_restricted(
+    changes: Iterable[diff.SetChange], state: DesiredState, audit_all: bool
+) -> dict[PortKey, tuple[Network, ...]]:
+    """Ports that became protected, lost allowed members or left audit mode in this sync, with their
+    allow-lists now; audited ports drop nothing."""
     touched: set[tuple[int, str, int]] = set()
     for c in changes:
         family = diff.family_of_set(c.name)
         if family is None or c.action in ("none", "destroy"):
             continue
-        if c.name == diff.allow_set_name(family):
+        if c.name in (diff.allow_set_name(family), diff.audit_set_name(family)):
+            # Fewer allowed sources, or a port that leaves audit mode (its denied flows now drop).
             for member in c.removes:
                 proto, _, port = member.rpartition(",")[2].partition(":")
                 touched.add((family, proto.upper(), int(port)))
@@ -332,8 +367,12 @@ def _newly_restricted(changes: Iterable[diff.SetChange], state: DesiredState) ->
                 key = diff.parse_port_member(c.name, member)
                 if key is not None:
                     touched.add((key.family, key.protocol, key.port))
+    if audit_all:
+        return {}
     return {
-        p.key: p.allowed for p in state.ports if (p.key.family, p.key.protocol, p.key.port) in touched
+        p.key: p.allowed
+        for p in state.ports
+        if p.mode == "enforce" and (p.key.family, p.key.protocol, p.key.port) in touched
     }
 
 
@@ -365,7 +404,9 @@ def _iptc_rule(iptc: Any, family: Family, rule: diff.SkeletonRule) -> Any:
             match.parse(opt, value.split(" ") if " " in value else value)
     comment = r.create_match("comment")
     comment.comment = rule.comment
-    r.create_target(rule.target)
+    target = r.create_target(rule.target, goto=rule.goto)
+    for opt, value in rule.target_options:
+        target.parse(opt, value.split(" ") if " " in value else value)
     return r
 
 

@@ -27,18 +27,18 @@ class MemberDelta:
     removes: dict[str, set[str]]
 
 
-def _members(port: ProtectedPort | None) -> dict[str, frozenset[str]]:
+def _members(port: ProtectedPort | None, audit_all: bool) -> dict[str, frozenset[str]]:
     if port is None:
         return {}
-    return {name: members for name, members in diff.render_members([port]).items() if members}
+    return {name: members for name, members in diff.render_members([port], None, audit_all).items() if members}
 
 
-def member_delta(changes: Mapping[PortKey, PortChange]) -> MemberDelta:
+def member_delta(changes: Mapping[PortKey, PortChange], audit_all: bool = False) -> MemberDelta:
     """The set members to add and delete so the sets go from every port's before to its after."""
     adds: dict[str, set[str]] = {}
     removes: dict[str, set[str]] = {}
     for before, after in changes.values():
-        old, new = _members(before), _members(after)
+        old, new = _members(before, audit_all), _members(after, audit_all)
         for name in old.keys() | new.keys():
             have, want = old.get(name, frozenset()), new.get(name, frozenset())
             if want - have:
@@ -53,11 +53,11 @@ def _port_sets(family: int) -> tuple[str, ...]:
 
 
 def fast_set_changes(
-    last: Mapping[str, Set[str]], changes: Mapping[PortKey, PortChange]
+    last: Mapping[str, Set[str]], changes: Mapping[PortKey, PortChange], audit_all: bool = False
 ) -> tuple[diff.SetChange, ...] | None:
     """The "update" SetChanges for `changes` on top of the sets we last wrote (`last`), or None
     when only a full sync can do it."""
-    delta = member_delta(changes)
+    delta = member_delta(changes, audit_all)
     out: list[diff.SetChange] = []
     for name in sorted(delta.adds.keys() | delta.removes.keys()):
         have = last.get(name)
@@ -78,11 +78,16 @@ def fast_set_changes(
     return tuple(out)
 
 
-def newly_restricted(changes: Mapping[PortKey, PortChange]) -> dict[PortKey, tuple[Network, ...]]:
-    """Ports that became protected or lost allowed prefixes, with their allow-lists now (for conntrack)."""
+def newly_restricted(
+    changes: Mapping[PortKey, PortChange], audit_all: bool = False
+) -> dict[PortKey, tuple[Network, ...]]:
+    """Ports that now drop flows they did not (newly protected, fewer allowed prefixes, or out of
+    audit mode), with their allow-lists now (for conntrack). Audited ports drop nothing."""
     out: dict[PortKey, tuple[Network, ...]] = {}
     for key, (before, after) in changes.items():
-        if after is not None and (before is None or not set(before.allowed) <= set(after.allowed)):
+        if after is None or audit_all or after.mode == "audit":
+            continue
+        if before is None or before.mode == "audit" or not set(before.allowed) <= set(after.allowed):
             out[key] = after.allowed
     return out
 

@@ -16,6 +16,7 @@ from enforcer.plan import Family
 from enforcer.sets import (
     ALLOW_MAXELEM,
     BITMAP_PROTOCOLS,
+    COUNTER_MAXELEM,
     SET_PREFIX,
     TMP_SUFFIX,
     InstalledSet,
@@ -23,8 +24,12 @@ from enforcer.sets import (
     SetAction,
     SetChange,
     allow_set_name,
+    audit_set_name,
+    counter_set_name,
+    counter_set_names,
     family_of_set,
     header_matches,
+    is_counter_set,
     parse_installed_state,
     parse_ipset_save,
     parse_ipset_terse,
@@ -33,6 +38,7 @@ from enforcer.sets import (
     port_match_flags,
     port_set_name,
     render_allow_member,
+    render_audit_members,
     render_ipset_restore,
     render_members,
     render_net,
@@ -47,10 +53,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALLOW_MAXELEM",
+    "AUDIT_CHAIN",
     "BITMAP_PROTOCOLS",
     "CHAIN_PREFIX",
     "CHECK_CHAIN",
     "COMMENT_PREFIX",
+    "COUNTER_MAXELEM",
     "HOOK_CHAIN",
     "INGRESS_CHAIN",
     "OUR_CHAINS",
@@ -66,10 +74,14 @@ __all__ = [
     "SetChange",
     "SkeletonRule",
     "allow_set_name",
+    "audit_set_name",
     "build_skeleton",
+    "counter_set_name",
+    "counter_set_names",
     "family_of_set",
     "header_matches",
     "is_absent",
+    "is_counter_set",
     "parse_installed_state",
     "parse_ipset_save",
     "parse_ipset_terse",
@@ -80,6 +92,7 @@ __all__ = [
     "port_match_flags",
     "port_set_name",
     "render_allow_member",
+    "render_audit_members",
     "render_ipset_restore",
     "render_members",
     "render_net",
@@ -97,7 +110,8 @@ TABLE = "mangle"
 HOOK_CHAIN = "PREROUTING"
 INGRESS_CHAIN = "NPG-INGRESS"
 CHECK_CHAIN = "NPG-CHECK"
-OUR_CHAINS: tuple[str, ...] = (INGRESS_CHAIN, CHECK_CHAIN)
+AUDIT_CHAIN = "NPG-AUDIT"
+OUR_CHAINS: tuple[str, ...] = (INGRESS_CHAIN, CHECK_CHAIN, AUDIT_CHAIN)
 
 
 # --- skeleton rules --------------------------------------------------------------------------
@@ -118,13 +132,15 @@ class SkeletonRule:
     protocol: str | None
     matches: tuple[Match, ...]
     target: str
+    target_options: tuple[tuple[str, str], ...] = ()
+    goto: bool = False  # -g: when the target chain ends, return to our caller's caller
     hash: str = field(init=False)
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256(f"{self.family}|{TABLE}|{self.chain}|{self.spec()}".encode()).hexdigest()
         object.__setattr__(self, "hash", digest[:16])
 
-    def spec(self) -> str:
+    def _matches(self) -> list[str]:
         parts: list[str] = []
         if self.protocol:
             parts += ["-p", self.protocol]
@@ -132,8 +148,16 @@ class SkeletonRule:
             parts += ["-m", m.name]
             for opt, value in m.options:
                 parts += [f"--{opt}", *value.split(" ")]
-        parts += ["-j", self.target]
-        return " ".join(parts)
+        return parts
+
+    def _jump(self) -> list[str]:
+        parts = ["-g" if self.goto else "-j", self.target]
+        for opt, value in self.target_options:
+            parts += [f"--{opt}", *value.split(" ")]
+        return parts
+
+    def spec(self) -> str:
+        return " ".join(self._matches() + self._jump())
 
     @property
     def comment(self) -> str:
@@ -141,8 +165,7 @@ class SkeletonRule:
 
     def body(self) -> str:
         """The rule's arguments with its hash comment placed before the target."""
-        before, _, target = f" {self.spec()}".rpartition(" -j ")
-        return f"{before} -m comment --comment {self.comment} -j {target}".strip()
+        return " ".join([*self._matches(), "-m", "comment", "--comment", self.comment, *self._jump()])
 
     def render(self) -> str:
         """The rule as an iptables-restore line: appended to its chain, or inserted first in the hook."""
@@ -155,7 +178,11 @@ def build_skeleton(family: Family) -> tuple[SkeletonRule, ...]:
     """The fixed rules of one family, in order: the hook jump first, then our chains' rules.
 
     New connections to a node-local address whose (protocol, port) is protected go to
-    NPG-CHECK, which returns for allowed (source, proto:port) pairs and drops the rest.
+    NPG-CHECK, which returns for allowed (source, proto:port) pairs. The rest of an audited port
+    goes (goto) to NPG-AUDIT, which counts it in the audited counter set and lets it through; the
+    rest of an enforced port is counted in the dropped counter set and dropped. A counter set
+    counts a member's first packet when `SET --add-set` creates it, and every later one when the
+    match before it finds the member; each denied packet therefore counts exactly once.
     """
     rules = [
         SkeletonRule(
@@ -183,8 +210,21 @@ def build_skeleton(family: Family) -> tuple[SkeletonRule, ...]:
         SkeletonRule(family, CHECK_CHAIN, None, (Match("set", (("match-set", f"{allow_set_name(family)} src,dst"),)),),
                      "RETURN")
     )
-    rules.append(SkeletonRule(family, CHECK_CHAIN, None, (), "DROP"))
+    audited = (("match-set", f"{audit_set_name(family)} dst,dst"),)
+    rules.append(SkeletonRule(family, CHECK_CHAIN, None, (Match("set", audited),), AUDIT_CHAIN, goto=True))
+    rules.extend(_counting(family, CHECK_CHAIN, counter_set_name(family, "enforce"), "DROP"))
+    rules.extend(_counting(family, AUDIT_CHAIN, counter_set_name(family, "audit"), "RETURN"))
     return tuple(rules)
+
+
+def _counting(family: Family, chain: str, counter_set: str, verdict: str) -> list[SkeletonRule]:
+    """Count the packet in `counter_set` (per node address and proto:port), then `verdict`."""
+    key = f"{counter_set} dst,dst"
+    return [
+        SkeletonRule(family, chain, None, (Match("set", (("match-set", key),)),), verdict),
+        SkeletonRule(family, chain, None, (), "SET", (("add-set", key),)),
+        SkeletonRule(family, chain, None, (), verdict),
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from enforcer.dataplane import Dataplane, SyncReport
+from enforcer.drops import DropCollector, DropReader
 from enforcer.incremental import IncrementalPlanner
 from enforcer.plan import DesiredState, RejectedEntry
 from enforcer.policies import PolicyId, PolicyStore, RejectedAnnotation, SigningKeys, VerificationCache
@@ -69,6 +70,10 @@ class EnforcerMetrics:
             "1 while the HMAC upgrade transition is on (NPG_ACCEPT_LEGACY_HMAC=true), else 0",
             registry=registry,
         )
+
+    def watch_drops(self, read: DropReader) -> None:
+        """Expose nodeport_guard_dropped_packets_total, read from the kernel at each scrape."""
+        self.registry.register(DropCollector(read))
 
 
 @dataclass

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from webhook.composition import Part, compose, part_of
-from webhook.contract import PROTOCOLS, Annotation, IPFamily, Protocol
+from webhook.composition import Part, compose, compose_mode, part_of
+from webhook.contract import MODES, PROTOCOLS, Annotation, IPFamily, Mode, Protocol
 from webhook.intervals import Intervals, of_networks, to_prefixes
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,6 @@ _FAMILY_OF: dict[IPFamily, Family] = {"IPv4": 4, "IPv6": 6}
 _BITS: dict[Family, int] = {4: 32, 6: 128}
 
 
-
 @dataclass(frozen=True, slots=True, order=True)
 class PortKey:
     """One NodePort of one protocol in one IP family."""
@@ -36,10 +35,14 @@ class PortKey:
 
 @dataclass(frozen=True, slots=True)
 class ProtectedPort:
-    """A filtered NodePort: only sources inside `allowed` may open new connections (empty = none)."""
+    """A filtered NodePort: only sources inside `allowed` may open new connections (empty = none).
+
+    In mode "audit" the others are counted and let through instead of dropped.
+    """
 
     key: PortKey
     allowed: tuple[Network, ...]
+    mode: Mode = "enforce"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +63,16 @@ class DesiredState:
                 raise ValueError(f"DesiredState.ports[{p.key}]: allows every source, so it must not be listed")
 
     @staticmethod
-    def from_mapping(mapping: Mapping[PortKey, Iterable[Network]]) -> DesiredState:
-        """Normalize (collapse, sort) and drop keys whose allow-list covers the whole family."""
+    def from_mapping(
+        mapping: Mapping[PortKey, Iterable[Network]], modes: Mapping[PortKey, Mode] | None = None
+    ) -> DesiredState:
+        """Normalize (collapse, sort) and drop keys whose allow-list covers the whole family.
+        `modes` gives the ports in audit mode (absent: enforce)."""
         ports = []
         for key in sorted(mapping):
             allowed = tuple(_collapse(mapping[key], key.family))
             if not _is_everything(allowed, key.family):
-                ports.append(ProtectedPort(key=key, allowed=allowed))
+                ports.append(ProtectedPort(key=key, allowed=allowed, mode=(modes or {}).get(key, "enforce")))
         return DesiredState(ports=tuple(ports))
 
     @staticmethod
@@ -157,17 +163,18 @@ def plan_contribution(annotation: Annotation, nodeport_range: tuple[int, int]) -
             family = _FAMILY_OF[ip_family]
             # (nodePort, protocol) is unique in a decoded annotation, so one part per key.
             key = PortKey(family=family, protocol=verdict.protocol, port=verdict.node_port)
-            allowed[key] = part_of(verdict, family)
+            allowed[key] = part_of(verdict, family, annotation.mode)
     return Contribution(allowed=allowed, rejected=tuple(rejected))
 
 
 def protected_port(key: PortKey, contributions: Iterable[Contribution]) -> ProtectedPort | None:
-    """The NodePort's sources composed from every contribution's part (webhook/composition.py);
-    None when it allows every source."""
-    intervals = compose((c.allowed[key] for c in contributions), key.family)
+    """The NodePort's sources and mode composed from every contribution's part
+    (webhook/composition.py); None when it allows every source."""
+    parts = [c.allowed[key] for c in contributions]
+    intervals = compose(parts, key.family)
     if intervals == _everything(key.family):
         return None
-    return ProtectedPort(key=key, allowed=tuple(to_prefixes(intervals, key.family)))
+    return ProtectedPort(key=key, allowed=tuple(to_prefixes(intervals, key.family)), mode=compose_mode(parts))
 
 
 def _log_rejected(rejected: Iterable[RejectedEntry]) -> None:
@@ -210,6 +217,7 @@ def encode_state(state: DesiredState) -> str:
             "protocol": p.key.protocol,
             "port": p.key.port,
             "allowed": [str(n) for n in p.allowed],
+            "mode": p.mode,
         }
         for p in state.ports
     ]
@@ -220,6 +228,7 @@ def decode_state(text: str) -> DesiredState:
     """Inverse of encode_state; raises ValueError naming the entry and field at fault."""
     obj = json.loads(text)
     mapping: dict[PortKey, list[Network]] = {}
+    modes: dict[PortKey, Mode] = {}
     for i, entry in enumerate(obj.get("ports", [])):
         family = entry.get("family")
         protocol = entry.get("protocol")
@@ -229,5 +238,9 @@ def decode_state(text: str) -> DesiredState:
         nets = [ipaddress.ip_network(a, strict=True) for a in entry.get("allowed", [])]
         if any(n.version != family for n in nets):
             raise ValueError(f"ports[{i}].allowed: prefixes must be IPv{family}")
+        mode = entry.get("mode", "enforce")
+        if mode not in MODES:
+            raise ValueError(f"ports[{i}].mode: {mode!r} is not one of {list(MODES)}")
         mapping[PortKey(family, protocol, port)] = nets
-    return DesiredState.from_mapping(mapping)
+        modes[PortKey(family, protocol, port)] = mode
+    return DesiredState.from_mapping(mapping, modes)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from enforcer.plan import FAMILIES, DesiredState, Family, Network, PortKey, ProtectedPort
-from webhook.contract import PROTOCOLS, Protocol
+from webhook.contract import PROTOCOLS, Mode, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +17,9 @@ SET_PREFIX = "npg-"
 TMP_SUFFIX = "-t"
 # hash:net,port grows on demand; maxelem is only a ceiling, set high so 10k ports x many CIDRs fit.
 ALLOW_MAXELEM = 1 << 20
+# The counter sets hold one member per (node address, proto:port) that saw a denied new connection;
+# the ceiling bounds their memory (a full set stops counting new members; packets still drop).
+COUNTER_MAXELEM = 1 << 18
 
 _PROTO_LOWER: dict[Protocol, str] = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 _PROTO_UPPER: dict[str, Protocol] = {v: k for k, v in _PROTO_LOWER.items()}
@@ -42,8 +45,34 @@ def allow_set_name(family: Family) -> str:
     return f"{SET_PREFIX}{family}-allow"
 
 
+def audit_set_name(family: Family) -> str:
+    """hash:net,port of the protected ports in audit mode (two /1 prefixes per port, like SCTP's)."""
+    return f"{SET_PREFIX}{family}-audit"
+
+
+def counter_set_name(family: Family, mode: Mode) -> str:
+    """hash:ip,port with counters, filled by the kernel (`-j SET --add-set`): one member per
+    (node address, proto:port) that saw a dropped ("enforce") or would-drop ("audit") new connection."""
+    return f"{SET_PREFIX}{family}-{'dropped' if mode == 'enforce' else 'audited'}"
+
+
+def counter_set_names(family: Family) -> tuple[str, ...]:
+    return (counter_set_name(family, "enforce"), counter_set_name(family, "audit"))
+
+
+def is_counter_set(name: str) -> bool:
+    return any(name in counter_set_names(f) for f in FAMILIES)
+
+
 def set_names(family: Family) -> tuple[str, ...]:
-    return (*(port_set_name(family, p) for p in PROTOCOLS), allow_set_name(family))
+    """Every set of a family with protected ports. The counter sets' members are the kernel's, never
+    ours: they are created and destroyed with the family and their members are not compared."""
+    return (
+        *(port_set_name(family, p) for p in PROTOCOLS),
+        allow_set_name(family),
+        audit_set_name(family),
+        *counter_set_names(family),
+    )
 
 
 def retired_set_names(family: Family) -> tuple[str, ...]:
@@ -59,7 +88,7 @@ def family_of_set(name: str) -> Family | None:
 
 
 def _is_hash_set(name: str, family: Family) -> bool:
-    return name == allow_set_name(family) or name == port_set_name(family, "SCTP")
+    return name in (allow_set_name(family), port_set_name(family, "SCTP"), audit_set_name(family))
 
 
 def set_create_options(name: str, nodeport_range: tuple[int, int]) -> str:
@@ -67,6 +96,9 @@ def set_create_options(name: str, nodeport_range: tuple[int, int]) -> str:
     family = family_of_set(name)
     if family is None or name in retired_set_names(family):
         raise ValueError(f"set {name!r}: not one of ours")
+    if name in counter_set_names(family):
+        inet = "inet" if family == 4 else "inet6"
+        return f"hash:ip,port family {inet} hashsize 1024 maxelem {COUNTER_MAXELEM} counters"
     if _is_hash_set(name, family):
         inet = "inet" if family == 4 else "inet6"
         return f"hash:net,port family {inet} hashsize 1024 maxelem {ALLOW_MAXELEM}"
@@ -77,6 +109,11 @@ def render_port_members(family: Family, protocol: Protocol, port: int) -> tuple[
     """The members of the port set that mark (protocol, port) protected, as `ipset save` prints them."""
     if protocol in BITMAP_PROTOCOLS:
         return (str(port),)
+    return render_audit_members(family, protocol, port)
+
+
+def render_audit_members(family: Family, protocol: Protocol, port: int) -> tuple[str, ...]:
+    """The members of the audit set (any destination address, proto:port) for one audited port."""
     return tuple(f"{net},{_PROTO_LOWER[protocol]}:{port}" for net in _ANY_DESTINATION[family])
 
 
@@ -108,23 +145,25 @@ def render_allow_member(net: Network, protocol: Protocol, port: int) -> str:
     return f"{render_net(net)},{_PROTO_LOWER[protocol]}:{port}"
 
 
-# Per port: the ProtectedPort last rendered, its port-set members and its allow-set members.
-MembersMemo = dict[PortKey, tuple[ProtectedPort, tuple[str, ...], tuple[str, ...]]]
+# Per port: the ProtectedPort last rendered, its port-set, allow-set and audit-set members.
+MembersMemo = dict[PortKey, tuple[ProtectedPort, tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
 
 
 def render_members(
-    state: DesiredState | Iterable[ProtectedPort], memo: MembersMemo | None = None
+    state: DesiredState | Iterable[ProtectedPort], memo: MembersMemo | None = None, audit_all: bool = False
 ) -> dict[str, frozenset[str]]:
     """Every set of ours that must exist (families with protected ports) with its members.
 
     `memo` (owned by the caller, e.g. one Dataplane) keeps each port's rendered members:
     rendering 10k ports x 3 prefixes through `ipaddress` costs more than the incremental budget.
     A hit is an identity test when the caller reuses ProtectedPort objects of unchanged ports.
+    `audit_all` (the node-wide rollout switch) puts every port in the audit set; a memo must be
+    used with one value of it only. The counter sets are listed empty: their members are the kernel's.
     """
     memo = {} if memo is None else memo
     members: dict[str, set[str]] = {}
-    # Per (family, protocol): (port set, allow set); avoids formatting names 10k times.
-    targets: dict[tuple[Family, Protocol], tuple[set[str], set[str]]] = {}
+    # Per (family, protocol): (port set, allow set, audit set); avoids formatting names 10k times.
+    targets: dict[tuple[Family, Protocol], tuple[set[str], set[str], set[str]]] = {}
     count = 0
     for p in state.ports if isinstance(state, DesiredState) else state:
         key = p.key
@@ -133,20 +172,27 @@ def render_members(
         if target is None:
             for name in set_names(key.family):
                 members.setdefault(name, set())
-            target = (members[port_set_name(key.family, key.protocol)], members[allow_set_name(key.family)])
+            target = (
+                members[port_set_name(key.family, key.protocol)],
+                members[allow_set_name(key.family)],
+                members[audit_set_name(key.family)],
+            )
             targets[(key.family, key.protocol)] = target
         hit = memo.get(key)
         if hit is not None and hit[0] is p:
-            _, ported, rendered = hit
-        elif hit is not None and hit[0].allowed == p.allowed:
-            _, ported, rendered = hit
-            memo[key] = (p, ported, rendered)  # next time, an identity hit
+            _, ported, rendered, audited = hit
+        elif hit is not None and hit[0].allowed == p.allowed and hit[0].mode == p.mode:
+            _, ported, rendered, audited = hit
+            memo[key] = (p, ported, rendered, audited)  # next time, an identity hit
         else:
             ported = render_port_members(key.family, key.protocol, key.port)
             rendered = tuple(render_allow_member(n, key.protocol, key.port) for n in p.allowed)
-            memo[key] = (p, ported, rendered)
+            audit = audit_all or p.mode == "audit"
+            audited = render_audit_members(key.family, key.protocol, key.port) if audit else ()
+            memo[key] = (p, ported, rendered, audited)
         target[0].update(ported)
         target[1].update(rendered)
+        target[2].update(audited)
     if len(memo) != count:
         # Ports were removed: keep only the current ones, so the memo never outgrows the state.
         current = {p.key for p in (state.ports if isinstance(state, DesiredState) else state)}
@@ -173,6 +219,8 @@ def parse_ipset_save(text: str) -> dict[str, InstalledSet]:
             members.setdefault(name, set())
         elif line.startswith("add " + SET_PREFIX):
             _, name, member = line.split(" ", 2)
+            if is_counter_set(name):
+                continue  # the kernel's members: never compared, never rewritten (that would reset them)
             members.setdefault(name, set()).add(_normalize_member(name, member))
     return {n: InstalledSet(n, headers.get(n, ""), frozenset(members[n])) for n in sorted(headers)}
 
@@ -195,13 +243,19 @@ def header_matches(installed_header: str, name: str, nodeport_range: tuple[int, 
     keys = {"family", "range"}
     want_opts = {wanted[i]: wanted[i + 1] for i in range(1, len(wanted) - 1, 2) if wanted[i] in keys}
     have_opts = {have[i]: have[i + 1] for i in range(1, len(have) - 1) if have[i] in keys}
-    return want_opts == have_opts
+    return want_opts == have_opts and ("counters" in wanted) == ("counters" in have)
 
 
 def parse_installed_state(sets: Mapping[str, InstalledSet]) -> DesiredState:
     """What the installed sets enforce: ports in a port set, with their allow-set prefixes."""
     allowed: dict[PortKey, list[Network]] = {}
+    audited: set[PortKey] = set()
     for fam in FAMILIES:
+        audit = sets.get(audit_set_name(fam))
+        for member in audit.members if audit else ():
+            proto_text, _, port_text = member.rpartition(",")[2].partition(":")
+            if proto_text in _PROTO_UPPER:
+                audited.add(PortKey(fam, _PROTO_UPPER[proto_text], int(port_text)))
         for proto in PROTOCOLS:
             name = port_set_name(fam, proto)
             s = sets.get(name)
@@ -220,7 +274,10 @@ def parse_installed_state(sets: Mapping[str, InstalledSet]) -> DesiredState:
                 allowed[key].append(ipaddress.ip_network(addr, strict=False))
     # As programmed, not re-collapsed: what we write is already canonical, and a member added by
     # hand then shows up as a difference instead of being normalized away.
-    ports = tuple(ProtectedPort(k, tuple(sorted(allowed[k], key=_net_order))) for k in sorted(allowed))
+    ports = tuple(
+        ProtectedPort(k, tuple(sorted(allowed[k], key=_net_order)), "audit" if k in audited else "enforce")
+        for k in sorted(allowed)
+    )
     return DesiredState(ports=ports)
 
 

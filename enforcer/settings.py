@@ -77,6 +77,10 @@ class EnforcerSettings:
     status_namespace: str = "nodeport-guard"
     status_min_interval_seconds: float = 5.0
     status_heartbeat_seconds: float = 60.0
+    # NPG_MODE=audit: the rollout switch, every protected NodePort of this node is audited (counted,
+    # logged, not dropped) whatever the policies' modes. "enforce" (default): each policy's mode.
+    audit_all: bool = False
+    audit_log_seconds: float = 10.0  # period of the bounded would-drop log (NPG_AUDIT_LOG_SECONDS)
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> EnforcerSettings:
@@ -127,6 +131,18 @@ class EnforcerSettings:
                 "need 1 <= min interval <= heartbeat (defaults 5 and 60; the apiserver load is 1/min interval per node)"
             )
         kubeconfig = env.get("NPG_KUBECONFIG")
+        mode = env.get("NPG_MODE", "enforce")
+        if mode not in ("enforce", "audit"):
+            raise SettingsError(
+                f"NPG_MODE={mode!r}: expected enforce (each policy's mode, the default) or audit "
+                "(audit every NodePort on this node: count and log, drop nothing)"
+            )
+        try:
+            audit_log_seconds = float(env.get("NPG_AUDIT_LOG_SECONDS", "10"))
+        except ValueError as exc:
+            raise SettingsError(f"NPG_AUDIT_LOG_SECONDS: {exc}") from exc
+        if audit_log_seconds <= 0:
+            raise SettingsError(f"NPG_AUDIT_LOG_SECONDS={audit_log_seconds}: must be > 0")
         return EnforcerSettings(
             node_name=env.get("NPG_NODE_NAME", ""),
             public_keys_configmap=configmap,
@@ -147,4 +163,6 @@ class EnforcerSettings:
             status_namespace=env.get("NPG_STATUS_NAMESPACE", "nodeport-guard"),
             status_min_interval_seconds=status_min,
             status_heartbeat_seconds=status_beat,
+            audit_all=mode == "audit",
+            audit_log_seconds=audit_log_seconds,
         )

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 STANDINS = {"python:3.11-slim-bookworm": base_image.ensure_base}
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BUILDER_VERSION = "1"
+PRUNE_GRACE_SECONDS = 3600.0  # see _prune
 
 
 @dataclass
@@ -126,6 +127,7 @@ def build_image(context: Path = REPO, dockerfile: Path | None = None) -> Path:
     steps.mkdir(parents=True, exist_ok=True)
     out = cache / f"nodeport-guard-{final_key(stages, context, ignore)[:16]}.tar"
     if out.exists():
+        os.utime(out)  # in use: a parallel build's prune keeps it (see _prune)
         say(f"image {IMAGE_NAME} up to date ({out.name})")
         return out
     base_rootfs = STANDINS[stages[-1].base]() if stages[-1].base in STANDINS else None
@@ -166,14 +168,26 @@ def _used_steps(stages: list[df.Stage], context: Path, ignore: df.IgnoreRules) -
     return used
 
 
-def _prune(cache: Path, current: Path, used_steps: set[str]) -> None:
-    """Drop older product images and step results nothing refers to any more (each is hundreds of MB)."""
+def _prune(cache: Path, current: Path, used_steps: set[str], now: float | None = None) -> None:
+    """Drop older product images and step results nothing refers to any more (each is hundreds of MB).
+
+    Only what has not been written for PRUNE_GRACE_SECONDS: another checkout of the repo (a second
+    worktree, a parallel session) may have just built its own image and be about to load it.
+    """
+    cutoff = (time.time() if now is None else now) - PRUNE_GRACE_SECONDS
     for old in cache.glob("nodeport-guard-*.tar"):
-        if old != current:
+        if old != current and _mtime(old) < cutoff:
             old.unlink(missing_ok=True)
     for step in (cache / "steps").iterdir():
-        if step.name not in used_steps:
+        if step.name not in used_steps and _mtime(step) < cutoff:
             shutil.rmtree(step, ignore_errors=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")  # already gone: nothing to prune
 
 
 def _start(stage: df.Stage, built: dict[str, StageState]) -> tuple[Path, str]:

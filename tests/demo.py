@@ -3,7 +3,8 @@
 A local cluster comes up (localcluster: real kubelet, containerd and kube-proxy on two nodes,
 iptables mode on node1, nftables mode on node2), nodeport-guard is installed with `make deploy`
 as the README says, and real packets from two client namespaces go to NodePorts on both nodes.
-Then `make undeploy` and the cluster goes down. Exits 0 only if every check passed.
+Then one shared scenario runs through the test suite's own packet oracle (tests/scenario_cluster.py),
+`make undeploy`, and the cluster goes down. Exits 0 only if every check passed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from localcluster.backends import NAMESPACE
 from localcluster.cluster import Cluster, down, up
 from localcluster.image import ensure_product_image
 from localcluster.probe import Proto
+from localcluster.scenario_client import scenario_client
 from localcluster.state import is_stale, list_clusters, teardown
 from tests.cluster.helpers import (
     REPO,
@@ -32,10 +34,14 @@ from tests.cluster.helpers import (
     undeploy,
     user_env,
 )
+from tests.scenario_cluster import cluster_oracle, node_label
+from tests.scenario_oracle import render_case
+from tests.scenarios import load_cases, sources_of
 
 NAME = "demo"
 PORT = 30080
 OFFICE = "198.51.100.64/26"  # client A's network
+SCENARIO = "cyclonus-ipblock-24-except-28"  # one of ../shared/scenarios, run by the test suite's own runner
 BOLD, GREEN, RED, DIM, RESET = (
     ("\033[1m", "\033[32m", "\033[31m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "", "", "")
 )
@@ -170,6 +176,26 @@ def run_policies(story: Story, cluster: Cluster) -> None:
         time.sleep(0.3)
     story.expect("no chain, rule or set of ours is left on either node",
                  not any(our_dataplane(cluster, n) for n in ("node1", "node2")))
+    run_scenario(story, cluster)
+
+
+def run_scenario(story: Story, cluster: Cluster) -> None:
+    """One shared scenario through the same runner as tests/cluster/test_5a_scenarios.py."""
+    story.heading(f"A shared scenario, run by the test suite's packet oracle: {SCENARIO}")
+    try:
+        case = next(c for c in load_cases() if c.name == SCENARIO)
+    except (FileNotFoundError, StopIteration) as exc:
+        story.expect(f"the shared scenario {SCENARIO} is available (../shared/scenarios)", False, str(exc))
+        return
+    story.say(f"{case.note} Its pods run as real servers in a namespace of their own; a scenario client "
+              "holding every source address of the case sends one packet per expectation to each node.")
+    labels = tuple(node_label(n) for n in cluster.plan.nodes)
+    with scenario_client(cluster.plan, sources_of([case])) as client, \
+            cluster_oracle(cluster, client, log=story.show) as oracle:
+        outcomes = list(oracle.run([case]))
+    story.show(render_case(outcomes[0], labels))
+    story.expect(f"all {len(case.expectations)} expectations of {SCENARIO} confirmed by packets on node1 and node2",
+                 all(o.ok for o in outcomes))
 
 
 def main() -> int:

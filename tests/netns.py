@@ -247,6 +247,12 @@ class NetnsDataplane:
     def installed(self) -> DesiredState:
         return decode_state(json.dumps(self._ask("installed")["state"]))
 
+    def counters(self) -> dict[tuple[int, str, int, str], int]:
+        """The drop counters: (family, protocol, port, mode) -> packets."""
+        rows = self._ask("counters")["counters"]
+        assert isinstance(rows, list)
+        return {(r["family"], r["protocol"], r["port"], r["mode"]): r["packets"] for r in rows}
+
     def cleanup(self) -> None:
         self._ask("cleanup")
 

@@ -7,8 +7,8 @@ Prints `{"ready": true}` first.
 
 `python -m tests.probe_agent client` (in the client namespace): reads one JSON request per line,
 `{"id", "proto": "tcp"|"udp"|"sctp", "src", "dst", "port", "timeout", "tag"}`, and answers each, in
-parallel, with `{"id", "result"}`: `connected`/`refused`/`timeout` for TCP, `answered`/`timeout` for
-UDP, `sent` for SCTP (whether it arrived is the node agent's to say). Every probe binds its source.
+parallel, with `{"id", "result"}`: `connected`/`accepted`/`refused`/`timeout` for TCP, `answered`/`timeout`
+for UDP, `sent` for SCTP (whether it arrived is the node agent's to say). Every probe binds its source.
 """
 
 from __future__ import annotations
@@ -102,7 +102,10 @@ def probe(request: dict[str, Any]) -> str:
         try:
             if proto == "tcp":
                 s.connect((dst, port))
-                return "connected" if s.recv(2) == b"ok" else "refused"
+                try:
+                    return "connected" if s.recv(2) == b"ok" else "refused"
+                except TimeoutError:
+                    return "accepted"  # the handshake completed; this server speaks only when spoken to
             token = secrets.token_bytes(8)
             s.connect((dst, port))  # connected: an ICMP port unreachable surfaces as ConnectionRefusedError
             s.send(token)

@@ -31,17 +31,18 @@ from tests.netns import NS_PREFIX, run
 from tests.scenarios import ProbeProtocol
 
 REPO = Path(__file__).resolve().parents[1]
-# What a probe saw: TCP connected, UDP answered, SCTP INIT arrived; refused (a TCP reset or an ICMP port
-# unreachable from the node); or nothing (timeout).
-Observed = Literal["connected", "refused", "answered", "arrived", "timeout"]
+# What a probe saw: TCP connected (the server greeted), accepted (handshake done, the server said nothing:
+# kube-proxy's health-check server waits for a request), UDP answered, SCTP INIT arrived; refused (a TCP
+# reset or an ICMP port unreachable from the node); or nothing (timeout).
+Observed = Literal["connected", "accepted", "refused", "answered", "arrived", "timeout"]
 # Got through the node's filter. "refused" counts: the node's own stack answered, so the packet passed
 # mangle PREROUTING (the node agent listens on every probed port, so it does not happen in the oracle).
-PASSED: frozenset[str] = frozenset({"connected", "answered", "arrived", "refused"})
+PASSED: frozenset[str] = frozenset({"connected", "accepted", "answered", "arrived", "refused"})
 
 
-def _spawn(netns: str, *args: str) -> subprocess.Popen[str]:
+def _spawn(enter: Sequence[str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        ["ip", "netns", "exec", netns, sys.executable, "-m", "tests.probe_agent", *args],
+        [*enter, sys.executable, "-m", "tests.probe_agent", *args],
         cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -53,9 +54,10 @@ def _spawn(netns: str, *args: str) -> subprocess.Popen[str]:
 class _Agent:
     """One agent process and a reader thread that hands its JSON lines to `_on_line`."""
 
-    def __init__(self, netns: str, *args: str) -> None:
+    def __init__(self, netns: str, *args: str, enter: Sequence[str] | None = None) -> None:
+        """`netns` names where it runs; `enter` is the argv prefix that gets there (default `ip netns exec`)."""
         self.netns = netns
-        self._proc = _spawn(netns, *args)
+        self._proc = _spawn(enter if enter is not None else ["ip", "netns", "exec", netns], *args)
         self._cond = threading.Condition()
         assert self._proc.stdout is not None
         first = self._proc.stdout.readline()
@@ -89,9 +91,9 @@ class _Agent:
 class NodeAgent(_Agent):
     """Listeners on the node (TCP accept, UDP echo on `ports`) and the record of SCTP INITs that arrived."""
 
-    def __init__(self, netns: str, ports: Sequence[int]) -> None:
+    def __init__(self, netns: str, ports: Sequence[int], enter: Sequence[str] | None = None) -> None:
         self._sctp: dict[tuple[int, int], tuple[str, bool]] = {}  # (port, tag) -> (source, checksum ok)
-        super().__init__(netns, "node", *(str(p) for p in sorted(set(ports))))
+        super().__init__(netns, "node", *(str(p) for p in sorted(set(ports))), enter=enter)
 
     def _on_line(self, message: dict[str, Any]) -> None:
         if "sctp" in message:
@@ -110,6 +112,16 @@ class NodeAgent(_Agent):
                 f"SCTP INIT tag {tag} arrived from {seen[0]} (checksum ok: {seen[1]}), sent from {source}"
             )
         return True
+
+    def take_init(self, tag: int) -> tuple[str, int, bool] | None:
+        """The INIT with this tag if it arrived, whatever its port and source (NAT may change both):
+        (source, destination port, checksum ok). Does not wait."""
+        with self._cond:
+            key = next((k for k in self._sctp if k[1] == tag), None)
+            if key is None:
+                return None
+            source, ok = self._sctp.pop(key)
+        return source, key[0], ok
 
 
 class ClientAgent(_Agent):
@@ -167,7 +179,7 @@ class Prober:
                 raise RuntimeError(f"{probe}: the client could not send the INIT: {sent}")
             return "arrived" if self.node.sctp_arrived(probe.src, probe.port, tag, timeout) else "timeout"
         result = self.client.request(probe.proto, probe.src, probe.dst, probe.port, timeout)
-        if result not in ("connected", "refused", "answered", "timeout"):
+        if result not in ("connected", "accepted", "refused", "answered", "timeout"):
             raise RuntimeError(f"{probe}: {result}")
         return result  # type: ignore[return-value]
 

@@ -17,8 +17,10 @@ reusable by the benchmark and the demo. Cases are loaded from the file, never co
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +36,8 @@ RESERVED_RANGE_NOTE = (
     "and after the suite)"
 )
 ProbeProtocol = Literal["tcp", "udp", "sctp"]
+NODEPORT_RANGE = (30000, 32767)
+RENUMBER_FROM = 31000  # renumbered NodePorts start here, away from the cases' own 300xx numbers
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +148,15 @@ def _is_dual_stack(service: Obj) -> bool:
     return "IPv6" in (service.get("spec", {}).get("ipFamilies") or ["IPv4"])
 
 
-def build_objects(case: Case, mapping: dict[str, str]) -> CaseObjects:
-    """The case's objects in the namespaces of `mapping` (case namespace -> real namespace)."""
+PodBuilder = Callable[[Obj, str], list[Obj]]
+
+
+def build_objects(case: Case, mapping: dict[str, str], pod_builder: PodBuilder | None = None) -> CaseObjects:
+    """The case's objects in the namespaces of `mapping` (case namespace -> real namespace).
+
+    `pod_builder(spec, namespace)` makes the Pod objects of one pod of the case (default: one Pod
+    that never runs, for a control plane without nodes; a cluster runs real servers instead).
+    """
     notes: list[str] = []
     services = []
     for service in case.services:
@@ -160,7 +171,8 @@ def build_objects(case: Case, mapping: dict[str, str]) -> CaseObjects:
                 f"(RequireDualStack, IPv4+IPv6) so that IPv6 expectations from {sources} can be proven"
             )
         services.append(moved)
-    pods = [_pod(p, mapping[p.get("namespace", "default")]) for p in case.pods]
+    build = pod_builder or (lambda spec, ns: [_pod(spec, ns)])
+    pods = [obj for p in case.pods for obj in build(p, mapping[p.get("namespace", "default")])]
     reserved = [e for e in case.expectations if ipaddress.ip_address(e.source) in RESERVED_RANGE]
     if reserved:
         notes.append(
@@ -172,6 +184,23 @@ def build_objects(case: Case, mapping: dict[str, str]) -> CaseObjects:
         policies=tuple(_moved(p, mapping) for p in case.policies),
         notes=tuple(notes),
     )
+
+
+def serve_ports(case: Case) -> list[int]:
+    """Every port number a backend of the case may be asked on after DNAT (container ports, numeric
+    targetPorts, a Service `port` without targetPort): a real backend listens on all of them."""
+    ports = {int(c["containerPort"]) for p in case.pods for c in p.get("containerPorts") or []}
+    for service in case.services:
+        for port in service.get("spec", {}).get("ports", []):
+            target = port.get("targetPort", port.get("port"))
+            if isinstance(target, int):
+                ports.add(target)
+    return sorted(ports)
+
+
+def has_local_service(case: Case) -> bool:
+    """Whether a Service of the case keeps external traffic on the node it arrives at (Local policy)."""
+    return any(s.get("spec", {}).get("externalTrafficPolicy") == "Local" for s in case.services)
 
 
 def reserved_count(cases: list[Case]) -> int:
@@ -192,3 +221,114 @@ def ports_of(cases: list[Case]) -> list[int]:
 
 def as_list(objects: tuple[Obj, ...]) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+
+
+# --- NodePorts are cluster-wide: renumbering and rounds for a real cluster ----------------------
+
+
+def node_ports_of(case: Case) -> set[int]:
+    """Every NodePort and healthCheckNodePort the case's Services ask for."""
+    ports: set[int] = set()
+    for service in case.services:
+        spec = service.get("spec", {})
+        ports |= {int(p["nodePort"]) for p in spec.get("ports", []) if p.get("nodePort")}
+        if spec.get("healthCheckNodePort"):
+            ports.add(int(spec["healthCheckNodePort"]))
+    return ports
+
+
+def pinned_node_ports(case: Case) -> set[int]:
+    """The NodePorts whose number the case's policies name (a policy port or port..endPort covers it).
+
+    Their number is part of what the case tests (e.g. "a policy port equal to the NodePort does not
+    match"), so they are never renumbered; every other NodePort is only an allocation.
+    """
+    ranges = []
+    for policy in case.policies:
+        for rule in policy.get("spec", {}).get("ingress") or []:
+            for entry in rule.get("ports") or []:
+                port = entry.get("port")
+                if isinstance(port, int):
+                    ranges.append((port, int(entry.get("endPort", port))))
+    return {p for p in node_ports_of(case) if any(lo <= p <= hi for lo, hi in ranges)}
+
+
+def renumber(case: Case, mapping: dict[int, int]) -> Case:
+    """The case with its NodePorts (Services and expectations) renumbered by `mapping` (others unchanged)."""
+    if not mapping:
+        return case
+    services = []
+    for service in case.services:
+        moved: Obj = copy.deepcopy(service)
+        spec = moved.get("spec", {})
+        for port in spec.get("ports", []):
+            if port.get("nodePort") in mapping:
+                port["nodePort"] = mapping[port["nodePort"]]
+        if spec.get("healthCheckNodePort") in mapping:
+            spec["healthCheckNodePort"] = mapping[spec["healthCheckNodePort"]]
+        services.append(moved)
+    expectations = tuple(
+        dataclasses.replace(e, node_port=mapping.get(e.node_port, e.node_port)) for e in case.expectations
+    )
+    return dataclasses.replace(case, services=tuple(services), expectations=expectations)
+
+
+def describe_renumbering(mapping: dict[int, int]) -> str:
+    pairs = ", ".join(f"{a}->{b}" for a, b in sorted(mapping.items()))
+    return (f"NodePorts renumbered {pairs} (NodePorts are cluster-wide and the cases run side by side; "
+            "no policy of the case names these numbers)")
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A case as it runs on a shared cluster: renumbered, with the original NodePort of each new one."""
+
+    case: Case
+    renumbered: dict[int, int]  # original NodePort -> the one used
+
+    @property
+    def original(self) -> dict[int, int]:
+        return {new: old for old, new in self.renumbered.items()}
+
+
+def plan_rounds(
+    cases: Sequence[Case], taken: set[int], max_pods: int, pods_of: Callable[[Case], int]
+) -> list[list[Planned]]:
+    """Group the cases into rounds that can share one cluster at once.
+
+    Inside a round no two Services may ask for the same NodePort: every NodePort that no policy
+    names gets a fresh number (from RENUMBER_FROM, never one in `taken` or pinned by any case);
+    cases whose pinned NodePorts clash go to different rounds. A round holds at most `max_pods`
+    pods (`pods_of(case)` each). Raises ValueError when a pinned port is already `taken`.
+    """
+    pinned = {c.name: pinned_node_ports(c) for c in cases}
+    blocked = set(taken).union(*pinned.values()) if pinned else set(taken)
+    for case in cases:
+        clash = pinned[case.name] & taken
+        if clash:
+            raise ValueError(
+                f"case {case.name}: NodePort(s) {sorted(clash)} are allocated by other Services of the cluster; "
+                "delete those Services first (the case's policies name these numbers, so they cannot move)"
+            )
+    fresh = (p for p in range(RENUMBER_FROM, NODEPORT_RANGE[1] + 1) if p not in blocked)
+    rounds: list[list[Planned]] = []
+    used: list[set[int]] = []
+    pods: list[int] = []
+    for case in cases:
+        try:
+            mapping = {p: next(fresh) for p in sorted(node_ports_of(case) - pinned[case.name])}
+        except StopIteration:
+            raise ValueError("not enough free NodePorts to run the cases side by side") from None
+        need = pods_of(case)
+        for i in range(len(rounds)):
+            if not used[i] & pinned[case.name] and pods[i] + need <= max_pods:
+                break
+        else:
+            rounds.append([])
+            used.append(set())
+            pods.append(0)
+            i = len(rounds) - 1
+        rounds[i].append(Planned(renumber(case, mapping), mapping))
+        used[i] |= pinned[case.name]
+        pods[i] += need
+    return rounds

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook import contract
-from webhook.contract import Annotation, NodePortEntry, PolicyRef
+from webhook.contract import Mode, NodePortEntry, PolicyRef
 from webhook.contribution import ServiceEndpoints, endpoints_fingerprint, namespace_endpoints, resolve_contribution
 from webhook.review import AdmissionRequest, JsonPatch, allowed, denied
 from webhook.semantics import Policy, PolicyMemo, SemanticsError, compile_policy
@@ -86,12 +86,30 @@ def _count_block_cidrs(policy: Policy) -> int:
 
 
 def render_policy_annotations(
-    namespace: str, name: str, uid: str, entries: tuple[NodePortEntry, ...], key: Signer
+    namespace: str, name: str, uid: str, entries: tuple[NodePortEntry, ...], key: Signer, mode: Mode = "enforce"
 ) -> dict[str, str]:
     """Our annotations for a policy: none when it affects no NodePort."""
     if not entries:
         return {}
-    return contract.render_annotations(Annotation(PolicyRef(namespace, name, uid), entries), key)
+    return contract.render_annotations(contract.annotation_for(PolicyRef(namespace, name, uid), entries, mode), key)
+
+
+def _mode_of(obj: Mapping[str, Any] | None) -> Mode:
+    """The author's `nodeport-guard.io/mode` (absent: enforce); raises _Rejection naming the fix."""
+    try:
+        return contract.read_mode(_annotations(obj))
+    except contract.ContractError as exc:
+        raise _Rejection(422, str(exc)) from exc
+
+
+def audit_warning(entries: tuple[NodePortEntry, ...]) -> str:
+    """The admission warning of a policy in audit mode (kubectl apply prints it)."""
+    ports = ", ".join(f"{e.protocol} {e.node_port}" for e in entries[:5]) + (", ..." if len(entries) > 5 else "")
+    return (
+        f"{_annotation_field(contract.MODE_KEY)}: audit mode: nodeport-guard counts and logs the new "
+        f"connections this policy would deny on NodePorts ({ports}) but drops none of them, unless an "
+        "enforcing policy also lists the NodePort; remove the annotation to enforce"
+    )
 
 
 def _escape(key: str) -> str:
@@ -129,6 +147,7 @@ class _Computed:
     uid: str
     entries: tuple[NodePortEntry, ...]
     warnings: tuple[str, ...]
+    mode: Mode = "enforce"
 
 
 def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig) -> _Computed:
@@ -175,7 +194,11 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
             "use fewer, larger ipBlocks or raise the setting",
         )
     uid = _meta_str(obj, "uid") or _meta_str(request.old_object, "uid")
-    return _Computed(namespace, name, uid, entries, contribution.warnings)
+    mode = _mode_of(obj)
+    warnings = contribution.warnings
+    if mode == "audit" and entries:
+        warnings = (*warnings, audit_warning(entries))
+    return _Computed(namespace, name, uid, entries, warnings, mode)
 
 
 def _check_hand_edits(request: AdmissionRequest, desired: Mapping[str, str]) -> None:
@@ -200,7 +223,7 @@ def mutate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig
     try:
         computed = _compute(request, view, config)
         desired = render_policy_annotations(
-            computed.namespace, computed.name, computed.uid, computed.entries, config.signing_key
+            computed.namespace, computed.name, computed.uid, computed.entries, config.signing_key, computed.mode
         )
         _check_size(desired)
         _check_hand_edits(request, desired)
@@ -230,8 +253,8 @@ def _genuine(final: Mapping[str, Any], computed: _Computed, key: Signer) -> bool
         signed = contract.read_signed(final, computed.namespace, computed.name, computed.uid, key.verifier())
     except contract.ContractError:
         return False
-    if signed is None:
-        return False
+    if signed is None or signed.mode != computed.mode:
+        return False  # a signed mode other than the author's is never kept
     ports = {(v.node_port, v.protocol, v.service, v.service_port) for v in signed.node_ports}
     return ports == {(v.node_port, v.protocol, v.service, v.service_port) for v in computed.entries}
 
@@ -246,7 +269,9 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
         if request.operation == "CREATE":
             uids.add("")  # mutation signs before the apiserver assigns the uid
         expected = [
-            render_policy_annotations(computed.namespace, computed.name, u, computed.entries, config.signing_key)
+            render_policy_annotations(
+                computed.namespace, computed.name, u, computed.entries, config.signing_key, computed.mode
+            )
             for u in sorted(uids)
         ]
         final = _owned(request.object)
@@ -367,7 +392,16 @@ def _desired_of(
         return None
     spec = obj.get("spec") or {}
     entries = resolve_contribution(policy, spec.get("podSelector"), view, endpoints).entries
-    return render_policy_annotations(namespace, name, policy.uid, entries, key) or None
+    try:
+        mode = contract.read_mode(_annotations(obj))
+    except contract.ContractError as exc:
+        # Admission refuses such a value; a stored one (admitted while we were absent) fails closed.
+        logger.warning(
+            "stored policy has an invalid mode; enforcing",
+            extra={"namespace": namespace, "policy": name, "error": str(exc)},
+        )
+        mode = "enforce"
+    return render_policy_annotations(namespace, name, policy.uid, entries, key, mode) or None
 
 
 def _check_size(desired: Mapping[str, str]) -> None:

@@ -8,6 +8,10 @@ tests hold it equal to the namespace-wide resolution in `webhook/semantics.py`.
 
 Version-1 entries (a namespace-wide verdict copied into each policy) are only ever intersected
 with the result, so a stale copy left during an upgrade can narrow a NodePort but never open one.
+
+Modes (docs/semantics.md, "Audit mode"): the verdict is composed from every part whatever its
+mode; the NodePort is audited only when every part listing it is in audit mode, and enforced as
+soon as one is enforcing (`compose_mode`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from webhook.contract import CidrRule, NodePortEntry, Scope, SourceSet
+from webhook.contract import CidrRule, Mode, NodePortEntry, Scope, SourceSet
 from webhook.intervals import Intervals, intersect, merge, of_networks, subtract, to_prefixes
 
 _BITS = {4: 32, 6: 128}
@@ -48,17 +52,28 @@ class Part:
     scope: Scope
     allow: Intervals = ()  # scope all / verdict
     groups: tuple[tuple[str, Intervals | None], ...] = ()  # scope some: (group id, allowed or None)
+    mode: Mode = "enforce"  # the mode of the annotation the entry comes from
 
 
-def part_of(entry: NodePortEntry, family: int) -> Part:
+def part_of(entry: NodePortEntry, family: int, mode: Mode = "enforce") -> Part:
+    # A version-1 verdict predates modes: it is always enforced (it only ever narrows).
+    mode = "enforce" if entry.scope == "verdict" else mode
     if entry.scope == "some":
         return Part(
             scope="some",
             groups=tuple(
                 (g.id, None if g.allow is None else source_intervals(g.allow, family)) for g in entry.groups
             ),
+            mode=mode,
         )
-    return Part(scope=entry.scope, allow=source_intervals(entry.allow, family))
+    return Part(scope=entry.scope, allow=source_intervals(entry.allow, family), mode=mode)
+
+
+def compose_mode(parts: Iterable[Part]) -> Mode:
+    """The NodePort's mode: audit only when every part listing it audits; one enforcing part (or a
+    version-1 verdict) enforces the whole composed verdict. No part at all: enforce (nothing to audit)."""
+    modes = {part.mode for part in parts}
+    return "audit" if modes == {"audit"} else "enforce"
 
 
 def compose(parts: Iterable[Part], family: int) -> Intervals:

@@ -19,10 +19,16 @@ from webhook.signing import ED25519_SCHEME, Signer, VerifierKeys
 ANNOTATION_PREFIX = "nodeport-guard.io/"
 NODEPORTS_KEY = ANNOTATION_PREFIX + "nodeports"
 SIGNATURE_KEY = ANNOTATION_PREFIX + "signature"
-# The version this build writes. It also reads version 1 (a namespace-wide verdict copied into
-# every policy) during an upgrade, and composes it fail-closed: see docs/annotation.md.
+# Set by the policy's author, not by the webhook (so not one of our owned keys): "audit" or
+# "enforce" (the default). The webhook carries it into the signed value; see docs/annotation.md.
+MODE_KEY = ANNOTATION_PREFIX + "mode"
+# The version this build writes for an enforcing policy. It also reads version 1 (a namespace-wide
+# verdict copied into every policy) during an upgrade, and composes it fail-closed. An auditing
+# policy is written as version 3 (version 2 plus a signed "mode"), so an older enforcer, which
+# reads 1 and 2, never mistakes it for anything: it refuses it (docs/annotation.md).
 CONTRACT_VERSION = 2
-READ_VERSIONS = (1, 2)
+AUDIT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 SIGNATURE_SCHEME = ED25519_SCHEME  # "ed25519:<key id>:<base64>", see webhook/signing.py
 # Upper bound on what the enforcer will accept from one annotation (the webhook's own,
 # configurable limits are lower); protects the node from a huge or hostile value.
@@ -36,6 +42,9 @@ IPFamily = Literal["IPv4", "IPv6"]
 # some: `groups` lists every endpoint pod group with what this policy lets in (None: not selected).
 # verdict: a version-1 entry, the namespace-wide verdict; only ever intersected (fail closed).
 Scope = Literal["all", "some", "verdict"]
+# enforce: drop what the verdict denies; audit: count and log it, let it through.
+Mode = Literal["enforce", "audit"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
 IP_FAMILIES: tuple[IPFamily, ...] = get_args(IPFamily)
 
@@ -140,6 +149,28 @@ class Annotation:
     policy: PolicyRef
     node_ports: tuple[NodePortEntry, ...]
     version: int = CONTRACT_VERSION
+    mode: Mode = "enforce"  # version 3 only carries it; versions 1 and 2 are "enforce"
+
+
+def annotation_for(policy: PolicyRef, node_ports: tuple[NodePortEntry, ...], mode: Mode) -> Annotation:
+    """The annotation this build writes: version 2 when enforcing (readable by every enforcer
+    since 0.2), version 3 with the mode when auditing."""
+    if mode == "enforce":
+        return Annotation(policy, node_ports)
+    return Annotation(policy, node_ports, version=AUDIT_VERSION, mode=mode)
+
+
+def read_mode(annotations: Mapping[str, Any] | None) -> Mode:
+    """The mode the policy's author asked for with `nodeport-guard.io/mode` (absent: enforce)."""
+    value = (annotations or {}).get(MODE_KEY)
+    if value is None:
+        return "enforce"
+    if value not in MODES:
+        raise ContractError(
+            f'metadata.annotations["{MODE_KEY}"]',
+            f"{value!r} is not one of {list(MODES)}; set it to audit (count, do not drop) or remove it (enforce)",
+        )
+    return value  # type: ignore[no-any-return]
 
 
 def pod_group_id(labels: Mapping[str, str], named_ports: Mapping[tuple[str, str], int]) -> str:
@@ -191,6 +222,13 @@ def _entry_json(entry: NodePortEntry, version: int) -> dict[str, Any]:
 
 
 def _to_json(annotation: Annotation) -> dict[str, Any]:
+    out = _to_json_v2(annotation)
+    if annotation.version >= AUDIT_VERSION:
+        out["mode"] = annotation.mode
+    return out
+
+
+def _to_json_v2(annotation: Annotation) -> dict[str, Any]:
     return {
         "version": annotation.version,
         "policy": {
@@ -206,6 +244,8 @@ def encode(annotation: Annotation) -> str:
     """Canonical JSON: sorted keys and lists, no whitespace; equal annotations give equal strings."""
     if annotation.version not in READ_VERSIONS:
         raise ContractError("$.version", f"cannot encode version {annotation.version}")
+    if annotation.version < AUDIT_VERSION and annotation.mode != "enforce":
+        raise ContractError("$.mode", f"version {annotation.version} cannot carry mode {annotation.mode!r}")
     return json.dumps(_to_json(annotation), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
@@ -225,7 +265,8 @@ def render_annotations(annotation: Annotation, signer: Signer) -> dict[str, str]
 
 
 def owned_keys(annotations: Mapping[str, str] | None) -> list[str]:
-    return sorted(k for k in (annotations or {}) if k.startswith(ANNOTATION_PREFIX))
+    """The keys the webhook writes and guards: every key under our prefix but the author's mode."""
+    return sorted(k for k in (annotations or {}) if k.startswith(ANNOTATION_PREFIX) and k != MODE_KEY)
 
 
 # --- decoding untrusted input -------------------------------------------------------------
@@ -356,12 +397,20 @@ def decode(value: str) -> Annotation:
     except json.JSONDecodeError as exc:
         raise ContractError("$", f"not JSON: {exc}") from exc
     _expect(obj, dict, "$")
-    _exact_keys(obj, {"version", "policy", "nodePorts"}, "$")
-    version = _expect(obj["version"], int, "$.version")
+    version = _expect(obj.get("version"), int, "$.version")
     if version not in READ_VERSIONS:
         raise ContractError(
             "$.version", f"unsupported version {version}; this build reads {', '.join(map(str, READ_VERSIONS))}"
         )
+    top = {"version", "policy", "nodePorts"}
+    # Each version is closed: a "mode" in a version-2 value is an unknown key, a version 3 without one is invalid.
+    _exact_keys(obj, top | {"mode"} if version >= AUDIT_VERSION else top, "$")
+    mode: Mode = "enforce"
+    if version >= AUDIT_VERSION:
+        raw_mode = _expect(obj["mode"], str, "$.mode")
+        if raw_mode not in MODES:
+            raise ContractError("$.mode", f"{raw_mode!r} is not one of {list(MODES)}")
+        mode = raw_mode
     policy = _expect(obj["policy"], dict, "$.policy")
     _exact_keys(policy, {"namespace", "name", "uid"}, "$.policy")
     ref = PolicyRef(
@@ -376,7 +425,7 @@ def decode(value: str) -> Annotation:
         if (v.node_port, v.protocol) in seen:
             raise ContractError(f"$.nodePorts[{i}]", f"duplicate {v.protocol} nodePort {v.node_port}")
         seen.add((v.node_port, v.protocol))
-    return Annotation(policy=ref, node_ports=entries, version=version)
+    return Annotation(policy=ref, node_ports=entries, version=version, mode=mode)
 
 
 def read_signed(

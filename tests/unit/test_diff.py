@@ -138,7 +138,7 @@ def test_skeleton_is_fixed_hashed_and_recognized_after_save() -> None:
     v4, v6 = diff.build_skeleton(4), diff.build_skeleton(6)
     assert {r.hash for r in v4}.isdisjoint(r.hash for r in v6)
     # What iptables-save prints (quoted comments, chains in table order) for our restore script.
-    saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n:NPG-CHECK - [0:0]\n:NPG-INGRESS - [0:0]\n"
+    saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n:NPG-AUDIT - [0:0]\n:NPG-CHECK - [0:0]\n:NPG-INGRESS - [0:0]\n"
     quote = '"'
     saved += "".join(f"-A {r.chain} {r.body().replace(r.comment, quote + r.comment + quote)}\n" for r in v4)
     saved += "-A PREROUTING -j KUBE-OTHER\nCOMMIT\n"
@@ -150,21 +150,22 @@ def test_skeleton_is_fixed_hashed_and_recognized_after_save() -> None:
 def test_drift_is_seen_and_rewrite_touches_only_our_chains() -> None:
     v4 = diff.build_skeleton(4)
     body = "".join(f"-A {r.chain} {r.body()}\n" for r in v4 if r.chain != "NPG-CHECK")
-    saved = f"*filter\n:NPG-CHECK - [0:0]\nCOMMIT\n*mangle\n:NPG-CHECK - [0:0]\n:NPG-INGRESS - [0:0]\n{body}"
+    saved = "*filter\n:NPG-CHECK - [0:0]\nCOMMIT\n*mangle\n:NPG-AUDIT - [0:0]\n:NPG-CHECK - [0:0]\n"
+    saved += f":NPG-INGRESS - [0:0]\n{body}"
     saved += "-A NPG-INGRESS -j ACCEPT\nCOMMIT\n"
     installed = diff.parse_iptables_save(saved)
     assert installed.chain_hashes["NPG-CHECK"] == ()  # emptied by hand
     assert installed.chain_hashes["NPG-INGRESS"][-1] == ""  # a stranger rule in our chain
     assert not diff.skeleton_matches(installed, v4)
     script = diff.render_skeleton_restore(installed, v4).splitlines()
-    assert script[:3] == ["*mangle", ":NPG-CHECK - [0:0]", ":NPG-INGRESS - [0:0]"]
+    assert script[:4] == ["*mangle", ":NPG-AUDIT - [0:0]", ":NPG-CHECK - [0:0]", ":NPG-INGRESS - [0:0]"]
     hook = next(r for r in v4 if r.chain == "PREROUTING")
     assert f"-D PREROUTING {hook.body()}" in script
     assert f"-I PREROUTING 1 {hook.body()}" in script
     assert script[-1] == "COMMIT" and not any("KUBE" in line or "-F" in line for line in script)
 
     removal = diff.render_skeleton_restore(installed, None).splitlines()
-    assert removal[-3:] == ["-X NPG-CHECK", "-X NPG-INGRESS", "COMMIT"]
+    assert removal[-4:] == ["-X NPG-AUDIT", "-X NPG-CHECK", "-X NPG-INGRESS", "COMMIT"]
     assert not any(line.startswith(("-A", "-I")) for line in removal)
 
 

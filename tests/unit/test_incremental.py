@@ -9,7 +9,7 @@ from enforcer.delta import apply_to, fast_set_changes
 from enforcer.diff import render_members
 from enforcer.incremental import IncrementalPlanner, PolicyId, PortChange
 from enforcer.plan import DesiredState, PortKey, ProtectedPort, plan_desired_state
-from webhook.contract import Annotation, CidrRule, NodePortEntry, NodePortVerdict, PodGroup, PolicyRef, SourceSet
+from webhook.contract import Annotation, CidrRule, Mode, NodePortEntry, NodePortVerdict, PodGroup, PolicyRef, SourceSet
 
 RANGE = (30000, 30010)
 V4 = ["198.51.100.0/24", "198.51.100.0/25", "198.51.100.128/26", "203.0.113.0/24", "0.0.0.0/0"]
@@ -56,12 +56,14 @@ Ports = list[tuple[NodePortVerdict, tuple[PodGroup, ...] | None]]
 
 def _annotation(pid: PolicyId, version: int, ports: Ports) -> Annotation:
     unique = {(v.node_port, v.protocol): _entry(v, version, g) for v, g in ports}
-    return Annotation(PolicyRef(pid[0], pid[1], "uid"), tuple(unique.values()), version=version)
+    # Version 3 is an auditing policy (mode "audit"): modes must compose the same either way.
+    mode: Mode = "audit" if version == 3 else "enforce"
+    return Annotation(PolicyRef(pid[0], pid[1], "uid"), tuple(unique.values()), version=version, mode=mode)
 
 
-# Version-1 and version-2 annotations mixed, as during an upgrade.
+# Version-1, version-2 (enforcing) and version-3 (auditing) annotations mixed, as during an upgrade.
 versioned_ports: st.SearchStrategy[tuple[int, Ports]] = st.tuples(
-    st.sampled_from([1, 2]), st.lists(st.tuples(verdicts, st.one_of(st.none(), some_groups)), max_size=4)
+    st.sampled_from([1, 2, 3]), st.lists(st.tuples(verdicts, st.one_of(st.none(), some_groups)), max_size=4)
 )
 snapshots = st.dictionaries(policy_ids, versioned_ports, max_size=4).map(
     lambda d: {pid: _annotation(pid, vp[0], vp[1]) for pid, vp in d.items()}
