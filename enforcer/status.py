@@ -38,12 +38,14 @@ class Programmed:
 
 
 def verdicts_digest(state: DesiredState) -> str:
-    """Pure: a short digest of every (family, protocol, port) verdict; equal nodes enforce equal verdicts."""
+    """Pure: a short digest of every (family, protocol, port) verdict and its mode (enforce or audit);
+    equal nodes enforce equal verdicts."""
     # Packed addresses, not text (about 4x cheaper); only when a write is due. `make bench ONLY=node_status`.
     h = hashlib.sha256()
     for port in state.ports:
         key = port.key
-        h.update(b"%d|%b|%d|%d:" % (key.family, key.protocol.encode(), key.port, len(port.allowed)))
+        head = (key.family, key.protocol.encode(), key.port, port.mode.encode(), len(port.allowed))
+        h.update(b"%d|%b|%d|%b|%d:" % head)
         for net in port.allowed:
             h.update(net.network_address.packed + bytes((net.prefixlen,)))
     return "sha256:" + h.hexdigest()[:32]

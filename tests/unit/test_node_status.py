@@ -117,6 +117,8 @@ def test_digest_follows_the_verdicts_only() -> None:
     assert verdicts_digest(a) == verdicts_digest(state((30080, "198.51.100.0/24"), (30081, "")))
     assert verdicts_digest(a) != verdicts_digest(state((30080, "198.51.100.0/25"), (30081, "")))
     assert verdicts_digest(a) != verdicts_digest(state((30080, "198.51.100.0/24")))
+    audited = DesiredState(tuple(ProtectedPort(p.key, p.allowed, "audit") for p in a.ports))
+    assert verdicts_digest(a) != verdicts_digest(audited)  # audit and enforce are different verdicts
 
 
 def test_refusals_are_capped_in_the_object() -> None:
