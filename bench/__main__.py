@@ -30,6 +30,7 @@ from bench import (
     end_to_end,
     enforcer_memory,
     enforcer_sync,
+    node_status,
     packets,
     plots,
     resolution,
@@ -71,6 +72,7 @@ BENCHMARKS: tuple[Benchmark, ...] = tuple(
         end_to_end,
         packets,
         enforcer_memory,
+        node_status,
         drop_scrape,
     )
 )

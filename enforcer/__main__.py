@@ -24,8 +24,10 @@ from enforcer.drops import DropReader, log_audit_forever
 from enforcer.loop import EnforcerMetrics, SyncLoop
 from enforcer.policies import PolicyStore, RejectedAnnotation, trim_policy
 from enforcer.settings import EnforcerSettings, SettingsError
+from enforcer.status import StatusPublisher, lease_writer
 from webhook.listwatch import ListWatch
 from webhook.logs import configure_logging
+from webhook.node_status import lease_name
 from webhook.signing import PublicKey, VerifierKeys, parse_public_keys_pem, public_keys_from_data
 
 logger = logging.getLogger("enforcer")
@@ -235,13 +237,35 @@ def run(settings: EnforcerSettings) -> int:
         on_rejected=_event_recorder(api_client, settings.node_name),
     )
     server = _serve_probes(loop, metrics, settings.metrics_bind)
+    publisher = _status_publisher(settings, api_client, loop, store)
+    status_thread = publisher.start(stop) if publisher else None
     threading.Thread(
         target=log_audit_forever, args=(drops, stop, settings.audit_log_seconds), name="audit-log", daemon=True
     ).start()
     watch.start()
     loop.run()
     server.shutdown()
+    if status_thread is not None:
+        status_thread.join(timeout=10)  # its last write says "stopped"
     return 0
+
+
+def _status_publisher(
+    settings: EnforcerSettings, api_client: Any, loop: SyncLoop, store: PolicyStore
+) -> StatusPublisher | None:
+    if not settings.node_name:
+        logger.warning("NPG_NODE_NAME is empty: this node's status is not published (kubectl nodeport-guard status)")
+        return None
+    name = lease_name(settings.node_name)
+    return StatusPublisher(
+        settings.node_name,
+        settings.status_namespace,
+        lease_writer(api_client, settings.status_namespace, name),
+        generation=lambda: (loop.generation, store.resource_version),
+        read=loop.programmed,
+        min_interval=settings.status_min_interval_seconds,
+        heartbeat=settings.status_heartbeat_seconds,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from enforcer.drops import DropCollector, DropReader
 from enforcer.incremental import IncrementalPlanner
 from enforcer.plan import DesiredState, RejectedEntry
 from enforcer.policies import PolicyId, PolicyStore, RejectedAnnotation, SigningKeys, VerificationCache
+from enforcer.status import Programmed
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,10 @@ class SyncLoop:
         self._planner = IncrementalPlanner(self.nodeport_range)
         self._need_full = True  # the first sync, and the one after a failure, recompute everything
         self._shown: tuple[object, object] = ((), ())  # the rejection tuples last reported
+        # Node status (enforcer/status.py): held during each sync, so a reader sees a whole one.
+        self.lock = threading.Lock()
+        self.generation = 0  # successful syncs so far
+        self._programmed_rv = ""  # every watch event up to it is programmed
 
     @property
     def state(self) -> DesiredState:
@@ -155,6 +160,8 @@ class SyncLoop:
             self._need_full = True
             raise
         self._need_full = False
+        self._programmed_rv = changes.resource_version or self._programmed_rv
+        self.generation += 1
         rejected, plan_rejected = self._verification.rejected, self._planner.rejected
         self.metrics.sync_duration.observe(time.perf_counter() - started)
         self.metrics.protected_ports.set(self._planner.port_count)
@@ -167,6 +174,16 @@ class SyncLoop:
             self._shown = (rejected, plan_rejected)
             self._report_rejections(rejected, [f"{r.namespace}/{r.name}: {r.reason}" for r in plan_rejected])
         return report
+
+    def programmed(self) -> Programmed | None:
+        """What is programmed now, for the node status (None before the first successful sync).
+        Builds the state (O(ports)): called only when a status write is due."""
+        with self.lock:
+            if self.generation == 0:  # ready (/readyz) follows the first successful sync
+                return None
+            rv = self._programmed_rv
+            idle = None if self._need_full else self.store.idle_resource_version()
+            return Programmed(True, idle or rv, self._planner.state(), self._verification.rejected)
 
     def _report_rejections(self, rejected: tuple[RejectedAnnotation, ...], plan_rejections: list[str]) -> None:
         current = set()
@@ -209,7 +226,8 @@ class SyncLoop:
                 self.stop.wait(self.debounce_seconds)  # coalesce a burst of events into one sync
             self.store.changed.clear()
             try:
-                self.sync_once(full_readback=due)
+                with self.lock:
+                    self.sync_once(full_readback=due)
                 self.ready.set()
                 if due:
                     next_resync = time.monotonic() + self.resync_seconds

@@ -187,6 +187,9 @@ class Changes:
 
     policies: dict[PolicyId, StoredPolicy | None]
     relisted: bool
+    # The watch resourceVersion up to which every event is in `policies` (or was in an earlier
+    # Changes): once these are programmed, so is every policy version up to it (node status).
+    resource_version: str = ""
 
 
 def _same(a: StoredPolicy | None, b: StoredPolicy | None) -> bool:
@@ -209,6 +212,7 @@ class PolicyStore(ObjectSink[StoredPolicy]):
         self._policies: dict[PolicyId, StoredPolicy] = {}
         self._dirty: set[PolicyId] = set()
         self._relisted = False
+        self._resource_version = ""
         self.changed = threading.Event()
         self.synced = threading.Event()
 
@@ -221,6 +225,7 @@ class PolicyStore(ObjectSink[StoredPolicy]):
             self._policies = fresh
             self._dirty |= dirty
             self._relisted = True
+            self._resource_version = resource_version
         self.synced.set()
         self.changed.set()
 
@@ -228,6 +233,8 @@ class PolicyStore(ObjectSink[StoredPolicy]):
         key = (p.namespace, p.name)
         with self._lock:
             old = self._policies.get(key)
+            if p.resource_version:  # watch events arrive in resourceVersion order
+                self._resource_version = p.resource_version
             if event == "DELETED":
                 if self._policies.pop(key, None) is None:
                     return
@@ -243,7 +250,19 @@ class PolicyStore(ObjectSink[StoredPolicy]):
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             relisted, self._relisted = self._relisted, False
-            return Changes({k: self._policies.get(k) for k in dirty}, relisted)
+            return Changes({k: self._policies.get(k) for k in dirty}, relisted, self._resource_version)
+
+    @property
+    def resource_version(self) -> str:
+        """The last resourceVersion seen (list or event)."""
+        with self._lock:
+            return self._resource_version
+
+    def idle_resource_version(self) -> str | None:
+        """The last resourceVersion seen when no change waits to be taken (events that changed
+        nothing to program still move it), else None."""
+        with self._lock:
+            return None if self._dirty or self._relisted else self._resource_version
 
     def snapshot(self) -> list[StoredPolicy]:
         """Every stored policy (O(total): the full path only)."""

@@ -72,6 +72,11 @@ class EnforcerSettings:
     metrics_bind: tuple[str, int] = ("0.0.0.0", 9911)  # noqa: S104 - hostNetwork pod, scraped by node IP
     xtables_lock: Path = Path("/run/xtables.lock")
     log_level: str = "INFO"
+    # The node status Lease (enforcer/status.py): its namespace, the least time between two
+    # writes and the heartbeat when nothing changes.
+    status_namespace: str = "nodeport-guard"
+    status_min_interval_seconds: float = 5.0
+    status_heartbeat_seconds: float = 60.0
     # NPG_MODE=audit: the rollout switch, every protected NodePort of this node is audited (counted,
     # logged, not dropped) whatever the policies' modes. "enforce" (default): each policy's mode.
     audit_all: bool = False
@@ -115,6 +120,16 @@ class EnforcerSettings:
             raise SettingsError("NPG_RESYNC_SECONDS must be > 0 and NPG_DEBOUNCE_SECONDS >= 0")
         if key_refresh <= 0:
             raise SettingsError(f"NPG_KEY_REFRESH_SECONDS={key_refresh}: must be > 0 (seconds between key re-reads)")
+        try:
+            status_min = float(env.get("NPG_STATUS_MIN_INTERVAL_SECONDS", "5"))
+            status_beat = float(env.get("NPG_STATUS_HEARTBEAT_SECONDS", "60"))
+        except ValueError as exc:
+            raise SettingsError(f"NPG_STATUS_MIN_INTERVAL_SECONDS/NPG_STATUS_HEARTBEAT_SECONDS: {exc}") from exc
+        if not 1 <= status_min <= status_beat:
+            raise SettingsError(
+                f"NPG_STATUS_MIN_INTERVAL_SECONDS={status_min}, NPG_STATUS_HEARTBEAT_SECONDS={status_beat}: "
+                "need 1 <= min interval <= heartbeat (defaults 5 and 60; the apiserver load is 1/min interval per node)"
+            )
         kubeconfig = env.get("NPG_KUBECONFIG")
         mode = env.get("NPG_MODE", "enforce")
         if mode not in ("enforce", "audit"):
@@ -145,6 +160,9 @@ class EnforcerSettings:
             metrics_bind=parse_bind(env.get("NPG_METRICS_BIND", "0.0.0.0:9911")),
             xtables_lock=Path(env.get("NPG_XTABLES_LOCK", "/run/xtables.lock")),
             log_level=env.get("NPG_LOG_LEVEL", "INFO"),
+            status_namespace=env.get("NPG_STATUS_NAMESPACE", "nodeport-guard"),
+            status_min_interval_seconds=status_min,
+            status_heartbeat_seconds=status_beat,
             audit_all=mode == "audit",
             audit_log_seconds=audit_log_seconds,
         )

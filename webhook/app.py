@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from webhook import admission, review
 from webhook.cache import TRIMMERS, ClusterCache
+from webhook.inforce import InForceAnnouncer, cached_policies
 from webhook.listwatch import ListWatch
 from webhook.logs import configure_logging
 from webhook.reconcile import LeaseElector, Reconciler, kubernetes_patcher
@@ -224,6 +225,8 @@ def start_cluster_runtime(settings: WebhookSettings, stop: threading.Event) -> R
             threading.Thread(
                 target=_keep_lease, args=(elector, leader, reconciler, cache, stop), name="lease", daemon=True
             ).start()
+            # The Normal Event once a policy is in force on every node (webhook/inforce.py), by the leader.
+            InForceAnnouncer(api_client, settings.lease_namespace, cached_policies(cache), leader.is_set, stop).start()
         else:
             leader.set()
     core, networking = client.CoreV1Api(api_client), client.NetworkingV1Api(api_client)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ BASE_OBJECTS = {
     ("Service", NAMESPACE, "nodeport-guard-webhook"),
     ("PodDisruptionBudget", NAMESPACE, "nodeport-guard-webhook"),
     ("DaemonSet", NAMESPACE, "nodeport-guard-enforcer"),
+    ("ValidatingAdmissionPolicy", "", "nodeport-guard-enforcer-node-status"),
+    ("ValidatingAdmissionPolicyBinding", "", "nodeport-guard-enforcer-node-status"),
     ("MutatingWebhookConfiguration", "", "nodeport-guard"),
     ("ValidatingWebhookConfiguration", "", "nodeport-guard"),
 }
@@ -271,6 +274,14 @@ def rbac_applied(control_plane: ControlPlane) -> None:
         (WEBHOOK_SA, "update", "leases.coordination.k8s.io/nodeport-guard-reconciler", NAMESPACE, True),
         (WEBHOOK_SA, "update", "leases.coordination.k8s.io/something-else", NAMESPACE, False),
         (WEBHOOK_SA, "create", "leases.coordination.k8s.io", "default", False),
+        # InForce Events: node names, the status Leases (read only) and its own watermark Lease.
+        (WEBHOOK_SA, "watch", "nodes", "", True),
+        (WEBHOOK_SA, "patch", "nodes", "", False),
+        (WEBHOOK_SA, "watch", "leases.coordination.k8s.io", NAMESPACE, True),
+        (WEBHOOK_SA, "list", "leases.coordination.k8s.io", "default", False),
+        (WEBHOOK_SA, "patch", "leases.coordination.k8s.io/nodeport-guard-in-force", NAMESPACE, True),
+        (WEBHOOK_SA, "patch", "leases.coordination.k8s.io/nodeport-guard-node-node1", NAMESPACE, False),
+        (WEBHOOK_SA, "update", "leases.coordination.k8s.io/nodeport-guard-node-node1", NAMESPACE, False),
         (WEBHOOK_SA, "get", f"secrets/{PRIVATE_KEY_SECRET}", NAMESPACE, False),  # mounted, never read via the API
         (WEBHOOK_SA, "get", f"secrets/{LEGACY_HMAC_SECRET}", NAMESPACE, False),
         (ENFORCER_SA, "watch", "networkpolicies.networking.k8s.io", "", True),
@@ -284,6 +295,15 @@ def rbac_applied(control_plane: ControlPlane) -> None:
         (ENFORCER_SA, "list", "secrets", NAMESPACE, False),
         (ENFORCER_SA, "create", "events", "default", True),
         (ENFORCER_SA, "list", "pods", "", False),
+        # Its node's status Lease: create and patch in our namespace only, never read others'.
+        (ENFORCER_SA, "create", "leases.coordination.k8s.io", NAMESPACE, True),
+        (ENFORCER_SA, "patch", "leases.coordination.k8s.io/nodeport-guard-node-node1", NAMESPACE, True),
+        (ENFORCER_SA, "update", "leases.coordination.k8s.io/nodeport-guard-node-node1", NAMESPACE, False),
+        (ENFORCER_SA, "delete", "leases.coordination.k8s.io/nodeport-guard-node-node1", NAMESPACE, False),
+        (ENFORCER_SA, "list", "leases.coordination.k8s.io", NAMESPACE, False),
+        (ENFORCER_SA, "get", "leases.coordination.k8s.io/nodeport-guard-reconciler", NAMESPACE, False),
+        (ENFORCER_SA, "create", "leases.coordination.k8s.io", "default", False),
+        (ENFORCER_SA, "create", "leases.coordination.k8s.io", "kube-node-lease", False),
     ],
 )
 def test_rbac_is_least_privilege(
@@ -319,6 +339,46 @@ def test_the_enforcer_token_gets_403_on_the_private_key_and_reads_only_the_publi
     finally:
         enforcer.close()
         webhook.close()
+
+
+def test_the_enforcer_token_writes_only_node_status_leases(
+    control_plane: ControlPlane, installation: Installation, rbac_applied: None
+) -> None:
+    """RBAC cannot name per-node Leases; the ValidatingAdmissionPolicy keeps the enforcer's writes
+    to nodeport-guard-node-* (the webhook's leader Lease stays out of its reach). Real token, real apiserver."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    enforcer = control_plane.api_client(installation.enforcer_kubeconfig)
+    leases = client.CoordinationV1Api(enforcer)
+
+    def lease(name: str) -> Any:  # a dict is sent as is
+        return {"metadata": {"name": name, "namespace": NAMESPACE}, "spec": {"holderIdentity": "x"}}
+
+    # The policy is applied with the rest of the base; wait until the apiserver enforces it.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            leases.create_namespaced_lease(NAMESPACE, lease("nodeport-guard-enforcer-probe"))
+        except ApiException as exc:
+            if exc.status in (403, 422) and "node status Leases" in str(exc.body):
+                break
+            raise
+        control_plane.kubectl("delete", "lease", "nodeport-guard-enforcer-probe", "-n", NAMESPACE)
+        assert time.monotonic() < deadline, "ValidatingAdmissionPolicy not enforced after 30 s"
+        time.sleep(0.5)
+    try:
+        leases.create_namespaced_lease(NAMESPACE, lease("nodeport-guard-node-test-a"))
+        leases.patch_namespaced_lease("nodeport-guard-node-test-a", NAMESPACE, {"spec": {"holderIdentity": "y"}})
+        with pytest.raises(ApiException) as denied:
+            leases.create_namespaced_lease(NAMESPACE, lease("nodeport-guard-reconciler"))
+        assert denied.value.status in (403, 422) and "node status Leases" in str(denied.value.body)
+        with pytest.raises(ApiException) as forbidden:
+            leases.read_namespaced_lease("nodeport-guard-node-test-a", NAMESPACE)
+        assert forbidden.value.status == 403
+    finally:
+        control_plane.kubectl("delete", "lease", "nodeport-guard-node-test-a", "-n", NAMESPACE, "--ignore-not-found")
+        enforcer.close()
 
 
 def test_hmac_transition_overlay_adds_only_the_legacy_setting_and_its_read_right(control_plane: ControlPlane) -> None:

@@ -21,6 +21,7 @@ PURE = [
     "webhook/admission.py",
     "webhook/snapshot.py",
     "webhook/settings.py",
+    "webhook/node_status.py",
     "enforcer/plan.py",
     "enforcer/diff.py",
     "enforcer/sets.py",
@@ -45,6 +46,7 @@ ENFORCER_MAY_IMPORT = {
     "webhook.intervals",
     "webhook.listwatch",
     "webhook.logs",
+    "webhook.node_status",
     "webhook.signing",
 }
 

@@ -20,7 +20,7 @@ from enforcer.dataplane import Dataplane, SyncReport
 from enforcer.incremental import PortChange
 from enforcer.loop import SyncLoop
 from enforcer.plan import DesiredState, PortKey, ProtectedPort, plan_desired_state
-from enforcer.policies import PolicyStore, SigningKeys, StoredPolicy, VerificationCache, verify_policy
+from enforcer.policies import Changes, PolicyStore, SigningKeys, StoredPolicy, VerificationCache, verify_policy
 from webhook.contract import Annotation, CidrRule, NodePortVerdict, PolicyRef, SourceSet, render_annotations
 from webhook.signing import Signer, VerifierKeys
 
@@ -330,3 +330,49 @@ def test_sync_ports_writes_only_the_changed_members_and_hands_over_after_a_failu
     assert dp.sync_ports({changed.key: (changed, second)}) is None  # the caller then runs a full sync
     runner.fail_restore = False
     assert dp.sync_ports({changed.key: (changed, second)}) is None  # our record is gone until a full sync
+
+
+def test_store_tracks_the_resource_version_programmed_with_the_changes() -> None:
+    """Node status: every event up to Changes.resource_version is in the changes taken so far;
+    with nothing left to take, events that changed nothing to program still move it."""
+    store = PolicyStore()
+    a = stored("a", [(30000, 0)])
+    store.replace("networkpolicies", [a], "10")
+    assert store.idle_resource_version() is None  # the list waits to be programmed
+    assert store.take_changes().resource_version == "10"
+    assert store.idle_resource_version() == "10"
+    store.apply("networkpolicies", "MODIFIED", StoredPolicy("ns", "a", a.uid, "11", a.annotations))  # spec only
+    assert store.idle_resource_version() == "11"
+    a2 = stored("a", [(30000, 2)], rv="12")
+    store.apply("networkpolicies", "MODIFIED", a2)
+    assert store.idle_resource_version() is None and store.resource_version == "12"
+    assert store.take_changes().resource_version == "12"
+    store.apply("networkpolicies", "DELETED", stored("a", [(30000, 2)], rv="13"))
+    assert store.take_changes() == Changes({("ns", "a"): None}, False, "13")
+
+
+def test_loop_reports_what_it_programmed_only_after_a_successful_sync() -> None:
+    store, dp = PolicyStore(), RecordingDataplane()
+    failing = [False]
+
+    def keys() -> SigningKeys:
+        if failing[0]:
+            raise RuntimeError("key source unavailable")
+        return trust(OLD)
+
+    loop = SyncLoop(store, cast(Dataplane, dp), keys, RANGE, threading.Event())
+    assert loop.programmed() is None
+    store.replace("networkpolicies", [stored("a", [(30000, 0)])], "5")
+    loop.sync_once()
+    first = loop.programmed()
+    assert first is not None and first.resource_version == "5" and len(first.state.ports) == 2
+    store.apply("networkpolicies", "ADDED", stored("b", [(30001, 1)], rv="6"))
+    assert loop.programmed().resource_version == "5"  # type: ignore[union-attr]  # taken, not programmed
+    failing[0] = True
+    with pytest.raises(RuntimeError):
+        loop.sync_once()
+    assert loop.programmed().resource_version == "5"  # type: ignore[union-attr]  # the failed sync proves nothing
+    failing[0] = False
+    loop.sync_once()
+    after = loop.programmed()
+    assert after is not None and after.resource_version == "6" and len(after.state.ports) == 4
