@@ -13,6 +13,7 @@ every watcher's, then compacts etcd at its current revision and prints `{"revisi
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -72,12 +73,24 @@ def with_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
     return [*kept, *flags]
 
 
+def _gone(proc: Proc) -> bool:
+    """Exited: no such process, or a zombie (reaped here when it is our child: `up` ran in this process)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(proc.pid, os.WNOHANG)
+    if not alive(proc):
+        return True
+    try:
+        return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def _kill(proc: Proc, timeout: float = 20) -> None:
     try:
         os.kill(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         return
-    wait_until(f"{proc.what} (pid {proc.pid}) to exit", lambda: not alive(proc), timeout)
+    wait_until(f"{proc.what} (pid {proc.pid}) to exit", lambda: _gone(proc), timeout)
 
 
 def _admin_context(state: State) -> ssl.SSLContext:

@@ -88,6 +88,7 @@ class ChurnDriver:
     prefix: str = "churn"
     log: list[ChurnOp] = field(default_factory=list)
     existing: set[str] = field(default_factory=set)
+    abandoned: list[tuple[Op, str]] = field(default_factory=list)  # operations given up after `retry_for`
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -141,6 +142,9 @@ class ChurnDriver:
                 ok = self._attempt("delete", name, partial(self._delete, api, name))
                 if ok:
                     self.existing.discard(name)
+            if not ok:
+                with self._lock:
+                    self.abandoned.append((self.log[-1].op, name))
             performed += 1
             self._stop.wait(self.pause)
 
