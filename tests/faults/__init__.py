@@ -10,6 +10,8 @@ Harness (stable API, additive changes only):
   `.log`, `.failures()`; `delete_churn(cluster)`;
 - convergence.py: `wait_converged(cluster, signer, timeout, since)` -> Convergence(seconds, ...),
   `problems(cluster, signer)` -> list of reasons (empty when converged);
+- cluster_ops.py: `component_logs(cluster, selector, since)`, `lease_holder`, `pods`, `wait_for`,
+  `logs_around(cluster, times)` (log entries near leak/loss times, for assertion messages);
 - localcluster/faults.py: `restart_apiserver(name, flags, while_down)`, `restart_etcd(name)`, `compact_etcd(name)`.
 Rows are printed at the end of the session and merged into .faults-results.json (git-ignored).
 """
