@@ -16,7 +16,6 @@ from webhook.contribution import (
     resolve_contribution,
     service_entries,
     service_key,
-    sort_entries,
 )
 from webhook.review import AdmissionRequest, JsonPatch, allowed, denied
 from webhook.semantics import Policy, PolicyMemo, SemanticsError, compile_policy
@@ -309,8 +308,9 @@ class _Remembered:
     obj: Mapping[str, Any]  # the very policy object (the cache replaces it on every change)
     policy: Policy | None  # compiled; None when the stored policy cannot be interpreted
     mode: Mode
-    # The policy's entries per Service (`service_key`): what a Service change leaves as it was.
-    parts: Mapping[str, tuple[NodePortEntry, ...]]
+    # The policy's entries per Service (`service_key`), each with its canonical JSON text: what a
+    # Service change leaves as it was.
+    parts: Mapping[str, tuple[tuple[NodePortEntry, str], ...]]
     fingerprint: Hashable
     key: Signer
     desired: Desired
@@ -355,14 +355,17 @@ class AnnotationMemo:
             policy, mode, kept = seen.policy, seen.mode, seen.parts
         else:
             policy, mode, kept = _compile_stored(namespace, name, obj, memo), _stored_mode(namespace, name, obj), {}
-        parts: dict[str, tuple[NodePortEntry, ...]] = {}
+        parts: dict[str, tuple[tuple[NodePortEntry, str], ...]] = {}
         desired: Desired = None
         if policy is not None:
             for skey, service in zip(service_keys, endpoints, strict=True):
                 found = kept.get(skey)
-                parts[skey] = service_entries(policy, service) if found is None else found
-            entries = sort_entries([e for skey in service_keys for e in parts[skey]])
-            desired = render_policy_annotations(namespace, name, policy.uid, entries, key, mode) or None
+                if found is None:
+                    found = tuple((e, contract.entry_text(e)) for e in service_entries(policy, service))
+                parts[skey] = found
+            desired = _render_parts(
+                namespace, name, policy.uid, [p for skey in service_keys for p in parts[skey]], key, mode
+            )
         with self._lock:
             self._entries[(namespace, name)] = _Remembered(obj, policy, mode, parts, service_keys, key, desired)
         return desired
@@ -376,6 +379,19 @@ class AnnotationMemo:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def _render_parts(
+    namespace: str, name: str, uid: str, parts: list[tuple[NodePortEntry, str]], key: Signer, mode: Mode
+) -> Desired:
+    """`render_policy_annotations` from entries with their texts (in Service order): encoded from the
+    texts, signed once."""
+    if not parts:
+        return None
+    ordered = sorted(parts, key=lambda p: (p[0].node_port, p[0].protocol, p[0].service, p[0].service_port))
+    annotation = contract.annotation_for(PolicyRef(namespace, name, uid), tuple(e for e, _ in ordered), mode)
+    value = contract.encode_texts(annotation, [t for _, t in ordered])
+    return {contract.NODEPORTS_KEY: value, contract.SIGNATURE_KEY: contract.sign(value, key)}
 
 
 def resolve_all_annotations(
