@@ -18,16 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from bench import scale_data
-from bench.stats import Figure, JsonScalar, Target, not_measured, summarize
+from bench.stats import Figure, Floor, JsonScalar, Target, not_measured, ratios, summarize
 from tests.components import Installation, WebhookServer, install_manifests, remove_webhooks
 from tests.controlplane.harness import ControlPlane, running_control_plane
 from tests.policy_watch import PolicyRecorder, desired_annotations, recording, wait_quiet, wait_true
+from webhook.admission import AnnotationMemo
+from webhook.cache import TRIMMERS, ClusterCache
+from webhook.reconcile import iter_patches
+from webhook.semantics import PolicyMemo
+from webhook.signing import Signer
 
 logger = logging.getLogger(__name__)
 
 NAME = "scale-reconciler"
 SIZES = (10, 100, 1_000)
 REPEAT = 3
+PLAN_RUNS = 5
 CREATE_THREADS = 4
 TRUE_TIMEOUT = 120.0
 ONE_WRITE = Target("median", "<=", 1.0, "<= 1 write")
@@ -105,6 +111,9 @@ def _cpu(plane: ControlPlane, webhook: WebhookServer) -> dict[str, float]:
 def expected_figures() -> list[Figure]:
     out = []
     for n in SIZES:
+        out.append(
+            not_measured(NAME, f"planning per policy (webhook, in process): add a Service, {_label(n)}", "µs", None, "")
+        )
         out.append(not_measured(NAME, f"writes per create in a burst of {n:,}", "writes", None, ""))
         for change in CHANGES:
             out.append(not_measured(NAME, f"writes: {change}, {_label(n)}", "writes", WRITE_TARGETS[change], ""))
@@ -308,8 +317,48 @@ def _cpu_figures(
     return out
 
 
+def _plan_figure(n: int) -> Figure:
+    """In process, the reconciler's planning of a Service add at n policies: spliced (its memo keeps
+    each policy's entries per Service and computes only the new Service's) against a full
+    recomputation of every policy's entries (what a Service change cost before), back to back per run."""
+    ns = "plan"
+    services, pods, policies = scale_data.namespace_objects(ns, n)
+    cache = ClusterCache()
+    for kind, objs in (("services", services), ("pods", pods), ("networkpolicies", policies)):
+        cache.replace(kind, [TRIMMERS[kind](o) for o in objs], "1")
+    key, compiled = Signer.generate(), PolicyMemo()
+    spliced: list[float] = []
+    full: list[float] = []
+    for k in range(PLAN_RUNS):
+        memo = AnnotationMemo()
+        list(iter_patches(ns, cache, key, compiled, None, memo))  # as after the previous change
+        service = scale_data.service_object(ns, k % scale_data.SERVICES, 31000 + k)
+        service["metadata"]["name"] = f"plan-{k}"
+        cache.apply("services", "ADDED", TRIMMERS["services"](service))
+        timed: dict[str, float] = {}
+        plans: dict[str, list[Any]] = {}
+        for way in ("spliced", "full") if k % 2 == 0 else ("full", "spliced"):
+            start = time.perf_counter()
+            plans[way] = list(iter_patches(ns, cache, key, compiled, None, memo if way == "spliced" else None))
+            timed[way] = (time.perf_counter() - start) * 1e6 / n
+        if plans["spliced"] != plans["full"]:
+            raise AssertionError("the spliced plan differs from the full recomputation")
+        spliced.append(timed["spliced"])
+        full.append(timed["full"])
+    return Figure(
+        NAME,
+        f"planning per policy (webhook, in process): add a Service, {_label(n)}",
+        "µs",
+        summarize(spliced),
+        None,
+        floor=Floor("full recomputation of each policy's entries", summarize(full), summarize(ratios(spliced, full))),
+        inputs={"policies_in_namespace": n, "services": scale_data.SERVICES, "runs": PLAN_RUNS},
+        note="equal plans checked in every run",
+    )
+
+
 def run(workdir: Path) -> list[Figure]:
-    figures: list[Figure] = []
+    figures: list[Figure] = [_plan_figure(n) for n in SIZES]
     with running_control_plane() as plane:
         install = install_manifests(plane, workdir / "install")
         webhook = WebhookServer(plane, install, workdir / "webhook.log")
