@@ -323,7 +323,7 @@ class AnnotationMemo:
     namespace and the signing key (the same Signer object; Ed25519 signatures are deterministic).
     The webhook's cache replaces a policy's dict on every change and never edits one in place, and
     each entry holds its object, so identity is a safe test (it stands for the resourceVersion).
-    - Same object, same Services (`endpoints_fingerprint`), same key: the remembered annotation (a
+    - Same object, same Services (every `service_key`), same key: the remembered annotation (a
       Pod joining an existing pod group changes no fingerprint: a pass over 1,000 policies costs
       a lookup each).
     - Same object, some Services changed: the compiled policy and its entries for every unchanged

@@ -10,7 +10,7 @@ ports), so every policy names the same pods the same way and the enforcer can co
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -112,12 +112,6 @@ def service_key(service: ServiceEndpoints) -> str:
             tuple(g.group for g in service.groups),
         )
     )
-
-
-def endpoints_fingerprint(endpoints: Sequence[ServiceEndpoints]) -> Hashable:
-    """What a policy's entries depend on besides its own spec: every Service's `service_key`, in
-    order. Equal fingerprints give every policy equal entries (see AnnotationMemo)."""
-    return tuple(service_key(s) for s in endpoints)
 
 
 def _name_of(obj: Mapping[str, Any]) -> str:
