@@ -10,7 +10,13 @@ from typing import Any
 
 from webhook import contract
 from webhook.contract import Mode, NodePortEntry, PolicyRef
-from webhook.contribution import ServiceEndpoints, endpoints_fingerprint, namespace_endpoints, resolve_contribution
+from webhook.contribution import (
+    ServiceEndpoints,
+    namespace_endpoints,
+    resolve_contribution,
+    service_entries,
+    service_key,
+)
 from webhook.review import AdmissionRequest, JsonPatch, allowed, denied
 from webhook.semantics import Policy, PolicyMemo, SemanticsError, compile_policy
 from webhook.signing import Signer
@@ -297,33 +303,72 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
 Desired = dict[str, str] | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    obj: Mapping[str, Any]  # the very policy object (the cache replaces it on every change)
+    policy: Policy | None  # compiled; None when the stored policy cannot be interpreted
+    mode: Mode
+    # The policy's entries per Service (`service_key`), each with its canonical JSON text: what a
+    # Service change leaves as it was.
+    parts: Mapping[str, tuple[tuple[NodePortEntry, str], ...]]
+    fingerprint: Hashable
+    key: Signer
+    desired: Desired
+
+
 class AnnotationMemo:
     """The reconciler's memo of each stored policy's desired annotations (a pure cache: same results).
 
     A policy's annotation depends only on its own object, the grouped NodePort Services of its
-    namespace (`endpoints_fingerprint`) and the signing key (the same Signer object; Ed25519
-    signatures are deterministic). An entry is reused while all three are the same: the webhook's
-    cache replaces a policy's dict on every change and never edits one in place, and each entry
-    holds its object, so identity is a safe test. A Pod that joins an existing pod group changes no
-    fingerprint, so the reconciler's pass over a namespace of 1,000 policies costs a lookup per
-    policy instead of 1,000 resolutions.
+    namespace and the signing key (the same Signer object; Ed25519 signatures are deterministic).
+    The webhook's cache replaces a policy's dict on every change and never edits one in place, and
+    each entry holds its object, so identity is a safe test (it stands for the resourceVersion).
+    - Same object, same Services (every `service_key`), same key: the remembered annotation (a
+      Pod joining an existing pod group changes no fingerprint: a pass over 1,000 policies costs
+      a lookup each).
+    - Same object, some Services changed: the compiled policy and its entries for every unchanged
+      Service are kept; only the changed Services' entries are computed and spliced in, then the
+      annotation is encoded and signed once (a Service added under 1,000 policies computes one
+      Service's part per policy, not twenty).
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], tuple[Mapping[str, Any], Hashable, Signer, Desired]] = {}
+        self._entries: dict[tuple[str, str], _Remembered] = {}
         self._lock = threading.Lock()
 
-    def get(self, namespace: str, obj: Mapping[str, Any], fingerprint: Hashable, key: Signer) -> tuple[bool, Desired]:
-        """(hit, desired annotations) for this very policy object."""
+    def desired(
+        self,
+        namespace: str,
+        obj: Mapping[str, Any],
+        endpoints: tuple[ServiceEndpoints, ...],
+        service_keys: tuple[str, ...],
+        key: Signer,
+        memo: PolicyMemo | None = None,
+    ) -> Desired:
+        """The policy's desired annotations; `service_keys` are the endpoints' `service_key`s."""
+        name = _meta_str(obj, "name")
         with self._lock:
-            entry = self._entries.get((namespace, _meta_str(obj, "name")))
-        if entry is None or entry[0] is not obj or entry[2] is not key or entry[1] != fingerprint:
-            return False, None
-        return True, entry[3]
-
-    def put(self, namespace: str, obj: Mapping[str, Any], fingerprint: Hashable, key: Signer, desired: Desired) -> None:
+            seen = self._entries.get((namespace, name))
+        if seen is not None and seen.obj is obj:
+            if seen.fingerprint == service_keys and seen.key is key:
+                return seen.desired
+            policy, mode, kept = seen.policy, seen.mode, seen.parts
+        else:
+            policy, mode, kept = _compile_stored(namespace, name, obj, memo), _stored_mode(namespace, name, obj), {}
+        parts: dict[str, tuple[tuple[NodePortEntry, str], ...]] = {}
+        desired: Desired = None
+        if policy is not None:
+            for skey, service in zip(service_keys, endpoints, strict=True):
+                found = kept.get(skey)
+                if found is None:
+                    found = tuple((e, contract.entry_text(e)) for e in service_entries(policy, service))
+                parts[skey] = found
+            desired = _render_parts(
+                namespace, name, policy.uid, [p for skey in service_keys for p in parts[skey]], key, mode
+            )
         with self._lock:
-            self._entries[(namespace, _meta_str(obj, "name"))] = (obj, fingerprint, key, desired)
+            self._entries[(namespace, name)] = _Remembered(obj, policy, mode, parts, service_keys, key, desired)
+        return desired
 
     def keep_only(self, namespace: str, names: Collection[str]) -> None:
         """Forget the policies of `namespace` not in `names` (deleted since)."""
@@ -336,6 +381,19 @@ class AnnotationMemo:
             return len(self._entries)
 
 
+def _render_parts(
+    namespace: str, name: str, uid: str, parts: list[tuple[NodePortEntry, str]], key: Signer, mode: Mode
+) -> Desired:
+    """`render_policy_annotations` from entries with their texts (in Service order): encoded from the
+    texts, signed once."""
+    if not parts:
+        return None
+    ordered = sorted(parts, key=lambda p: (p[0].node_port, p[0].protocol, p[0].service, p[0].service_port))
+    annotation = contract.annotation_for(PolicyRef(namespace, name, uid), tuple(e for e, _ in ordered), mode)
+    value = contract.encode_texts(annotation, [t for _, t in ordered])
+    return {contract.NODEPORTS_KEY: value, contract.SIGNATURE_KEY: contract.sign(value, key)}
+
+
 def resolve_all_annotations(
     namespace: str,
     view: ClusterView,
@@ -343,16 +401,19 @@ def resolve_all_annotations(
     memo: PolicyMemo | None = None,
     names: Collection[str] | None = None,
     annotations: AnnotationMemo | None = None,
+    endpoints: tuple[ServiceEndpoints, ...] | None = None,
 ) -> dict[str, Desired]:
     """For the reconciler: the nodeport-guard annotations stored policies of `namespace` should
     carry now (None = none of ours), signed with the stored uids; every policy, or only `names`.
 
     Each policy's annotation is its own part only, so this costs one contribution per policy and
     the Services and pods are grouped once. `memo` is the admission's cache of compiled policies;
-    `annotations` remembers each policy's result while nothing it depends on changed.
+    `annotations` remembers each policy's result and per-Service entries (`AnnotationMemo`);
+    `endpoints`, when given, are `namespace_endpoints(namespace, view)` already grouped.
     """
-    endpoints = namespace_endpoints(namespace, view)
-    fingerprint = endpoints_fingerprint(endpoints) if annotations is not None else None
+    if endpoints is None:
+        endpoints = namespace_endpoints(namespace, view)
+    service_keys = tuple(service_key(s) for s in endpoints) if annotations is not None else ()
     out: dict[str, Desired] = {}
     objs = view.policies_in(namespace)
     if annotations is not None and names is None:
@@ -362,14 +423,34 @@ def resolve_all_annotations(
         if names is not None and name not in names:
             continue
         if annotations is not None:
-            hit, desired = annotations.get(namespace, obj, fingerprint, key)
-            if hit:
-                out[name] = desired
-                continue
-        out[name] = desired = _desired_of(namespace, name, obj, view, key, memo, endpoints)
-        if annotations is not None:
-            annotations.put(namespace, obj, fingerprint, key, desired)
+            out[name] = annotations.desired(namespace, obj, endpoints, service_keys, key, memo)
+        else:
+            out[name] = _desired_of(namespace, name, obj, view, key, memo, endpoints)
     return out
+
+
+def _compile_stored(namespace: str, name: str, obj: Mapping[str, Any], memo: PolicyMemo | None) -> Policy | None:
+    try:
+        return memo.compile(obj, True) if memo is not None else compile_policy(obj)
+    except SemanticsError as exc:
+        # A stored policy we cannot read (admitted while we were absent): it names no NodePort
+        # of ours; the enforcer then does not filter for it. Logged so an operator sees it.
+        logger.warning(
+            "stored policy cannot be interpreted", extra={"namespace": namespace, "policy": name, "error": str(exc)}
+        )
+        return None
+
+
+def _stored_mode(namespace: str, name: str, obj: Mapping[str, Any]) -> Mode:
+    try:
+        return contract.read_mode(_annotations(obj))
+    except contract.ContractError as exc:
+        # Admission refuses such a value; a stored one (admitted while we were absent) fails closed.
+        logger.warning(
+            "stored policy has an invalid mode; enforcing",
+            extra={"namespace": namespace, "policy": name, "error": str(exc)},
+        )
+        return "enforce"
 
 
 def _desired_of(
@@ -381,26 +462,13 @@ def _desired_of(
     memo: PolicyMemo | None,
     endpoints: tuple[ServiceEndpoints, ...],
 ) -> Desired:
-    try:
-        policy = memo.compile(obj, True) if memo is not None else compile_policy(obj)
-    except SemanticsError as exc:
-        # A stored policy we cannot read (admitted while we were absent): it names no NodePort
-        # of ours; the enforcer then does not filter for it. Logged so an operator sees it.
-        logger.warning(
-            "stored policy cannot be interpreted", extra={"namespace": namespace, "policy": name, "error": str(exc)}
-        )
+    """The full resolution (no memo): what `AnnotationMemo.desired` must always equal."""
+    policy = _compile_stored(namespace, name, obj, memo)
+    if policy is None:
         return None
     spec = obj.get("spec") or {}
     entries = resolve_contribution(policy, spec.get("podSelector"), view, endpoints).entries
-    try:
-        mode = contract.read_mode(_annotations(obj))
-    except contract.ContractError as exc:
-        # Admission refuses such a value; a stored one (admitted while we were absent) fails closed.
-        logger.warning(
-            "stored policy has an invalid mode; enforcing",
-            extra={"namespace": namespace, "policy": name, "error": str(exc)},
-        )
-        mode = "enforce"
+    mode = _stored_mode(namespace, name, obj)
     return render_policy_annotations(namespace, name, policy.uid, entries, key, mode) or None
 
 

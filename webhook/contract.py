@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -247,6 +247,33 @@ def encode(annotation: Annotation) -> str:
     if annotation.version < AUDIT_VERSION and annotation.mode != "enforce":
         raise ContractError("$.mode", f"version {annotation.version} cannot carry mode {annotation.mode!r}")
     return json.dumps(_to_json(annotation), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def entry_text(entry: NodePortEntry) -> str:
+    """One version-2/3 entry's canonical JSON, as `encode` writes it inside "nodePorts"."""
+    return json.dumps(_entry_json(entry, CONTRACT_VERSION), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def encode_texts(annotation: Annotation, texts: Sequence[str]) -> str:
+    """`encode(annotation)` from its entries' `entry_text`s, given in annotation order (version 2 or 3).
+
+    For the reconciler, which keeps each entry's text while the entry is unchanged: a Service
+    change then encodes one entry per policy instead of all of them (tests/unit/test_splice.py
+    holds this equal to `encode`)."""
+    if annotation.version not in (CONTRACT_VERSION, AUDIT_VERSION) or len(texts) != len(annotation.node_ports):
+        return encode(annotation)
+    if annotation.version < AUDIT_VERSION and annotation.mode != "enforce":
+        raise ContractError("$.mode", f"version {annotation.version} cannot carry mode {annotation.mode!r}")
+    ref = annotation.policy
+    policy = json.dumps(
+        {"namespace": ref.namespace, "name": ref.name, "uid": ref.uid},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    # Top-level keys in sorted order, as json.dumps(sort_keys=True) writes them.
+    mode = f'"mode":{json.dumps(annotation.mode, ensure_ascii=True)},' if annotation.version >= AUDIT_VERSION else ""
+    return f'{{{mode}"nodePorts":[{",".join(texts)}],"policy":{policy},"version":{annotation.version}}}'
 
 
 def sign(value: str, signer: Signer) -> str:

@@ -10,7 +10,7 @@ ports), so every policy names the same pods the same way and the enforcer can co
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -99,13 +99,18 @@ def namespace_endpoints(namespace: str, view: ClusterView) -> tuple[ServiceEndpo
     return tuple(service_endpoints(namespace, s, view) for s in view.services_in(namespace) if is_nodeport_service(s))
 
 
-def endpoints_fingerprint(endpoints: Sequence[ServiceEndpoints]) -> Hashable:
-    """What a policy's entries depend on besides its own spec: each Service's name, selector, families,
-    ports and pod group ids (a group id digests labels and named ports). Not the pod counts: only the
-    warnings use them. Equal fingerprints give every policy equal entries (see AnnotationMemo)."""
-    return tuple(
-        (s.name, tuple(sorted(s.selector.items())), s.families, s.ports, tuple(g.group for g in s.groups))
-        for s in endpoints
+def service_key(service: ServiceEndpoints) -> str:
+    """What one Service's entries in any policy depend on besides that policy: its name, selector,
+    families, ports and pod group ids (a group id digests labels and named ports). Not the pod counts:
+    only the warnings use them. A string, so its hash is computed once per pass, not per policy."""
+    return repr(
+        (
+            service.name,
+            tuple(sorted(service.selector.items())),
+            service.families,
+            service.ports,
+            tuple(g.group for g in service.groups),
+        )
     )
 
 
@@ -218,15 +223,36 @@ def resolve_contribution(
     entries: list[NodePortEntry] = []
     warnings: set[str] = set()
     for service in endpoints:
-        selected = [policy.selector.matches(g.labels) for g in service.groups]
-        if not any(selected):
-            continue
-        for sp in service.ports:
-            entry = _entry_for_port(policy, service, sp, selected, warnings)
-            if entry is not None:
-                entries.append(entry)
-    entries.sort(key=lambda e: (e.node_port, e.protocol, e.service, e.service_port))
-    return Contribution(tuple(entries), tuple(sorted(warnings)))
+        entries.extend(_service_entries(policy, service, warnings))
+    return Contribution(sort_entries(entries), tuple(sorted(warnings)))
+
+
+def _service_entries(policy: Policy, service: ServiceEndpoints, warnings: set[str]) -> list[NodePortEntry]:
+    """The policy's entries for one Service's ports: they depend on that Service and the policy only."""
+    selected = [policy.selector.matches(g.labels) for g in service.groups]
+    if not any(selected):
+        return []
+    out = []
+    for sp in service.ports:
+        entry = _entry_for_port(policy, service, sp, selected, warnings)
+        if entry is not None:
+            out.append(entry)
+    return out
+
+
+def service_entries(policy: Policy, service: ServiceEndpoints) -> tuple[NodePortEntry, ...]:
+    """One Service's part of `resolve_contribution(policy, ...).entries`, warnings dropped (the
+    reconciler writes none). Entries of different Services never depend on each other, so after a
+    Service change the reconciler recomputes only that Service's part of each policy and splices it
+    into the parts it kept (`splice`): the same entries as a full resolution (tests/unit/test_splice.py)."""
+    if not policy.affects_ingress:
+        return ()
+    return tuple(_service_entries(policy, service, set()))
+
+
+def sort_entries(entries: Sequence[NodePortEntry]) -> tuple[NodePortEntry, ...]:
+    """In annotation order (stable: equal keys keep the Services' order, as in a full resolution)."""
+    return tuple(sorted(entries, key=lambda e: (e.node_port, e.protocol, e.service, e.service_port)))
 
 
 def _selects_some(service: Mapping[str, Any], chosen_labels: Collection[frozenset[tuple[str, str]]]) -> bool:
