@@ -1,11 +1,11 @@
 """Node-level faults of the local cluster, and the rule counts that judge them (I/O).
 
-- `cut_off` / `reconnect`: a node loses the apiserver, both ways, by policy-routing rules inside
-  the node's own network namespace (never the root namespace): TCP to and from the apiserver's
-  port is blackholed, so kubelet, kube-proxy, host-network pods (the enforcer) and pods routed
-  through the node all lose it silently, as with a dropped route. Everything else (clients probing
-  NodePorts, the apiserver calling webhook pods on that node) still flows. Deleting the namespace
-  (`down`) removes the rules too, so a crashed test leaves nothing behind.
+- `cut_off` / `reconnect`: a node loses the apiserver, both ways, by blackhole policy-routing rules
+  inside the node's and the control plane's network namespaces (never the root namespace): TCP
+  with the apiserver's port is dropped, so kubelet, kube-proxy, host-network pods (the enforcer)
+  and the node's pods all lose it silently, as with a dropped route. Everything else (clients
+  probing NodePorts, the apiserver calling webhook pods on that node) still flows. `down` deletes
+  the namespaces and the rules with them, so a crashed test leaves nothing behind.
 - `rule_counts` / `kube_nodeports`: what kube-proxy (KUBE-, or its nft table) and nodeport-guard
   (NPG-, its ipsets) have programmed on a node, read with the node's own tools.
 - `ServiceChurn`: NodePort Services created and deleted in a loop, so kube-proxy really syncs.
@@ -31,43 +31,53 @@ logger = logging.getLogger(__name__)
 CUT_PRIORITY = 77  # our ip rules' priority: before `main` (32766); found and removed by it
 
 
-def _cut_rules(port: int = APISERVER_PORT) -> list[list[str]]:
-    """Both directions of TCP with the apiserver, v4 and v6 (the selector of each `ip rule`)."""
-    rules = []
-    for fam, addr in (("-4", f"{CP_V4}/32"), ("-6", f"{CP_V6}/128")):
-        rules.append([fam, "to", addr, "ipproto", "tcp", "dport", str(port)])
-        rules.append([fam, "from", addr, "ipproto", "tcp", "sport", str(port)])
+def _cut_rules(cluster: Cluster, node: str, port: int = APISERVER_PORT) -> list[tuple[str, list[str]]]:
+    """(netns, `ip rule` selector) pairs that blackhole TCP between `node` and the apiserver.
+
+    Each side drops what it would send (route lookups of sent and forwarded packets always see our
+    rules; a received packet of an established connection may skip them through TCP early demux):
+    the node what it sends to the apiserver, the control plane what the apiserver sends to the
+    node's address and to its pods (pods reach the apiserver without NAT).
+    """
+    n = cluster.plan.node(node)
+    cp = cluster.plan.cp_netns
+    rules: list[tuple[str, list[str]]] = []
+    for fam, server, host, pods in (("-4", f"{CP_V4}/32", f"{n.v4}/32", n.pod_v4),
+                                    ("-6", f"{CP_V6}/128", f"{n.v6}/128", n.pod_v6)):
+        rules.append((n.netns, [fam, "to", server, "ipproto", "tcp", "dport", str(port)]))
+        rules.append((n.netns, [fam, "from", server, "ipproto", "tcp", "sport", str(port)]))
+        for dst in (host, pods):
+            rules.append((cp, [fam, "to", dst, "ipproto", "tcp", "sport", str(port)]))
     return rules
 
 
-def _ip(cluster: Cluster, node: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    netns = cluster.plan.node(node).netns
+def _ip(netns: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=False, timeout=30)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{node} (netns {netns}): ip {' '.join(args)} exited {proc.returncode}: "
-                           f"{proc.stderr.strip()}")
+        raise RuntimeError(f"netns {netns}: ip {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
     return proc
 
 
 def is_cut_off(cluster: Cluster, node: str) -> bool:
-    out = _ip(cluster, node, ["-4", "rule", "show", "priority", str(CUT_PRIORITY)]).stdout
+    out = _ip(cluster.plan.node(node).netns, ["-4", "rule", "show", "priority", str(CUT_PRIORITY)]).stdout
     return "blackhole" in out
 
 
 def cut_off(cluster: Cluster, node: str) -> None:
-    """From now on `node` cannot talk to the apiserver (nor hear from it); idempotent."""
+    """From now on `node` (its host and its pods) and the apiserver cannot reach each other; idempotent."""
     if is_cut_off(cluster, node):
         return
-    for selector in _cut_rules():
+    for netns, selector in _cut_rules(cluster, node):
         fam, rest = selector[0], selector[1:]
-        _ip(cluster, node, [fam, "rule", "add", "priority", str(CUT_PRIORITY), *rest, "blackhole"])
+        _ip(netns, [fam, "rule", "add", "priority", str(CUT_PRIORITY), *rest, "blackhole"])
     logger.info("node cut off from the apiserver", extra={"node": node})
 
 
 def reconnect(cluster: Cluster, node: str) -> None:
-    """Undo `cut_off` (every rule at our priority, however many a crashed run left); idempotent."""
-    for fam in ("-4", "-6"):
-        while _ip(cluster, node, [fam, "rule", "del", "priority", str(CUT_PRIORITY)], check=False).returncode == 0:
+    """Undo `cut_off` (every rule of ours on either side, however many a crashed run left); idempotent."""
+    for netns, selector in _cut_rules(cluster, node):
+        fam, rest = selector[0], selector[1:]
+        while _ip(netns, [fam, "rule", "del", "priority", str(CUT_PRIORITY), *rest], check=False).returncode == 0:
             pass
     logger.info("node reconnected to the apiserver", extra={"node": node})
 
