@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Callable
 
 from localcluster import cluster as lc
 from localcluster.build import ensure_binaries, ensure_node_binaries
@@ -24,7 +25,7 @@ from localcluster.network import in_netns, run
 from localcluster.node import start_agents, start_runtime
 from localcluster.plan import build_plan
 from localcluster.procs import wait_until
-from localcluster.state import NETNS_DIR, State, _cgroup_pids, _kill, _netns_pids, _zombie, cgroup_dirs
+from localcluster.state import State, _cgroup_pids, _kill, _netns_pids, _zombie, cgroup_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,11 @@ _EMPTY_TABLES = "".join(f"*{t}\nCOMMIT\n" for t in ("raw", "mangle", "nat", "fil
 
 
 def _victims(state: State) -> set[int]:
+    """The cluster's processes: recorded ones, those in its machines' namespaces and cgroups. Client
+    namespaces are not machines of the cluster: what runs there (a test's probes) keeps running."""
+    plan = build_plan(state.name)
     pids = {p.pid for p in state.procs}
-    for ns in (p.name for p in NETNS_DIR.iterdir() if p.name.startswith(state.prefix)):
+    for ns in (plan.router_netns, plan.cp_netns, *(n.netns for n in plan.nodes)):
         pids |= _netns_pids(ns)
     for top in cgroup_dirs(state.prefix):
         pids |= _cgroup_pids(top)
@@ -76,8 +80,13 @@ def stop(name: str, reboot_nodes: bool = False) -> float:
     return time.monotonic() - started
 
 
-def start(name: str, timeout: float = 180) -> lc.Cluster:
-    """Start every daemon of a stopped cluster again from its directories; returns its new handle."""
+def start(name: str, timeout: float = 180,
+          before_nodes: Callable[[lc.Cluster], None] | None = None) -> lc.Cluster:
+    """Start every daemon of a stopped cluster again from its directories; returns its new handle.
+
+    `before_nodes` runs once the control plane serves and before any node starts (no pod can run):
+    what a cluster must allow before its add-ons are back, e.g. writes the webhook must not block.
+    """
     state = State.load(name)
     if state is None:
         raise lc.PrerequisiteError(f"no local cluster named {name!r} (state file gone); bring it up with `up`")
@@ -92,6 +101,8 @@ def start(name: str, timeout: float = 180) -> lc.Cluster:
     config = json.loads(kubeconfig.read_text())
     config["clusters"][0]["cluster"]["server"] = url
     kubeconfig.write_text(json.dumps(config, indent=1))
+    if before_nodes is not None:
+        before_nodes(lc.Cluster(plan, state.dir, ensure_binaries().kubectl, {}))
     kubeconfigs = state.dir / "kubeconfigs"
     for n in plan.nodes:  # a dead containerd's sockets would pass for a live one's
         for leftover in ("containerd.sock", "containerd.ttrpc.sock"):
