@@ -8,7 +8,7 @@ DEBIAN_PACKAGES := iptables ipset iproute2 conntrack kmod \
 PYTEST_ARGS ?=
 
 .PHONY: help install install-system install-python controlplane cluster-binaries image cluster-up cluster-down \
-	lint test unit integration demo bench deploy undeploy clean
+	lint test test-faults unit integration demo bench deploy undeploy clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ lint: $(VENV)/.installed ## ruff + mypy --strict
 
 test: install lint image ## lint, then unit, integration, end-to-end and local-cluster tests (real packets)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-faults: install image ## only the faults tier (its own two-node cluster; `make test` runs it too)
+	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
 
 unit: $(VENV)/.installed ## only the pure unit tests (fast)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from certs.install import InstallError, apply_tls_secret, install, load_api_client
+from certs.install import InstallError, apply_tls_secret, inject_ca_bundle, install, load_api_client
 from certs.pki import (
     CA_DAYS,
     NAMESPACE,
@@ -105,13 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="only the signing keys (when cert-manager issues the TLS certificate and injects the CA)",
     )
 
-    rot = sub.add_parser("rotate", help="re-issue the serving certificate from the same CA when it expires soon")
+    rot = sub.add_parser(
+        "rotate",
+        help="re-issue the serving certificate (from the same CA when it expires soon; or from a new CA with --ca)",
+    )
     rot.add_argument("--dir", type=Path, required=True, help="directory written by `generate`")
     rot.add_argument("--kubeconfig", type=Path, help="also update the TLS Secret in this cluster")
     rot.add_argument("--namespace", default=NAMESPACE, help="namespace of the TLS Secret")
     rot.add_argument("--renew-before", type=_non_negative, default=30, help="days before expiry to re-issue")
     rot.add_argument("--days", type=_positive, default=SERVING_DAYS, help="validity of the new certificate in days")
     rot.add_argument("--force", action="store_true", help="re-issue even if the certificate is not expiring")
+    rot.add_argument(
+        "--ca",
+        action="store_true",
+        help="also replace the CA: the apiserver trusts the new and the previous CA until --drop-previous-ca",
+    )
+    rot.add_argument(
+        "--drop-previous-ca",
+        action="store_true",
+        help="finish a CA rotation: stop trusting the previous CA (once every webhook pod serves the new certificate)",
+    )
     return parser
 
 
@@ -167,7 +180,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     tls = None
     if not args.signing_key_only and not args.public_key_only:
         serving = store.read_serving()
-        tls = (serving.cert_pem(), serving.key_pem(), store.read_ca_cert_pem())
+        # During a CA rotation the bundle holds the previous CA too: re-running install keeps it trusted.
+        tls = (serving.cert_pem(), serving.key_pem(), store.read_ca_bundle_pem())
     api_client = load_api_client(args.kubeconfig)
     try:
         report = install(
@@ -204,17 +218,42 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace, now: datetime.datetime) -> int:
+    """Re-issue the serving certificate; with --ca from a new CA, trusted next to the old one.
+
+    The order keeps every admission working: the apiserver trusts the new CA (caBundle: new, then
+    previous) before any webhook pod can serve a certificate issued by it, and the previous CA is
+    only dropped by a later `--drop-previous-ca`, once the pods have reloaded the new certificate.
+    """
+    if args.ca and args.drop_previous_ca:
+        logger.error("--ca starts a CA rotation and --drop-previous-ca finishes one: run them one after the other")
+        return 2
     store = CertsDir(args.dir)
     ca = store.read_ca()
     current = store.read_serving()
     window = datetime.timedelta(days=args.renew_before)
-    if expires_within(ca.cert, window, now):
+    if args.ca:
+        if store.has_previous_ca():
+            logger.error(
+                "%s still trusts a previous CA (%s): finish that rotation first with `rotate --drop-previous-ca`",
+                args.dir, store.file("ca-previous.crt"),
+            )
+            return 2
+        store.write_previous_ca(ca.cert_pem())
+        ca = build_ca(now, days=CA_DAYS)
+        store.write_ca(ca)
+        logger.info("new CA in %s (valid until %s); the previous one stays trusted until --drop-previous-ca",
+                    store.file("ca.crt"), ca.cert.not_valid_after_utc.date().isoformat())
+    elif expires_within(ca.cert, window, now):
         logger.warning(
-            "the CA in %s expires at %s: create a new one with `generate --force` and run `install` again",
+            "the CA in %s expires at %s: rotate it with `rotate --ca` (no failed admission), then "
+            "`rotate --drop-previous-ca` once the webhook serves the new certificate",
             args.dir,
             ca.cert.not_valid_after_utc.isoformat(),
         )
-    if args.force or expires_within(current.cert, window, now):
+    if args.drop_previous_ca:
+        store.drop_previous_ca()
+        logger.info("dropped the previous CA: only %s is trusted from now on", store.file("ca.crt"))
+    if args.ca or args.force or expires_within(current.cert, window, now):
         sans = list_sans(current.cert)
         serving = issue_serving_cert(ca, now, sans.dns, sans.ips, days=args.days)
         store.write_serving(serving)
@@ -233,15 +272,27 @@ def cmd_rotate(args: argparse.Namespace, now: datetime.datetime) -> int:
             args.renew_before,
         )
     if args.kubeconfig is not None:
-        # Always reconcile the Secret: a previous run may have written the files but failed here.
+        # Always reconcile both: a previous run may have written the files but failed here. The
+        # caBundles first, so the apiserver trusts the issuer before the webhook serves the cert.
+        bundle = store.read_ca_bundle_pem()
         api_client = load_api_client(args.kubeconfig)
         try:
-            outcome = apply_tls_secret(
-                api_client, args.namespace, current.cert_pem(), current.key_pem(), store.read_ca_cert_pem()
-            )
+            bundles = inject_ca_bundle(api_client, bundle)
+            outcome = apply_tls_secret(api_client, args.namespace, current.cert_pem(), current.key_pem(), bundle)
         finally:
             api_client.close()
+        for kind, name, result in bundles:
+            logger.info("%s nodeport-guard webhook %s caBundle: %s", kind, name, result)
         logger.info("Secret %s/nodeport-guard-webhook-tls: %s", args.namespace, outcome)
+        if args.ca:
+            logger.info(
+                "CA rotation started: once every webhook pod serves the new certificate (the kubelet refreshes "
+                "the Secret volume within about a minute, the webhook reloads it within NPG_CERT_POLL_SECONDS; "
+                "the webhook logs 'serving certificate reloaded'), run `python -m certs rotate --dir %s "
+                "--kubeconfig %s --drop-previous-ca`",
+                args.dir,
+                args.kubeconfig,
+            )
     return 0
 
 

@@ -1,7 +1,8 @@
 """The local certificate directory: file names, modes and atomic writes (I/O, no Kubernetes).
 
 Files: ca.crt, ca.key, tls.crt, tls.key, signing.pem (the Ed25519 private key that signs
-annotations) and signing.pub (its public half). Keys are 0600 and the directory 0700. A
+annotations) and signing.pub (its public half); during a CA rotation also ca-previous.crt (the
+old CA, still trusted by the apiserver until `rotate --drop-previous-ca`). Keys are 0600 and the directory 0700. A
 `signing.key` left by an older version is the legacy HMAC key; nothing here reads it.
 Every file is written to a temporary file in the same directory and renamed over the old one,
 so a reader (the webhook polls tls.crt/tls.key) never sees a half-written file.
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
+CA_PREVIOUS = "ca-previous.crt"
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
 SIGNING_KEY = "signing.pem"
@@ -52,6 +54,26 @@ class CertsDir:
         data = self._read(CA_CERT)
         parse_cert(data, f"{self.file(CA_CERT)}")
         return data
+
+    def read_ca_bundle_pem(self) -> bytes:
+        """What clients of the webhook must trust: ca.crt, then ca-previous.crt during a CA rotation."""
+        bundle = self.read_ca_cert_pem()
+        if self.file(CA_PREVIOUS).exists():
+            previous = self._read(CA_PREVIOUS)
+            parse_cert(previous, f"{self.file(CA_PREVIOUS)}")
+            bundle = bundle.rstrip(b"\n") + b"\n" + previous
+        return bundle
+
+    def has_previous_ca(self) -> bool:
+        return self.file(CA_PREVIOUS).exists()
+
+    def write_previous_ca(self, cert_pem: bytes) -> None:
+        self._ensure_dir()
+        write_atomic(self.file(CA_PREVIOUS), cert_pem, PUBLIC_MODE)
+
+    def drop_previous_ca(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.file(CA_PREVIOUS).unlink()
 
     def read_serving(self) -> KeyPair:
         pair = self._read_pair(TLS_CERT, TLS_KEY, "serving")

@@ -7,6 +7,7 @@ loaded into the live SSL context, so new handshakes use it and in-flight request
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import threading
@@ -27,6 +28,7 @@ accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("NPG_LOG_LEVEL", "info").lower()
 CERT_POLL_SECONDS = float(os.environ.get("NPG_CERT_POLL_SECONDS", "10"))
+logger = logging.getLogger("webhook.tls")
 
 
 def _watch_certificate(context: ssl.SSLContext, cert: str, key: str) -> None:
@@ -41,6 +43,8 @@ def _watch_certificate(context: ssl.SSLContext, cert: str, key: str) -> None:
             if current != seen:
                 context.load_cert_chain(cert, key)
                 seen = current
+                # Operators finish a CA rotation once every pod logged this (docs/operations.md).
+                logger.info("serving certificate reloaded", extra={"cert_file": cert})
         except (OSError, ssl.SSLError):
             continue  # mid-rotation (files being replaced): try again on the next poll
 

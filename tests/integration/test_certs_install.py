@@ -304,3 +304,37 @@ def test_public_key_only_publishes_the_key_before_any_webhook_can_sign_with_it(
         "key": b64((cert_dir / "signing.pem").read_bytes())
     }
     assert public_keys(control_plane, namespace) == {"current": (local_public_key(cert_dir),)}
+
+
+def _pem_certs(bundle_b64: str | None) -> list[bytes]:
+    assert bundle_b64 is not None
+    text = base64.b64decode(bundle_b64)
+    end = b"-----END CERTIFICATE-----"
+    return [block.strip() + b"\n" + end + b"\n" for block in text.split(end) if block.strip()]
+
+
+def test_rotate_ca_trusts_both_cas_until_the_previous_one_is_dropped(
+    control_plane: ControlPlane, namespace: str, cert_dir: Path, base_webhooks: None
+) -> None:
+    kubeconfig = str(control_plane.kubeconfig)
+    ok("install", "--kubeconfig", kubeconfig, "--dir", str(cert_dir), "--namespace", namespace)
+    old_ca = (cert_dir / "ca.crt").read_bytes()
+    started = ok("rotate", "--dir", str(cert_dir), "--kubeconfig", kubeconfig, "--namespace", namespace, "--ca")
+    new_ca = (cert_dir / "ca.crt").read_bytes()
+    assert new_ca != old_ca and (cert_dir / "ca-previous.crt").read_bytes() == old_ca
+    assert "--drop-previous-ca" in started.stderr  # the log says how to finish
+    # The apiserver trusts the new CA first and the old one still; the new certificate is from the new CA.
+    for bundle in ca_bundles(control_plane).values():
+        assert _pem_certs(bundle) == [new_ca.strip() + b"\n", old_ca.strip() + b"\n"]
+    tls = secret(control_plane, namespace, "nodeport-guard-webhook-tls")
+    assert tls["data"]["tls.crt"] == b64((cert_dir / "tls.crt").read_bytes())
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(cert_dir / "ca.crt"), str(cert_dir / "tls.crt")],
+                            capture_output=True, text=True, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    # A second rotation before the first is finished is refused, naming the fix.
+    again = certs("rotate", "--dir", str(cert_dir), "--kubeconfig", kubeconfig, "--namespace", namespace, "--ca")
+    assert again.returncode == 2 and "--drop-previous-ca" in again.stderr
+    ok("rotate", "--dir", str(cert_dir), "--kubeconfig", kubeconfig, "--namespace", namespace, "--drop-previous-ca")
+    assert not (cert_dir / "ca-previous.crt").exists()
+    assert set(ca_bundles(control_plane).values()) == {b64(new_ca)}
+    assert secret(control_plane, namespace, "nodeport-guard-webhook-tls")["data"]["ca.crt"] == b64(new_ca)
