@@ -160,19 +160,28 @@ def rule_counts(cluster: Cluster, node: str) -> RuleCounts:
     return RuleCounts(kube=kube, npg=count_save_rules(lines, "NPG-"), npg_members=_ipset_members(cluster, node))
 
 
-_SAVE_NODEPORT = re.compile(r"^-A KUBE-NODEPORTS .*-p (tcp|udp|sctp) .*--dport (\d+)")
+# A NodePort's DNAT path (health-check node ports are plain ACCEPTs and are left out).
+_SAVE_NODEPORT = re.compile(r"^-A KUBE-NODEPORTS .*-p (tcp|udp|sctp) .*--dport (\d+) .*-j KUBE-(?:EXT|SVC|SVL|XLB)-")
 _NFT_NODEPORT = re.compile(r"\b(tcp|udp|sctp) \. (\d+) : goto ")
+_NFT_NODEPORTS_MAP = re.compile(r"map service-nodeports \{(.*?)\n\s*\}", re.S)
+
+
+def nodeports_from(save_lines: list[str], nft_listings: list[str]) -> set[tuple[str, int]]:
+    """Pure: the (protocol, NodePort) pairs with a DNAT path in iptables-save lines or in the
+    `service-nodeports` map of kube-proxy's nft tables."""
+    ports = set()
+    for line in save_lines:
+        if m := _SAVE_NODEPORT.match(line):
+            ports.add((m.group(1), int(m.group(2))))
+    for listing in nft_listings:
+        for block in _NFT_NODEPORTS_MAP.findall(listing):
+            ports |= {(m.group(1), int(m.group(2))) for m in _NFT_NODEPORT.finditer(block)}
+    return ports
 
 
 def kube_nodeports(cluster: Cluster, node: str) -> set[tuple[str, int]]:
     """The (protocol, NodePort) pairs kube-proxy has programmed on `node`, in either mode, either family."""
-    ports = set()
-    for line in _save_lines(cluster, node):
-        if m := _SAVE_NODEPORT.match(line):
-            ports.add((m.group(1), int(m.group(2))))
-    for listing in _nft_tables(cluster, node).values():
-        ports |= {(m.group(1), int(m.group(2))) for m in _NFT_NODEPORT.finditer(listing)}
-    return ports
+    return nodeports_from(_save_lines(cluster, node), list(_nft_tables(cluster, node).values()))
 
 
 def _service(name: str, namespace: str, selector: dict[str, str]) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enforcer.apihealth import ApiHealth, is_fresh
-from localcluster.node_faults import count_save_rules, nft_rule_lines
+from localcluster.node_faults import count_save_rules, nft_rule_lines, nodeports_from
 
 SAVE = """*nat
 :KUBE-SERVICES - [0:0]
@@ -45,6 +45,18 @@ def test_nft_rules_are_the_lines_inside_chains_without_their_header() -> None:
         "jump mark-for-masquerade",
         "goto service-ABC",
     ]
+
+
+def test_nodeports_are_the_dnat_paths_only() -> None:
+    save = [*SAVE, '-A KUBE-NODEPORTS -p tcp -m comment --comment "demo/lb:tcp health check node port" '
+            "-m tcp --dport 31743 -j ACCEPT"]
+    nft = NFT.replace("}\n\tchain nodeports", "}\n\tmap service-ips {\n\t\ttype ipv4_addr . inet_proto . inet_service"
+                      " : verdict\n\t\telements = { 198.51.100.140 . tcp . 443 : goto service-X }\n\t}"
+                      "\n\tchain nodeports")
+    assert "service-ips" in nft
+    assert nodeports_from(save, [nft]) == {("tcp", 30080)}
+    assert nodeports_from(save, []) == {("tcp", 30080)}
+    assert nodeports_from([], [nft]) == {("tcp", 30080)}
 
 
 def test_freshness_needs_an_answer_within_the_bound() -> None:
