@@ -48,6 +48,19 @@ def _inert_policy(namespace: str) -> str:
                                 "policyTypes": ["Ingress"]}})
 
 
+def _webhook_callable(cluster: Cluster) -> bool:
+    """Every Ready webhook pod's current address is a ready endpoint of its Service (what the apiserver
+    calls); right after a restart the EndpointSlices still hold the pods' old addresses for a moment."""
+    pods = cluster.kubectl_json("-n", NS, "get", "pods", "-l", "app.kubernetes.io/name=nodeport-guard-webhook")
+    current = {a["ip"] for p in pods["items"] for a in p["status"].get("podIPs") or [] if ":" not in a["ip"]
+               and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))}
+    slices = cluster.kubectl_json("-n", NS, "get", "endpointslices", "-l",
+                                  "kubernetes.io/service-name=nodeport-guard-webhook")["items"]
+    ready = {a for s in slices for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")
+             for a in e.get("addresses", []) if ":" not in a}
+    return len(current) >= 2 and current == ready
+
+
 def _ready(cluster: Cluster, kind: str, name: str) -> bool:
     obj = cluster.kubectl_json("-n", NS, "get", kind, name)
     status = obj.get("status", {})
@@ -88,8 +101,13 @@ def test_whole_cluster_stopped_and_started_recovers_by_itself(
         wait_for("webhook replicas ready", lambda: _ready(cluster, "deployment", "nodeport-guard-webhook"),
                  RECOVERY_BOUND)
         wait_for("enforcers ready", lambda: _ready(cluster, "daemonset", "nodeport-guard-enforcer"), RECOVERY_BOUND)
+        # Ready pods are not yet callable: the EndpointSlice follows a moment later.
+        wait_for("webhook endpoints are the ready pods", lambda: _webhook_callable(cluster), RECOVERY_BOUND)
         for n in nodes:
             wait_for(f"{n} enforcer /readyz", lambda n=n: enforcer_readyz(cluster, n)[0] == 200, 60)
+        # Recovered, as a user sees it: the write refused before the nodes ran now goes through.
+        wait_for("a policy write outside the exempt namespaces is admitted", lambda: cluster.kubectl(
+            "apply", "-f", "-", stdin=_inert_policy(NAMESPACE), check=False).returncode == 0, RECOVERY_BOUND, 1.0)
         recovered_at = time.time()
         with ChurnDriver(cluster, ops=6, live=3, pause=0.5, seed=9, retry_for=0) as churn:
             assert churn.wait(timeout=120)
