@@ -80,7 +80,10 @@ def _gone(proc: Proc) -> bool:
     if not alive(proc):
         return True
     try:
-        return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        zombie = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        # A Go daemon's main thread turns zombie before its other threads are gone, and its sockets
+        # (the port a restart binds again) are only closed with the last thread.
+        return zombie and len(os.listdir(f"/proc/{proc.pid}/task")) <= 1
     except OSError:
         return True
 
@@ -128,13 +131,26 @@ def restart(name: str, what: str, flags: Sequence[str] = (), while_down: Callabl
     state = _state(name)
     state.procs = [p for p in state.procs if p != old]
     state.save()
-    proc = spawn(state, in_netns(plan.cp_netns, argv), state.dir / "logs" / f"{what}.log", what)
-    started = time.monotonic()
     log = state.dir / "logs" / f"{what}.log"
-    if what == "etcd":
-        wait_until("etcd health", lambda: _etcd_healthy(plan.cp_netns), timeout, proc, log)
-    else:
-        wait_until("kube-apiserver readyz", lambda: apiserver_ready(name), timeout, proc, log)
+    for attempt in range(5):
+        proc = spawn(state, in_netns(plan.cp_netns, argv), log, what)
+        started = time.monotonic()
+        try:
+            if what == "etcd":
+                wait_until("etcd health", lambda: _etcd_healthy(plan.cp_netns), timeout, proc, log)
+            else:
+                wait_until("kube-apiserver readyz", lambda: apiserver_ready(name), timeout, proc, log)
+        except StartError as exc:
+            # The killed process's port may still be held for a moment by its dying threads.
+            if "address already in use" not in str(exc) or attempt == 4:
+                raise
+            logger.info("%s: port still in use, starting it again in 1 s", what)
+            state = _state(name)
+            state.procs = [p for p in state.procs if p.pid != proc.pid]
+            state.save()
+            time.sleep(1)
+            continue
+        break
     return Restart(what, old.pid, proc.pid, round(started - killed, 2), round(time.monotonic() - killed, 2))
 
 

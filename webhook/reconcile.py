@@ -136,6 +136,27 @@ class LeaseElector:
             raise
 
 
+    def release(self) -> bool:
+        """Give the Lease up when we hold it (on shutdown), so another replica takes over at its next
+        try instead of after the lease duration. True when released."""
+        client = self._client
+        lease = self._api.read_namespaced_lease(self.name, self.namespace)
+        spec = lease.spec
+        if spec is None or spec.holder_identity != self.identity:
+            return False
+        # Like client-go's ReleaseOnCancel: no holder, a 1 s duration that has already started.
+        spec.holder_identity = None
+        spec.lease_duration_seconds = 1
+        spec.renew_time = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
+        try:
+            self._api.replace_namespaced_lease(self.name, self.namespace, lease)
+        except client.ApiException as exc:
+            if exc.status == 409:  # someone else wrote it meanwhile: nothing of ours to release
+                return False
+            raise
+        return True
+
+
 class Reconciler:
     """Debounced loop: dirty namespaces -> patches; full pass every `resync_seconds`."""
 

@@ -71,3 +71,14 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
             raise AssertionError(f"{what}: not after {timeout:.0f}s")
         time.sleep(interval)
     return time.monotonic() - started
+
+
+def logs_around(cluster: Cluster, times: list[float], selector: str = ENFORCER, margin: float = 3.0,
+                limit: int = 40) -> list[str]:
+    """The log entries of `selector`'s pods within `margin` s of any of `times`: what the component did
+    when a probe leaked or was lost (for the assertion message)."""
+    if not times:
+        return []
+    lines = component_logs(cluster, selector, min(times) - margin)
+    near = [x for x in lines if any(abs(x.t - t) <= margin for t in times)]
+    return [f"{x.pod} {x.entry.get('ts')} {json.dumps(x.entry)[:300]}" for x in near[:limit]]

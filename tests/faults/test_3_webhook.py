@@ -24,7 +24,7 @@ from localcluster.backends import render_backends
 from localcluster.cluster import Cluster
 from tests.cluster.helpers import apply_policy, expect, matrix
 from tests.faults.churn import ChurnDriver, delete_churn
-from tests.faults.cluster_ops import NS, WEBHOOK, lease_holder, pods, wait_for
+from tests.faults.cluster_ops import NS, WEBHOOK, lease_holder, logs_around, pods, wait_for
 from tests.faults.conftest import ALLOW_A
 from tests.faults.convergence import problems, wait_converged
 from tests.faults.prober import TrafficProber, default_targets
@@ -46,6 +46,11 @@ def _leader_pod(cluster: Cluster) -> str:
     return found[0]
 
 
+def _held_by_another(cluster: Cluster, pod: str) -> bool:
+    holder = lease_holder(cluster)  # empty while released and not yet taken
+    return bool(holder) and not holder.startswith(pod + "-")
+
+
 def test_deleting_the_lease_holder_during_a_burst_hands_over_within_15s(
     cluster: Cluster, baseline: str, signer: Signer, fault_results: ResultTable
 ) -> None:
@@ -54,9 +59,10 @@ def test_deleting_the_lease_holder_during_a_burst_hands_over_within_15s(
     with TrafficProber(cluster) as prober:
         churn = ChurnDriver(cluster, ops=150, live=15, pause=0.05, seed=3).start()
         wait_for("20 churn operations", lambda: churn.done >= 20, 120)
+        deleted = time.time()
         cluster.kubectl("delete", "pod", "-n", NS, leader, "--wait=false")
         takeover_s = wait_for("another webhook pod holds the Lease",
-                              lambda: not lease_holder(cluster).startswith(leader + "-"), 120, interval=0.1)
+                              lambda: _held_by_another(cluster, leader), 120, interval=0.1)
         new_holder = lease_holder(cluster)
         assert churn.wait(timeout=600), "the burst did not finish"
         ended = time.time()
@@ -70,7 +76,9 @@ def test_deleting_the_lease_holder_during_a_burst_hands_over_within_15s(
         {"takeover s": round(takeover_s, 1), "failed admissions (retried)": len(failed), "churn ops": churn.done}))
     assert new_holder and not new_holder.startswith(leader + "-")
     assert churn.abandoned == [], churn.abandoned
-    assert summary.leak == 0 and summary.loss == 0, summary.describe()
+    assert summary.leak == 0 and summary.loss == 0, (
+        f"{summary.describe()}; losses at {[round(r.t - deleted, 2) for r in summary.losses]} s after the delete; "
+        f"enforcers meanwhile: {logs_around(cluster, [r.t for r in summary.losses])}")
     assert takeover_s <= 15, f"Lease takeover took {takeover_s:.1f}s (target 15 s)"
     assert failed == [], [f"{o.op} {o.name}: {o.error[:300]}" for o in failed[:3]]
 
