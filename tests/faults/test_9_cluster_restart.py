@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from localcluster import restart
-from localcluster.backends import NAMESPACE
+from localcluster.backends import APP, NAMESPACE
 from localcluster.cluster import Cluster
 from localcluster.node_faults import wait_for
 from tests.faults.churn import ChurnDriver, delete_churn
@@ -48,17 +48,18 @@ def _inert_policy(namespace: str) -> str:
                                 "policyTypes": ["Ingress"]}})
 
 
-def _webhook_callable(cluster: Cluster) -> bool:
-    """Every Ready webhook pod's current address is a ready endpoint of its Service (what the apiserver
-    calls); right after a restart the EndpointSlices still hold the pods' old addresses for a moment."""
-    pods = cluster.kubectl_json("-n", NS, "get", "pods", "-l", "app.kubernetes.io/name=nodeport-guard-webhook")
-    current = {a["ip"] for p in pods["items"] for a in p["status"].get("podIPs") or [] if ":" not in a["ip"]
+def _endpoints_current(cluster: Cluster, namespace: str, service: str, selector: str, pods: int) -> bool:
+    """`pods` Ready pods, and their current IPv4 addresses are exactly the Service's ready endpoints:
+    right after a restart the EndpointSlices still hold the pods' old addresses for a moment (the
+    apiserver would call a dead webhook address, kube-proxy would DNAT to a dead backend)."""
+    items = cluster.kubectl_json("-n", namespace, "get", "pods", "-l", selector)["items"]
+    current = {a["ip"] for p in items for a in p["status"].get("podIPs") or [] if ":" not in a["ip"]
                and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))}
-    slices = cluster.kubectl_json("-n", NS, "get", "endpointslices", "-l",
-                                  "kubernetes.io/service-name=nodeport-guard-webhook")["items"]
+    slices = cluster.kubectl_json("-n", namespace, "get", "endpointslices", "-l",
+                                  f"kubernetes.io/service-name={service}")["items"]
     ready = {a for s in slices for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")
              for a in e.get("addresses", []) if ":" not in a}
-    return len(current) >= 2 and current == ready
+    return len(current) >= pods and current == ready
 
 
 def _ready(cluster: Cluster, kind: str, name: str) -> bool:
@@ -102,7 +103,10 @@ def test_whole_cluster_stopped_and_started_recovers_by_itself(
                  RECOVERY_BOUND)
         wait_for("enforcers ready", lambda: _ready(cluster, "daemonset", "nodeport-guard-enforcer"), RECOVERY_BOUND)
         # Ready pods are not yet callable: the EndpointSlice follows a moment later.
-        wait_for("webhook endpoints are the ready pods", lambda: _webhook_callable(cluster), RECOVERY_BOUND)
+        wait_for("webhook endpoints are the ready pods", lambda: _endpoints_current(
+            cluster, NS, "nodeport-guard-webhook", "app.kubernetes.io/name=nodeport-guard-webhook", 2), RECOVERY_BOUND)
+        wait_for("backend endpoints are the ready pods", lambda: _endpoints_current(
+            cluster, NAMESPACE, "echo", f"app={APP}", len(nodes)), RECOVERY_BOUND)
         for n in nodes:
             wait_for(f"{n} enforcer /readyz", lambda n=n: enforcer_readyz(cluster, n)[0] == 200, 60)
         # Recovered, as a user sees it: the write refused before the nodes ran now goes through.
