@@ -18,6 +18,7 @@ from typing import Any, cast
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from enforcer.apihealth import ApiHealth
 from enforcer.backend import Backend, detect_backend
 from enforcer.dataplane import Dataplane
 from enforcer.drops import DropReader, log_audit_forever
@@ -32,6 +33,9 @@ from webhook.signing import PublicKey, VerifierKeys, parse_public_keys_pem, publ
 
 logger = logging.getLogger("enforcer")
 FORCED_REFRESH_SECONDS = 5.0  # a signature by an unknown key id re-reads the keys at most this often
+# Calls made from the sync loop are bounded: on a dropped route, an unbounded call would hold the
+# loop (and every later sync) until TCP gave up, minutes later.
+API_TIMEOUT_SECONDS = 10
 
 
 def _api_client(settings: EnforcerSettings) -> Any:
@@ -71,7 +75,9 @@ class VerifierKeySource:
 
         assert self._settings.public_keys_configmap is not None
         namespace, name = self._settings.public_keys_configmap
-        data = client.CoreV1Api(self._api_client).read_namespaced_config_map(name, namespace).data or {}
+        data = client.CoreV1Api(self._api_client).read_namespaced_config_map(
+            name, namespace, _request_timeout=API_TIMEOUT_SECONDS
+        ).data or {}
         return public_keys_from_data(data, f"ConfigMap {namespace}/{name}")
 
     def _legacy_hmac_keys(self) -> tuple[bytes, ...]:
@@ -83,7 +89,9 @@ class VerifierKeySource:
 
         assert self._settings.legacy_hmac_secret is not None
         namespace, name = self._settings.legacy_hmac_secret
-        data = client.CoreV1Api(self._api_client).read_namespaced_secret(name, namespace).data or {}
+        data = client.CoreV1Api(self._api_client).read_namespaced_secret(
+            name, namespace, _request_timeout=API_TIMEOUT_SECONDS
+        ).data or {}
         keys = tuple(base64.b64decode(data[k]) for k in ("key", "previous") if data.get(k))
         if not keys:
             raise SettingsError(
@@ -157,19 +165,29 @@ def _event_recorder(api_client: Any, node_name: str) -> Any:
                 reporting_component="nodeport-guard-enforcer",
                 reporting_instance=node_name or "unknown",
             ),
+            _request_timeout=API_TIMEOUT_SECONDS,
         )
 
     return record
 
 
-def _serve_probes(loop: SyncLoop, metrics: EnforcerMetrics, bind: tuple[str, int]) -> http.server.ThreadingHTTPServer:
+def _serve_probes(
+    loop: SyncLoop, metrics: EnforcerMetrics, bind: tuple[str, int], health: ApiHealth | None = None
+) -> http.server.ThreadingHTTPServer:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/healthz":
                 self._send(200, b"ok", "text/plain")
             elif self.path == "/readyz":
-                ok = loop.ready.is_set()
-                self._send(200 if ok else 503, b"ok" if ok else b"not synced yet", "text/plain")
+                # Not ready while the apiserver is out of reach: the rules stay, but they are only
+                # as fresh as the last plan (kubectl shows it once the node is back).
+                if not loop.ready.is_set():
+                    self._send(503, b"not synced yet", "text/plain")
+                elif health is not None and not health.ok():
+                    self._send(503, f"no answer from the apiserver for {health.silence() or 0:.0f}s; "
+                               "enforcing the last plan".encode(), "text/plain")
+                else:
+                    self._send(200, b"ok", "text/plain")
             elif self.path == "/metrics":
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             else:
@@ -236,7 +254,10 @@ def run(settings: EnforcerSettings) -> int:
         debounce_seconds=settings.debounce_seconds,
         on_rejected=_event_recorder(api_client, settings.node_name),
     )
-    server = _serve_probes(loop, metrics, settings.metrics_bind)
+    health = ApiHealth(lambda: client.VersionApi(api_client).get_code(_request_timeout=3),
+                       on_recover=watch.reconnect)
+    server = _serve_probes(loop, metrics, settings.metrics_bind, health)
+    health.start(stop)
     publisher = _status_publisher(settings, api_client, loop, store)
     status_thread = publisher.start(stop) if publisher else None
     threading.Thread(

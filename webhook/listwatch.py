@@ -7,10 +7,13 @@ Objects are passed through `trim` so that caches keep only the fields they use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -95,6 +98,8 @@ class ListWatch(Generic[T]):
         self._backoff = backoff or Backoff()
         self._on_error = on_error
         self.synced = threading.Event()
+        self._response: Any = None  # the open watch response, for `reconnect`
+        self._wake = threading.Event()
 
     def _list(self) -> str:
         items: list[T] = []
@@ -123,6 +128,7 @@ class ListWatch(Generic[T]):
             _preload_content=False,
             _request_timeout=(10, WATCH_TIMEOUT_SECONDS + 30),
         )
+        self._response = response
         try:
             for line in _iter_lines(response):
                 if self._stop.is_set():
@@ -140,8 +146,22 @@ class ListWatch(Generic[T]):
                     self._sink.apply(self.kind, etype, self._trim(obj))
                 self._backoff.reset()
         finally:
+            self._response = None
             response.release_conn()
         return resource_version
+
+    def reconnect(self) -> None:
+        """Drop the current watch connection and cut a backoff wait short (from another thread).
+
+        For a connection that died silently (a dropped route): its reader would otherwise wait
+        for its read timeout. The watch resumes from its last resourceVersion (or relists on 410).
+        """
+        self._wake.set()
+        response = self._response
+        sock = getattr(getattr(response, "connection", None), "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read; close() alone would not
 
     def run(self) -> None:
         resource_version: str | None = None
@@ -166,7 +186,10 @@ class ListWatch(Generic[T]):
                 )
                 if self._on_error:
                     self._on_error(self.kind, exc)
-                self._stop.wait(delay)
+                deadline = time.monotonic() + delay
+                while not (self._stop.is_set() or self._wake.is_set()) and time.monotonic() < deadline:
+                    self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                self._wake.clear()
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name=f"listwatch-{self.kind}", daemon=True)
