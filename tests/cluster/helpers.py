@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from localcluster.backends import NAMESPACE, SERVICES, render_backends
-from localcluster.cluster import Cluster
+from localcluster.cluster import Cluster, down, up
+from localcluster.image import ensure_product_image
 from localcluster.probe import Proto, Target, probe_many
+from localcluster.state import is_stale, list_clusters, teardown
+from tests.machine import CLUSTER_RAN
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILIES = ("v4", "v6")
@@ -29,6 +37,38 @@ class Deployment:
     seconds: float
     undeployed: bool = False
     log: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def own_cluster(prefix: str, config: pytest.Config) -> Iterator[Cluster]:
+    """A fresh two-node cluster for one tier, named `prefix` + random hex, removed at the end.
+
+    Clusters of the same prefix whose owner is gone (a killed earlier session) are swept first;
+    the session's stash records that a cluster ran, for the machine comparison in tests/cluster_after.
+    """
+    for name in list_clusters():
+        if name.startswith(prefix) and is_stale(name):
+            teardown(name)
+    name = prefix + secrets.token_hex(3)
+    cluster = up(name, images=[ensure_product_image()], owner_pid=os.getpid())
+    config.stash[CLUSTER_RAN] = True
+    try:
+        yield cluster
+    finally:
+        problems = down(name)
+        assert not problems, problems
+
+
+@contextlib.contextmanager
+def deployed_on(cluster: Cluster) -> Iterator[Deployment]:
+    """`make deploy` exactly as the README says; `make undeploy` at the end unless a test already did."""
+    deployment = deploy(cluster)
+    try:
+        yield deployment
+    finally:
+        if not deployment.undeployed:
+            undeploy(cluster)
+        shutil.rmtree(deployment.certs_dir, ignore_errors=True)
 
 
 def user_env(cluster: Cluster) -> dict[str, str]:

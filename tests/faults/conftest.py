@@ -7,21 +7,16 @@ directories are collected alphabetically. The cluster is removed when the tier's
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from localcluster.cluster import Cluster, down, up
-from localcluster.image import ensure_product_image
-from localcluster.state import is_stale, list_clusters, teardown
-from tests.cluster.helpers import Deployment, apply_backends, apply_policy, deploy, expect, matrix, undeploy
+from localcluster.cluster import Cluster
+from tests.cluster.helpers import Deployment, apply_backends, apply_policy, deployed_on, expect, matrix, own_cluster
 from tests.faults.convergence import load_signer
 from tests.faults.results import RESULTS, ResultTable
-from tests.machine import CLUSTER_RAN, MachineSnapshot
+from tests.machine import MachineSnapshot
 from webhook.signing import Signer
 
 HERE = Path(__file__).resolve().parent
@@ -65,28 +60,14 @@ def fault_results(request: pytest.FixtureRequest) -> ResultTable:
 
 @pytest.fixture(scope="package")
 def cluster(machine_before: MachineSnapshot, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    for name in list_clusters():  # what a killed earlier session left behind
-        if name.startswith("f") and is_stale(name):
-            teardown(name)
-    name = "f" + secrets.token_hex(3)
-    c = up(name, images=[ensure_product_image()], owner_pid=os.getpid())
-    request.config.stash[CLUSTER_RAN] = True
-    try:
+    with own_cluster("f", request.config) as c:
         yield c
-    finally:
-        problems = down(name)
-        assert not problems, problems
 
 
 @pytest.fixture(scope="package")
 def deployed(cluster: Cluster) -> Iterator[Deployment]:
-    deployment = deploy(cluster)
-    try:
+    with deployed_on(cluster) as deployment:
         yield deployment
-    finally:
-        if not deployment.undeployed:
-            undeploy(cluster)
-        shutil.rmtree(deployment.certs_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")
