@@ -246,10 +246,12 @@ def mutate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig
 def _genuine(final: Mapping[str, Any], computed: _Computed, key: Signer) -> bool:
     """Our own signed output for this policy, affecting the same NodePorts, whose verdicts differ.
 
-    Policies created in a burst change each other's namespace-wide verdict (the allowed sources)
-    between one's mutation and its validation; denying those would fail bulk applies. The
-    reconciler rewrites such an annotation within seconds. Which NodePorts a policy affects depends
-    on its own spec, so a different set (or a dropped or unsigned annotation) is still rejected.
+    A Pod change between one policy's mutation and its validation can change the sources of its
+    part (version-1 verdicts also changed with other policies); denying those would fail bulk
+    applies, and the reconciler rewrites such an annotation within seconds. A different set of
+    NodePorts (or a dropped or unsigned annotation) is still rejected: that also refuses a create
+    when a NodePort Service of the namespace is created or deleted in between (retrying works;
+    docs/operations.md, fault 10) — accepting it safely is an open decision.
     """
     if set(final) != {contract.NODEPORTS_KEY, contract.SIGNATURE_KEY} or not all(
         isinstance(v, str) for v in final.values()
