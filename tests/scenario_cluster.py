@@ -41,7 +41,7 @@ from localcluster.plan import NodePlan
 from localcluster.scenario_client import ScenarioClient
 from tests.probes import PASSED, ClientAgent, Observed
 from tests.scenario_backends import SctpObservers, pods_per_case, server_pod
-from tests.scenario_oracle import CaseOutcome, Row
+from tests.scenario_oracle import CaseOutcome, Row, wait_quiet
 from tests.scenarios import (
     Case,
     Expectation,
@@ -180,18 +180,8 @@ class ClusterOracle:
     def _settle(self, namespaces: Sequence[str], before: dict[str, int] | None, quiet: float) -> None:
         """Annotations quiet for `quiet` s; then every enforcer synced since `before` (None: no policy was
         admitted, nothing to sync) and stayed idle for 1 s."""
-        last: list[tuple[str, str, str]] | None = None
-        since = time.monotonic()
-        deadline = since + 60
-        while True:
-            current = self._policy_versions(namespaces)
-            if current != last:
-                last, since = current, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("the round's NetworkPolicies kept changing for 60 s")
-            time.sleep(0.3)
+        deadline = time.monotonic() + 60
+        wait_quiet(lambda: self._policy_versions(namespaces), quiet, timeout=60, interval=0.3)
         for node in self.nodes:
             previous = -1
             while True:

@@ -101,6 +101,22 @@ class CaseOutcome:
         return 0 if self.rejected is not None else len(self.rows)
 
 
+def wait_quiet(read: Callable[[], object], quiet: float, timeout: float, interval: float) -> None:
+    """Until `read()` (the policies' resourceVersions) has returned the same value for `quiet` s."""
+    last: object = None
+    since = time.monotonic()
+    deadline = since + timeout
+    while True:
+        current = read()
+        if current != last:
+            last, since = current, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the NetworkPolicies kept changing for {timeout:.0f} s")
+        time.sleep(interval)
+
+
 def _until(what: str, condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -133,18 +149,7 @@ class ScenarioBed:
 
     def wait_settled(self, namespaces: Sequence[str], quiet: float) -> None:
         """Annotations unchanged for `quiet` seconds, then a whole enforcer sync started after that, everywhere."""
-        last: list[tuple[str, str, str]] | None = None
-        since = time.monotonic()
-        deadline = since + 30
-        while True:
-            current = self._policy_versions(namespaces)
-            if current != last:
-                last, since = current, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("the case's NetworkPolicies kept changing for 30 s")
-            time.sleep(0.1)
+        wait_quiet(lambda: self._policy_versions(namespaces), quiet, timeout=30, interval=0.1)
         # The first sync counted may have begun before the quiet point; the second began after it.
         start = {n.backend: n.syncs() for n in self.nodes}
         for node in self.nodes:
