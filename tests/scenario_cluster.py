@@ -60,6 +60,7 @@ RECHECK_TIMEOUT = 3.0
 PATH_TIMEOUT = 120.0  # kube-proxy programming a round's Services on both nodes
 PODS_TIMEOUT = 240.0
 ROUND_LABEL = "nodeport-guard.test/scenario-round"
+APPLY_CONCURRENCY = 4  # kubectl applies of a round in flight at once
 MAX_PODS_PER_NODE = 40  # kubelet's maxPods in localcluster/node.py
 
 def node_label(node: NodePlan) -> str:
@@ -271,7 +272,10 @@ class ClusterOracle:
             self.log(f"[cluster oracle] round {tag}: every expectation gets through without a policy "
                      f"({time.monotonic() - started:.0f}s)")
             before = {n.name: self.enforcer_syncs(n) for n in self.nodes}
-            list(self._pool.map(self._apply_policies, running))
+            # A few kubectl processes at a time: 35 Go binaries starting at once on 2 cores starve
+            # the apiserver's webhook calls past their 5 s timeout (seen once in a full run).
+            with ThreadPoolExecutor(max_workers=APPLY_CONCURRENCY) as appliers:
+                list(appliers.map(self._apply_policies, running))
             admitted = [r for r in running if r.rejected is None]
             self._settle(names, before if any(r.policies for r in admitted) else None, quiet=1.5)
             self.forget_flows()
