@@ -41,7 +41,7 @@ from localcluster.plan import NodePlan
 from localcluster.scenario_client import ScenarioClient
 from tests.probes import PASSED, ClientAgent, Observed
 from tests.scenario_backends import SctpObservers, pods_per_case, server_pod
-from tests.scenario_oracle import CaseOutcome, Row, wait_quiet
+from tests.scenario_oracle import CaseOutcome, Row, apply_outcome, wait_quiet
 from tests.scenarios import (
     Case,
     Expectation,
@@ -198,12 +198,7 @@ class ClusterOracle:
 
     def _kubectl_apply(self, text: str) -> tuple[str | None, tuple[str, ...]]:
         result = self.cluster.kubectl("apply", "-f", "-", stdin=text, check=False)
-        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-        warnings = tuple(line for line in lines if line.startswith("Warning:"))
-        if result.returncode == 0:
-            return None, warnings
-        errors = [line for line in lines if not line.startswith("Warning:")]
-        return " | ".join(errors) or f"kubectl exited {result.returncode}", warnings
+        return apply_outcome(result.returncode, result.stderr)
 
     def _pods_running(self, namespaces: set[str], want: int) -> list[Obj]:
         deadline = time.monotonic() + PODS_TIMEOUT

@@ -101,6 +101,16 @@ class CaseOutcome:
         return 0 if self.rejected is not None else len(self.rows)
 
 
+def apply_outcome(returncode: int, stderr: str) -> tuple[str | None, tuple[str, ...]]:
+    """What `kubectl apply` said: (the error if it failed, the warnings it printed)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    warnings = tuple(line for line in lines if line.startswith("Warning:"))
+    if returncode == 0:
+        return None, warnings
+    errors = [line for line in lines if not line.startswith("Warning:")]
+    return " | ".join(errors) or f"kubectl exited {returncode}", warnings
+
+
 def wait_quiet(read: Callable[[], object], quiet: float, timeout: float, interval: float) -> None:
     """Until `read()` (the policies' resourceVersions) has returned the same value for `quiet` s."""
     last: object = None
@@ -196,12 +206,7 @@ class ScenarioBed:
     def _apply(self, text: str) -> tuple[str | None, tuple[str, ...]]:
         """`kubectl apply` as a user runs it: (the error if it failed, the warnings it printed)."""
         result = self.plane.kubectl("apply", "-f", "-", input=text, check=False)
-        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-        warnings = tuple(line for line in lines if line.startswith("Warning:"))
-        if result.returncode == 0:
-            return None, warnings
-        errors = [line for line in lines if not line.startswith("Warning:")]
-        return " | ".join(errors) or f"kubectl exited {result.returncode}", warnings
+        return apply_outcome(result.returncode, result.stderr)
 
     def run_case(self, case: Case) -> CaseOutcome:
         self.wait_clean()
