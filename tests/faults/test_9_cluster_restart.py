@@ -22,7 +22,9 @@ from localcluster.backends import APP, NAMESPACE
 from localcluster.cluster import Cluster
 from localcluster.node_faults import wait_for
 from tests.faults.churn import ChurnDriver, delete_churn
+from tests.faults.cluster_ops import logs_around
 from tests.faults.convergence import wait_converged
+from tests.faults.diagnose import SliceRecorder, neighbours, node_log_near
 from tests.faults.node_checks import enforcer_readyz
 from tests.faults.prober import TrafficProber
 from tests.faults.results import FaultResult, ResultTable
@@ -84,7 +86,7 @@ def test_whole_cluster_stopped_and_started_recovers_by_itself(
             assert resources == {"networkpolicies"}, f"{kind} {webhook['name']} intercepts {resources}"
     wait_converged(cluster, signer, timeout=120)
     nodes = [n.name for n in cluster.plan.nodes]
-    with TrafficProber(cluster) as prober:
+    with TrafficProber(cluster) as prober, SliceRecorder(cluster, NAMESPACE, "echo") as slices:
         stopped_at = time.time()
         stop_seconds = restart.stop(cluster.plan.name, reboot_nodes=reboot)
         time.sleep(5)  # everything is down: the probes see it
@@ -146,4 +148,14 @@ def test_whole_cluster_stopped_and_started_recovers_by_itself(
     if not reboot:  # the rules stayed in the nodes' kernels: nothing may get through, even while down
         assert during.leak == 0, f"denied probes got through during the outage: {during.describe()}"
     assert summary.denied_attempts > 100 and summary.allowed_answered > 50, summary.describe()
-    assert summary.leak == 0 and summary.loss == 0, summary.describe()
+    if summary.loss or summary.leak:
+        odd = [*summary.losses, *summary.leaks]
+        times = [r.t for r in odd]
+        nodes_hit = sorted({r.node for r in odd})
+        context = [f"started {up_at:.2f}, recovered {recovered_at:.2f}, converged after churn {converged.seconds}s",
+                   "probes around:", *neighbours(prober.snapshot(), odd),
+                   "echo endpoints:", *slices.describe(),
+                   *(line for n in nodes_hit
+                     for line in [f"{n} kube-proxy:", *node_log_near(cluster, n, "kube-proxy", times)]),
+                   "enforcers:", *logs_around(cluster, times)]
+        raise AssertionError(summary.describe() + "\n" + "\n".join(context))
