@@ -243,15 +243,16 @@ def mutate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig
     return allowed(request.uid, patch, computed.warnings)
 
 
-def _genuine(final: Mapping[str, Any], computed: _Computed, key: Signer) -> bool:
-    """Our own signed output for this policy, affecting the same NodePorts, whose verdicts differ.
+def _genuine(final: Mapping[str, Any], computed: _Computed, key: Signer, view: ClusterView) -> bool:
+    """Our own signed output for this policy, computed against a moment earlier's Pods and Services.
 
-    A Pod change between one policy's mutation and its validation can change the sources of its
-    part (version-1 verdicts also changed with other policies); denying those would fail bulk
-    applies, and the reconciler rewrites such an annotation within seconds. A different set of
-    NodePorts (or a dropped or unsigned annotation) is still rejected: that also refuses a create
-    when a NodePort Service of the namespace is created or deleted in between (retrying works;
-    docs/operations.md, fault 10) — accepting it safely is an open decision.
+    A Pod or Service change between one policy's mutation and its validation changes its part:
+    other sources (a Pod's labels or ports), a NodePort more (a Service created), or one fewer (a
+    Service deleted or renumbered). Denying those would fail bulk applies; the reconciler rewrites
+    such an annotation within its bound, as after any change just after admission. Kept only when
+    every NodePort it names that the policy does not affect now is held by no Service at all: a
+    stale entry must never reach a NodePort that another Service (of any namespace) holds now.
+    A dropped, unsigned or differently-moded annotation is still rejected.
     """
     if set(final) != {contract.NODEPORTS_KEY, contract.SIGNATURE_KEY} or not all(
         isinstance(v, str) for v in final.values()
@@ -264,7 +265,8 @@ def _genuine(final: Mapping[str, Any], computed: _Computed, key: Signer) -> bool
     if signed is None or signed.mode != computed.mode:
         return False  # a signed mode other than the author's is never kept
     ports = {(v.node_port, v.protocol, v.service, v.service_port) for v in signed.node_ports}
-    return ports == {(v.node_port, v.protocol, v.service, v.service_port) for v in computed.entries}
+    now = {(v.node_port, v.protocol, v.service, v.service_port) for v in computed.entries}
+    return not any(view.node_port_in_use(port) for port, *_ in ports - now)
 
 
 def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig) -> dict[str, Any]:
@@ -283,7 +285,7 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
             for u in sorted(uids)
         ]
         final = _owned(request.object)
-        if final not in expected and not _genuine(final, computed, config.signing_key):
+        if final not in expected and not _genuine(final, computed, config.signing_key, view):
             keys = sorted(set(final) | set(expected[0])) or [contract.NODEPORTS_KEY]
             differing = [k for k in keys if all(final.get(k) != e.get(k) for e in expected)] or keys
             raise _Rejection(

@@ -15,6 +15,7 @@ from typing import Any
 from webhook.contract import ANNOTATION_PREFIX
 from webhook.listwatch import EventType, Obj, ObjectSink
 from webhook.semantics import selector_matches
+from webhook.services import allocated_node_ports
 
 KINDS = ("services", "pods", "networkpolicies")
 Key = tuple[str, str]
@@ -81,6 +82,8 @@ class ClusterCache(ObjectSink[Obj]):
         self._objects: dict[str, dict[str, dict[str, Obj]]] = {k: defaultdict(dict) for k in KINDS}
         # pods: namespace -> (label key, value) -> pod names, for selector lookups without a scan.
         self._pod_labels: dict[str, dict[tuple[str, str], set[str]]] = defaultdict(lambda: defaultdict(set))
+        # NodePort number -> the Services (namespace, name) holding it, cluster-wide.
+        self._node_ports: dict[int, set[tuple[str, str]]] = defaultdict(set)
         self._listeners: list[Callable[[str, str, str | None], None]] = []
 
     def add_listener(self, on_change: Callable[[str, str, str | None], None]) -> None:
@@ -104,6 +107,11 @@ class ClusterCache(ObjectSink[Obj]):
                 for ns, pods in after.items():
                     for name, pod in pods.items():
                         self._index_pod(ns, name, pod)
+            if kind == "services":
+                self._node_ports = defaultdict(set)
+                for ns, services in after.items():
+                    for name, service in services.items():
+                        self._index_service(ns, name, service)
         for ns in sorted(changed):
             self._notify(kind, ns, None)
 
@@ -114,6 +122,8 @@ class ClusterCache(ObjectSink[Obj]):
             old = store.get(name)
             if kind == "pods" and old is not None:
                 self._unindex_pod(ns, name, old)
+            if kind == "services" and old is not None:
+                self._unindex_service(ns, name, old)
             if event == "DELETED":
                 store.pop(name, None)
                 if not store:
@@ -122,6 +132,8 @@ class ClusterCache(ObjectSink[Obj]):
                 store[name] = obj
                 if kind == "pods":
                     self._index_pod(ns, name, obj)
+                if kind == "services":
+                    self._index_service(ns, name, obj)
             if old == (None if event == "DELETED" else obj):
                 return
         self._notify(kind, ns, name)
@@ -140,6 +152,9 @@ class ClusterCache(ObjectSink[Obj]):
             if kind == "pods":
                 self._unindex_pod(ns, name, old)
                 self._index_pod(ns, name, obj)
+            if kind == "services":
+                self._unindex_service(ns, name, old)
+                self._index_service(ns, name, obj)
             store[name] = obj
             return True
 
@@ -161,6 +176,18 @@ class ClusterCache(ObjectSink[Obj]):
                 names.discard(name)
                 if not names:
                     del index[kv]
+
+    def _index_service(self, ns: str, name: str, service: Obj) -> None:
+        for port in allocated_node_ports(service):
+            self._node_ports[port].add((ns, name))
+
+    def _unindex_service(self, ns: str, name: str, service: Obj) -> None:
+        for port in allocated_node_ports(service):
+            holders = self._node_ports.get(port)
+            if holders is not None:
+                holders.discard((ns, name))
+                if not holders:
+                    del self._node_ports[port]
 
     # --- ClusterView -------------------------------------------------------------------
 
@@ -190,6 +217,10 @@ class ClusterCache(ObjectSink[Obj]):
         if not selector.get("matchExpressions"):
             return selected  # the label index answered matchLabels exactly
         return [p for p in selected if selector_matches(selector, p["metadata"].get("labels") or {})]
+
+    def node_port_in_use(self, port: int) -> bool:
+        with self._lock:
+            return bool(self._node_ports.get(port))
 
     # --- introspection -----------------------------------------------------------------
 

@@ -50,6 +50,14 @@ def nodeport_service_ports(service: Mapping[str, Any]) -> list[ServicePort]:
         out.append(ServicePort(node_port, protocol, service_port, service_port if target in (None, "", 0) else target))
     return out
 
+def allocated_node_ports(service: Mapping[str, Any]) -> set[int]:
+    """Every NodePort number the apiserver allocated to `service`, the health check port included."""
+    spec = service.get("spec") or {}
+    ports = [p.get("nodePort") for p in spec.get("ports") or [] if isinstance(p, Mapping)]
+    ports.append(spec.get("healthCheckNodePort"))
+    return {p for p in ports if isinstance(p, int) and not isinstance(p, bool) and p > 0}
+
+
 def service_ip_families(service: Mapping[str, Any]) -> tuple[IPFamily, ...]:
     families = (service.get("spec") or {}).get("ipFamilies") or ["IPv4"]
     return tuple(sorted({f for f in families if f in contract.IP_FAMILIES})) or ("IPv4",)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from webhook.semantics import compile_selector
+from webhook.services import allocated_node_ports
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,10 @@ class ClusterView(Protocol):
 
     def pods_matching(self, namespace: str, selector: KubeObject) -> Sequence[KubeObject]:
         """Pods of `namespace` matched by a LabelSelector dict (matchLabels/matchExpressions)."""
+        ...
+
+    def node_port_in_use(self, port: int) -> bool:
+        """Whether any Service of any namespace holds NodePort `port` (an O(1) index lookup)."""
         ...
 
 
@@ -53,7 +58,7 @@ class StaticClusterView:
     once in the constructor and never change afterwards.
     """
 
-    __slots__ = ("_label_index", "_pods", "_policies", "_services")
+    __slots__ = ("_label_index", "_node_ports", "_pods", "_policies", "_services")
 
     def __init__(
         self,
@@ -65,6 +70,7 @@ class StaticClusterView:
         self._services = _by_namespace(services, default_namespace)
         self._pods = _by_namespace(pods, default_namespace)
         self._policies = _by_namespace(policies, default_namespace)
+        self._node_ports = frozenset(p for ss in self._services.values() for s in ss for p in allocated_node_ports(s))
         # (namespace, key, value) -> pods carrying that label, in namespace order.
         self._label_index: dict[tuple[str, str, str], list[KubeObject]] = {}
         for namespace, ns_pods in self._pods.items():
@@ -80,6 +86,9 @@ class StaticClusterView:
 
     def policies_in(self, namespace: str) -> Sequence[KubeObject]:
         return self._policies.get(namespace, ())
+
+    def node_port_in_use(self, port: int) -> bool:
+        return port in self._node_ports
 
     def pods_matching(self, namespace: str, selector: KubeObject) -> Sequence[KubeObject]:
         match_labels = selector.get("matchLabels") or {}

@@ -582,3 +582,62 @@ def test_a_concurrent_policy_changes_nothing_between_mutation_and_validation() -
     assert now["metadata"]["annotations"][NP] == final["metadata"]["annotations"][NP]
     answer = validate(req("CREATE", final), view(concurrent), CONFIG)
     assert answer["response"]["allowed"] is True
+
+
+# --- the Service race: a Service changes between a policy's mutation and its validation ---------
+
+WEB = service("web", {"app": "web"}, [dict(WEB_PORT)])
+ADMIN = service("admin", {"app": "web"}, [{**WEB_PORT, "name": "admin", "port": 81, "nodePort": 30081}])
+
+
+def _mutated(services: list[Obj]) -> Obj:
+    obj = policy("p", ALLOW_DOC)
+    return apply_patch(obj, mutate(req("CREATE", obj), view(services=services), CONFIG))
+
+
+def _node_ports(obj: Obj) -> set[int]:
+    return {e["nodePort"] for e in json.loads(obj["metadata"]["annotations"][NP])["nodePorts"]}
+
+
+@pytest.mark.parametrize(
+    ("at_mutate", "at_validate", "kept"),
+    [
+        ([WEB], [WEB, ADMIN], True),  # a Service created: the annotation lacks its NodePort
+        ([WEB, ADMIN], [WEB], True),  # a Service deleted: the annotation names its freed NodePort
+        ([WEB], [service("web", {"app": "web"}, [{**WEB_PORT, "nodePort": 30099}])], True),  # renumbered
+        # admin's pods changed: its NodePort 30081 is still held (by admin), so the stale entry is refused
+        ([WEB, ADMIN], [WEB, service("admin", {"app": "other"}, [dict(ADMIN["spec"]["ports"][0])])], False),
+    ],
+    ids=["created", "deleted", "renumbered", "still-held"],
+)
+def test_validate_keeps_our_signed_annotation_when_a_service_changed_in_between(
+    at_mutate: list[Obj], at_validate: list[Obj], kept: bool
+) -> None:
+    final = _mutated(at_mutate)
+    assert _node_ports(final) != _node_ports(_mutated(at_validate))  # the race really changed the part
+    answer = validate(req("CREATE", final), view(services=at_validate), CONFIG)
+    if kept:
+        assert answer["response"]["allowed"] is True
+    else:
+        code, text = _denied(answer)
+        assert code == 403 and "changed after the mutating webhook ran" in text
+
+
+def test_validate_refuses_a_stale_nodeport_that_another_namespace_now_holds() -> None:
+    """The freed NodePort went to a Service of another namespace: our old entry must not reach it."""
+    final = _mutated([WEB, ADMIN])
+    elsewhere = service("theirs", {"app": "x"}, [dict(ADMIN["spec"]["ports"][0])], namespace="other")
+    code, text = _denied(validate(req("CREATE", final), view(services=[WEB, elsewhere]), CONFIG))
+    assert code == 403 and "changed after the mutating webhook ran" in text
+    # The same request once the port is free again goes through.
+    assert validate(req("CREATE", final), view(services=[WEB]), CONFIG)["response"]["allowed"] is True
+
+
+def test_validate_still_refuses_an_annotation_dropped_while_a_service_was_created() -> None:
+    """No annotation at all is never 'our output': the first NodePort Service of a namespace racing a
+    create is refused (retry works), as is a policy stored unannotated."""
+    obj = policy("p", ALLOW_DOC)
+    final = apply_patch(obj, mutate(req("CREATE", obj), view(services=[]), CONFIG))
+    assert not ours(final)  # no NodePort Service at mutation: nothing to annotate
+    code, text = _denied(validate(req("CREATE", final), view(services=[WEB]), CONFIG))
+    assert code == 403 and "changed after the mutating webhook ran" in text

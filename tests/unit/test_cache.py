@@ -105,3 +105,44 @@ def test_trimmed_policy_keeps_only_our_annotations_and_identity() -> None:
         "resourceVersion": "7",
         "annotations": {"nodeport-guard.io/nodeports": "{}"},
     }
+
+
+def _service(name: str, ns: str, node_ports: list[int], health: int | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "NodePort", "ports": [{"port": 80 + i, "nodePort": p}
+                                                          for i, p in enumerate(node_ports)]}
+    if health is not None:
+        spec["healthCheckNodePort"] = health
+    return {"metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    first=st.lists(st.lists(st.integers(30000, 30005), max_size=2), max_size=4),
+    events=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["a", "b"]),
+                              st.lists(st.integers(30000, 30005), max_size=2) | st.none()), max_size=10),
+    relist=st.booleans(),
+)
+def test_node_port_in_use_equals_the_snapshot(
+    first: list[list[int]], events: list[tuple[int, str, list[int] | None]], relist: bool
+) -> None:
+    """Which NodePorts some Service holds, cluster-wide, through adds, renumbers, deletes and relists."""
+    cache = ClusterCache()
+    current = {(f"s{i}", "a"): _service(f"s{i}", "a", ports) for i, ports in enumerate(first)}
+    cache.replace("services", [TRIMMERS["services"](s) for s in current.values()], "1")
+    for index, ns, ports in events:
+        key = (f"s{index}", ns)
+        if ports is None:
+            if key in current:
+                cache.apply("services", "DELETED", TRIMMERS["services"](current.pop(key)))
+            continue
+        kind: EventType = "MODIFIED" if key in current else "ADDED"
+        current[key] = _service(key[0], ns, ports, health=30005 if index == 5 else None)
+        cache.apply("services", kind, TRIMMERS["services"](current[key]))
+    if relist:
+        cache.replace("services", [TRIMMERS["services"](s) for s in current.values()], "2")
+    snapshot = StaticClusterView(services=list(current.values()))
+    for port in range(30000, 30006):
+        assert cache.node_port_in_use(port) == snapshot.node_port_in_use(port), port
+    held = {p for s in current.values() for p in [*(x["nodePort"] for x in s["spec"]["ports"]),
+                                                  s["spec"].get("healthCheckNodePort")] if p}
+    assert {p for p in range(30000, 30006) if snapshot.node_port_in_use(p)} == held
