@@ -13,6 +13,7 @@ Run inside a client namespace (`nsenter --net=/run/netns/<client> python -m loca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -34,11 +35,17 @@ class Target:
     timeout: float = 1.0
 
 
-def probe(target: Target) -> str:
+def probe(target: Target, source_port: int | None = None) -> str:
+    """One connection (TCP) or exchange (UDP). `source_port`: bind it first (the kernel picks one
+    if it is taken), so a steady prober never reuses a recent 4-tuple and with it a node's
+    conntrack entry (a timed-out SYN's entry lives 120 s and keeps its DNAT to the old backend)."""
     family = socket.AF_INET6 if ":" in target.dst else socket.AF_INET
     kind = socket.SOCK_STREAM if target.proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(family, kind) as s:
         s.settimeout(target.timeout)
+        if source_port is not None:
+            with contextlib.suppress(OSError):  # taken: an unbound socket gets a free port from the kernel
+                s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", source_port))  # noqa: S104 - a client
         try:
             if target.proto == "tcp":
                 s.connect((target.dst, target.port))
