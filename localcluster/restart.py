@@ -4,7 +4,7 @@
 namespace holder, containerd and its shims, kubelet, kube-proxy and every container), as a power
 cut would; the network namespaces, cgroups and the work directory (etcd's data, containerd's
 image store, kubelet's root, the PKI) stay. With `reboot_nodes`, each node's netfilter state
-(iptables legacy and nft, nft tables, ipsets) is also flushed inside its own namespace, as after
+(iptables legacy and nft, nft tables, ipsets, conntrack) is also flushed inside its own namespace, as after
 a machine's reboot. `start` brings every daemon back from those directories, as a boot would.
 `down` still removes everything at any point.
 """
@@ -49,12 +49,13 @@ def _victims(state: State) -> set[int]:
 
 def flush_netfilter(netns: str) -> None:
     """A rebooted host's netfilter: every table of both iptables backends empty (built-in chains
-    only), no nft table, no ipset; inside `netns` only."""
+    only), no nft table, no ipset, no conntrack entry; inside `netns` only."""
     for tool in _FLUSH:
         subprocess.run(in_netns(netns, tool), input=_EMPTY_TABLES, capture_output=True, text=True, check=False,
                        timeout=60)
     run(in_netns(netns, ["nft", "flush", "ruleset"]), check=False)
     run(in_netns(netns, ["ipset", "destroy"]), check=False)
+    run(in_netns(netns, ["conntrack", "-F"]), check=False)
 
 
 def stop(name: str, reboot_nodes: bool = False) -> float:
