@@ -77,7 +77,7 @@ def build_signing_key() -> Signer:
     return Signer.generate()
 
 
-def _key_usage(ca: bool) -> x509.KeyUsage:
+def key_usage(ca: bool) -> x509.KeyUsage:
     """ECDSA keys sign (TLS handshakes); only a CA also signs certificates and CRLs."""
     return x509.KeyUsage(
         digital_signature=True,
@@ -107,7 +107,7 @@ def build_ca(now: datetime.datetime, days: int = CA_DAYS, common_name: str = CA_
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(key_usage(ca=True), critical=True)
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -147,7 +147,7 @@ def issue_serving_cert(
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(general_names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
