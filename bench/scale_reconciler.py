@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from tests.controlplane.harness import ControlPlane, running_control_plane
 from tests.policy_watch import PolicyRecorder, desired_annotations, recording, wait_quiet, wait_true
 from webhook.admission import AnnotationMemo
 from webhook.cache import TRIMMERS, ClusterCache
-from webhook.reconcile import iter_patches
+from webhook.reconcile import PATCH_WORKERS, AnnotationPatch, iter_patches, kubernetes_patcher
 from webhook.semantics import PolicyMemo
 from webhook.signing import Signer
 
@@ -47,6 +48,7 @@ CHANGES = (
     "delete a Service",
 )
 SERVICE_CHANGES = ("add a Service", "delete a Service")
+FLOOR_KEY = "bench.nodeport-guard.io/floor"  # not ours: nothing plans, signs or guards it
 CPU_PARTS = ("webhook", "apiserver and etcd")
 # Writes a change must cost: one re-sign for a create (the uid), none for the rest but the Services,
 # whose NodePort every policy selecting its pods must name (one write per such policy: N here).
@@ -209,6 +211,42 @@ class Scenario:
             self.protected.append(first - since)
         return after - before, took
 
+    def bare_writes(self) -> float:
+        """The floor of a Service change: seconds for the same number of writes with none of our work.
+
+        One merge PATCH per policy of an annotation nodeport-guard does not own, as long as a
+        policy's own, sent as the webhook's ServiceAccount (PATCH_WORKERS in flight, the same
+        pre-serialized `kubernetes_patcher`), so our webhooks' matchConditions skip them exactly as
+        they skip the reconciler's: the apiserver's and etcd's part alone (with the same watchers)."""
+        names = [f"allow-{i}" for i in range(self.n)]
+        stored = self.networking.read_namespaced_network_policy(names[0], self.namespace)
+        size = sum(len(v) for v in (stored.metadata.annotations or {}).values())
+        from kubernetes import config
+
+        clients = [config.new_client_from_config(config_file=str(self.install.webhook_kubeconfig))  # type: ignore[no-untyped-call]
+                   for _ in range(PATCH_WORKERS)]
+        run = time.time_ns()
+        local = threading.local()
+        free = list(clients)
+        lock = threading.Lock()
+
+        def write(name: str, value: str | None) -> None:
+            if not hasattr(local, "patch"):
+                with lock:
+                    local.patch = kubernetes_patcher(free.pop())
+            local.patch(AnnotationPatch(self.namespace, name, {FLOOR_KEY: value}))
+
+        try:
+            with ThreadPoolExecutor(PATCH_WORKERS) as pool:  # each thread keeps its own client
+                started = time.monotonic()  # a new value each run: the apiserver really writes
+                list(pool.map(lambda name: write(name, f"{run}-{name}-".ljust(size, "x")), names))
+                took = time.monotonic() - started
+                list(pool.map(lambda name: write(name, None), names))  # the next changes find them as before
+            return took
+        finally:
+            for c in clients:
+                c.close()
+
     def burst(self, recorder: PolicyRecorder) -> tuple[int, float]:
         return self.measure(recorder, lambda: _create_policies(self.plane, self.namespace, list(range(self.n))))
 
@@ -239,7 +277,11 @@ class Scenario:
 
 
 def _figures(
-    n: int, burst: tuple[int, float], results: dict[str, list[tuple[int, float]]], protected: list[float]
+    n: int,
+    burst: tuple[int, float],
+    results: dict[str, list[tuple[int, float]]],
+    protected: list[float],
+    floors: dict[str, list[float]],
 ) -> list[Figure]:
     inputs: dict[str, JsonScalar] = {
         "policies_in_namespace": n,
@@ -272,13 +314,17 @@ def _figures(
             )
         )
         rate = sum(w for w, _ in samples) / max(sum(t for _, t in samples), 1e-9)
+        ours = [t * 1000 for _, t in samples]
+        bare = [t * 1000 for t in floors.get(change, [])]
         out.append(
             Figure(
                 NAME,
                 f"time to true: {change}, {_label(n)}",
                 "ms",
-                summarize([t * 1000 for _, t in samples]),
+                summarize(ours),
                 BOUND,
+                floor=Floor(f"{n:,} bare annotation writes, no nodeport-guard work", summarize(bare),
+                            summarize(ratios(ours, bare))) if bare else None,
                 inputs=inputs,
                 note=(
                     f"{rate:.0f} reconciler writes/s, past our webhooks (their matchConditions exempt the "
@@ -383,6 +429,7 @@ def run(workdir: Path) -> list[Figure]:
                         burst = scenario.burst(recorder)
                         print(f"    N={n}: burst: {burst[0]} writes, true after {burst[1]:.1f} s", flush=True)
                         results: dict[str, list[tuple[int, float]]] = {c: [] for c in CHANGES}
+                        floors: dict[str, list[float]] = {c: [] for c in SERVICE_CHANGES}
                         cpu: dict[str, list[dict[str, float]]] = {c: [] for c in CHANGES}
                         for k in range(REPEAT):
                             for change, make in scenario.changes(k).items():
@@ -391,9 +438,13 @@ def run(workdir: Path) -> list[Figure]:
                                 cpu[change].append(scenario.last_cpu)
                                 writes, took = results[change][-1]
                                 print(f"    N={n} {change}: {writes} writes, true after {took:.2f} s", flush=True)
+                                if change in floors:  # its floor right after it, in the same conditions
+                                    wait_quiet(scenario.webhook, quiet=0.5)
+                                    floors[change].append(scenario.bare_writes())
+                                    print(f"    N={n} {change}: floor {floors[change][-1]:.2f} s", flush=True)
                 finally:
                     scenario.close()
-                figures += _figures(n, burst, results, scenario.protected)
+                figures += _figures(n, burst, results, scenario.protected, floors)
                 figures += _cpu_figures(n, results, cpu)
         finally:
             remove_webhooks(plane)

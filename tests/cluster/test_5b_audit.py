@@ -61,8 +61,10 @@ def deny_all(cluster: Cluster, mode: str | None) -> str:
 
 
 def send(cluster: Cluster, node: str, proto: str, family: str, n: int, timeout: float) -> list[str]:
-    targets = [Target(node_address(cluster, node, family), PORT, proto, timeout) for _ in range(n)]  # type: ignore[arg-type]
-    return probe_many(cluster.plan.client("client-b").netns, targets)
+    """`n` probes one after the other: the first packets of a (node address, port) that arrive at the
+    same instant can be counted once (docs/operations.md), and the counts here must be exact."""
+    target = Target(node_address(cluster, node, family), PORT, proto, timeout)  # type: ignore[arg-type]
+    return [probe_many(cluster.plan.client("client-b").netns, [target])[0] for _ in range(n)]
 
 
 def grown(before: Counters, after: Counters) -> Counters:
