@@ -332,3 +332,18 @@ def plan_rounds(
         used[i] |= pinned[case.name]
         pods[i] += need
     return rounds
+
+
+# Not in the case file (none of its cases is invalid today): the packet oracles (netns and cluster)
+# run it to prove their "rejected at admission" path through the real webhook.
+SYNTHETIC_INVALID: dict[str, Any] = {
+    "name": "synthetic-host-bits-set",
+    "services": [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                  "spec": {"type": "NodePort", "selector": {"app": "web"},
+                           "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]}}],
+    "pods": [{"name": "web-1", "labels": {"app": "web"}}],
+    "policies": [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "sloppy"},
+                  "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "203.0.113.7/24"}}]}]}}],
+    "expect": [{"nodePort": 30080, "protocol": "TCP", "source": "203.0.113.5", "allowed": True}],
+    "invalid": True,
+}

@@ -19,7 +19,6 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
@@ -29,23 +28,10 @@ from localcluster.scenario_client import scenario_client
 from tests.cluster.helpers import Deployment
 from tests.scenario_cluster import cluster_oracle, node_label, render_header, render_summary
 from tests.scenario_oracle import CaseOutcome, render_case
-from tests.scenarios import Case, load_cases, parse_case, sources_of
+from tests.scenarios import SYNTHETIC_INVALID, Case, load_cases, parse_case, sources_of
 
 CASES = load_cases()
 
-# Not in the case file (none of its cases is invalid today): proves the "rejected at admission"
-# path through the cluster's own webhook, in the same round as the shared cases.
-SYNTHETIC_INVALID: dict[str, Any] = {
-    "name": "synthetic-host-bits-set",
-    "services": [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-                  "spec": {"type": "NodePort", "selector": {"app": "web"},
-                           "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]}}],
-    "pods": [{"name": "web-1", "labels": {"app": "web"}}],
-    "policies": [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "sloppy"},
-                  "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "203.0.113.7/24"}}]}]}}],
-    "expect": [{"nodePort": 30080, "protocol": "TCP", "source": "203.0.113.5", "allowed": True}],
-    "invalid": True,
-}
 
 
 def _selected(request: pytest.FixtureRequest) -> list[Case]:

@@ -27,7 +27,7 @@ from tests.scenario_oracle import (
     scenario_bed,
     summary,
 )
-from tests.scenarios import Case, load_cases, parse_case
+from tests.scenarios import SYNTHETIC_INVALID, Case, load_cases, parse_case
 
 pytestmark = [pytest.mark.netns, pytest.mark.controlplane]
 CASES = load_cases()
@@ -79,22 +79,11 @@ def test_every_expectation_was_checked(
 
 def test_a_case_the_webhook_rejects_is_reported_as_rejected_at_admission(bed: ScenarioBed) -> None:
     """The reporting path for invalid cases, through the real webhook (no shared case is invalid today)."""
-    raw = {
-        "name": "synthetic-host-bits-set",
-        "services": [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-                      "spec": {"type": "NodePort", "selector": {"app": "web"},
-                               "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]}}],
-        "pods": [{"name": "web-1", "labels": {"app": "web"}}],
-        "policies": [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "sloppy"},
-                      "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "203.0.113.7/24"}}]}]}}],
-        "expect": [{"nodePort": 30080, "protocol": "TCP", "source": "203.0.113.5", "allowed": True}],
-        "invalid": True,
-    }
-    outcome = bed.run_case(parse_case(raw))
+    outcome = bed.run_case(parse_case(SYNTHETIC_INVALID))
     rendered = render_case(outcome, bed.backends)
     assert outcome.ok and outcome.checked == 0, rendered
     assert outcome.rejected is not None and "host bits set" in outcome.rejected, rendered
     assert rendered.startswith("synthetic-host-bits-set: rejected at admission: ")
     # Had the case not been marked invalid, the same rejection would fail it.
-    unmarked = CaseOutcome(parse_case({**raw, "invalid": False}), (), outcome.rejected, ())
+    unmarked = CaseOutcome(parse_case({**SYNTHETIC_INVALID, "invalid": False}), (), outcome.rejected, ())
     assert not unmarked.ok and "[NOT EXPECTED]" in render_case(unmarked, bed.backends)
