@@ -61,14 +61,14 @@ def node_log_near(cluster: Cluster, node: str, component: str, times: Sequence[f
 
 @dataclass
 class SliceRecorder:
-    """Polls a Service's EndpointSlices every `interval` s in a thread; keeps each change with its time.
+    """Polls a Service's EndpointSlices (kubectl) every `interval` s in a thread; keeps each change and its time.
 
     `with SliceRecorder(cluster, "demo", "echo") as slices:` ... `slices.describe()`."""
 
     cluster: Cluster
     namespace: str
     service: str
-    interval: float = 0.5
+    interval: float = 1.0  # a kubectl process a second: little load beside the fault being measured
     changes: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -106,5 +106,5 @@ class SliceRecorder:
         if self._thread is not None:
             self._thread.join(timeout=15)
 
-    def describe(self, since: float = 0.0) -> list[str]:
-        return [f"{t:.2f} {list(seen)}" for t, seen in self.changes if t >= since]
+    def describe(self) -> list[str]:
+        return [f"{t:.2f} {list(seen)}" for t, seen in self.changes]
