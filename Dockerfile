@@ -14,9 +14,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY contract ./contract
+COPY kube ./kube
 COPY webhook ./webhook
 COPY enforcer ./enforcer
 COPY certs ./certs
+COPY kubectl_plugin ./kubectl_plugin
 RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # --- runtime: no compiler; the dataplane tools the enforcer runs

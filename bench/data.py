@@ -12,9 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from enforcer.plan import DesiredState, Network, PortKey
-from tests.builders import ip_from, pod, policy, service
-from webhook.contract import (
+from contract.annotation import (
     Annotation,
     CidrRule,
     NodePortVerdict,
@@ -23,7 +21,9 @@ from webhook.contract import (
     SourceSet,
     render_annotations,
 )
-from webhook.signing import Signer
+from contract.signing import Signer
+from enforcer.plan import DesiredState, Network, PortKey
+from tests.builders import ip_from, pod, policy, service
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from bench import data
 from bench.enforcer_worker import run_in_node
 from bench.stats import Figure, Target, not_measured, summarize
+from kube.listwatch import LIST_PAGE_SIZE
 from tests.netns import make_node
-from webhook.listwatch import LIST_PAGE_SIZE
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Any
 from bench import data
 from bench.enforcer_worker import run_in_node, start_in_node
 from bench.stats import Figure, Floor, JsonScalar, Target, not_measured, ratios, summarize
+from contract.annotation import NODEPORTS_KEY, SIGNATURE_KEY, Annotation
+from contract.signing import VerifierKeys, legacy_hmac_signature
 from enforcer.plan import encode_state
 from enforcer.policies import StoredPolicy, verify_policy
 from tests.netns import Node, make_node
-from webhook.contract import NODEPORTS_KEY, SIGNATURE_KEY, Annotation
-from webhook.signing import VerifierKeys, legacy_hmac_signature
 
 logger = logging.getLogger(__name__)
 

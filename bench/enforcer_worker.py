@@ -210,7 +210,7 @@ def cmd_memory(dp: Dataplane, pages_dir: Path, key_file: Path) -> dict[str, Any]
     from enforcer.policies import PolicyStore, StoredPolicy, trim_policy
 
     rss_after_imports, _ = _rss_mb()
-    from webhook.signing import VerifierKeys, parse_public_keys_pem
+    from contract.signing import VerifierKeys, parse_public_keys_pem
 
     keys = VerifierKeys(parse_public_keys_pem(key_file.read_bytes(), str(key_file)))
     dp.cleanup()

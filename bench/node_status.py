@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from bench.stats import Figure, Floor, Target, ratios, summarize
+from contract.node_status import encode_lease
 from enforcer.plan import DesiredState, PortKey, ProtectedPort
 from enforcer.status import Programmed, StatusPublisher, node_status
-from webhook.node_status import encode_lease
 
 NAME = "node_status"
 PORTS = 10_000

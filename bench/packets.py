@@ -11,11 +11,11 @@ from pathlib import Path
 from bench import data
 from bench.enforcer_worker import run_in_node
 from bench.stats import Figure, Floor, Target, not_measured, ratios, summarize
+from contract.annotation import Mode, Protocol
 from enforcer.plan import DesiredState, Network, PortKey, encode_state
 from tests import netns
 from tests.netns import CLIENT_A4, CLIENT_B4, NODE_V4, Node, make_node
 from tests.sctp import build_init
-from webhook.contract import Mode, Protocol
 
 logger = logging.getLogger(__name__)
 

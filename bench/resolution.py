@@ -12,10 +12,11 @@ from bench import data
 from bench.stats import Figure, Target, summarize
 from webhook.admission import AdmissionConfig, mutate
 from webhook.cache import TRIMMERS, ClusterCache
+from webhook.cluster_view import ClusterView
 from webhook.contribution import resolve_contribution
 from webhook.review import AdmissionRequest, parse_review
 from webhook.semantics import compile_policy
-from webhook.snapshot import ClusterView, StaticClusterView
+from webhook.snapshot import StaticClusterView
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from bench.resolution import fill_cache
 from bench.stats import Figure, JsonScalar, Target, not_measured, summarize
 from webhook.admission import AdmissionConfig, AnnotationMemo, mutate, resolve_all_annotations, validate
 from webhook.cache import TRIMMERS, ClusterCache
+from webhook.cluster_view import ClusterView
 from webhook.reconcile import plan_patches
 from webhook.review import AdmissionRequest, parse_review
-from webhook.snapshot import ClusterView
 
 logger = logging.getLogger(__name__)
 

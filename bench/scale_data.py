@@ -17,8 +17,8 @@ from typing import Any
 
 from bench.data import admission_review
 from webhook.admission import AdmissionConfig, mutate
+from webhook.cluster_view import ClusterView
 from webhook.review import JsonPatch, parse_review
-from webhook.snapshot import ClusterView
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from webhook.signing import (
+from contract.signing import (
     PUBLIC_KEYS_CURRENT,
     PUBLIC_KEYS_PREVIOUS,
     PublicKey,

@@ -1,6 +1,6 @@
 """Key and certificate generation for the webhook's TLS and the annotation signing key (pure but for randomness).
 
-The annotation signing key is an Ed25519 pair (webhook/signing.py): the private half only for
+The annotation signing key is an Ed25519 pair (contract/signing.py): the private half only for
 the webhook, the public half for the enforcers and the kubectl plugin.
 
 No file or network I/O here: callers pass the clock in (`now`) and receive values; PEM
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webhook.signing import Signer
+from contract.signing import Signer
 
 SERVICE_NAME = "nodeport-guard-webhook"
 NAMESPACE = "nodeport-guard"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certs.pki import KeyPair, PkiError, parse_cert, parse_pair, verify_issued_by
-from webhook.signing import Signer, SigningKeyError, parse_private_key_pem
+from contract.signing import Signer, SigningKeyError, parse_private_key_pem
 
 logger = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from typing import Any, cast
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from contract.node_status import lease_name
+from contract.signing import PublicKey, VerifierKeys, parse_public_keys_pem, public_keys_from_data
 from enforcer.apihealth import ApiHealth
 from enforcer.backend import Backend, detect_backend
 from enforcer.dataplane import Dataplane
@@ -26,10 +28,8 @@ from enforcer.loop import EnforcerMetrics, SyncLoop
 from enforcer.policies import PolicyStore, RejectedAnnotation, trim_policy
 from enforcer.settings import EnforcerSettings, SettingsError
 from enforcer.status import StatusPublisher, lease_writer
-from webhook.listwatch import ListWatch
-from webhook.logs import configure_logging
-from webhook.node_status import lease_name
-from webhook.signing import PublicKey, VerifierKeys, parse_public_keys_pem, public_keys_from_data
+from kube.listwatch import ListWatch
+from kube.logs import configure_logging
 
 logger = logging.getLogger("enforcer")
 FORCED_REFRESH_SECONDS = 5.0  # a signature by an unknown key id re-reads the keys at most this often

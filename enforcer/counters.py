@@ -13,9 +13,9 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from contract.annotation import PROTOCOLS, Mode, Protocol
 from enforcer import sets
 from enforcer.plan import FAMILIES, Family
-from webhook.contract import PROTOCOLS, Mode, Protocol
 
 _PROTO_UPPER: dict[str, Protocol] = {p.lower(): p for p in PROTOCOLS}
 

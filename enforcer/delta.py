@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
+from contract.annotation import PROTOCOLS
 from enforcer import diff
 from enforcer.incremental import PortChange
 from enforcer.plan import FAMILIES, Network, PortKey, ProtectedPort
-from webhook.contract import PROTOCOLS
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from contract.annotation import PROTOCOLS
 from enforcer.plan import Family
 from enforcer.sets import (
     ALLOW_MAXELEM,
@@ -47,7 +48,6 @@ from enforcer.sets import (
     set_create_options,
     set_names,
 )
-from webhook.contract import PROTOCOLS
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 
+from contract.annotation import Annotation
 from enforcer.plan import (
     Contribution,
     DesiredState,
@@ -26,7 +27,6 @@ from enforcer.plan import (
     plan_contribution,
     protected_port,
 )
-from webhook.contract import Annotation
 
 PolicyId = tuple[str, str]  # (namespace, name)
 

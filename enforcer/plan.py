@@ -9,9 +9,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from webhook.composition import Part, compose, compose_mode, part_of
-from webhook.contract import MODES, PROTOCOLS, Annotation, IPFamily, Mode, Protocol
-from webhook.intervals import Intervals, of_networks, to_prefixes
+from contract.annotation import MODES, PROTOCOLS, Annotation, IPFamily, Mode, Protocol
+from contract.composition import Part, compose, compose_mode, part_of
+from contract.intervals import Intervals, of_networks, to_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def plan_contribution(annotation: Annotation, nodeport_range: tuple[int, int]) -
 
 def protected_port(key: PortKey, contributions: Iterable[Contribution]) -> ProtectedPort | None:
     """The NodePort's sources and mode composed from every contribution's part
-    (webhook/composition.py); None when it allows every source."""
+    (contract/composition.py); None when it allows every source."""
     parts = [c.allowed[key] for c in contributions]
     intervals = compose(parts, key.family)
     if intervals == _everything(key.family):
@@ -191,7 +191,7 @@ def plan_desired_state(
     """Compose the entries of every annotation per (family, protocol, port); refuse out-of-range ports.
 
     A port is protected in a family when any annotation lists it for that family and the
-    composition (webhook/composition.py) does not allow every source.
+    composition (contract/composition.py) does not allow every source.
     """
     check_nodeport_range(nodeport_range)
     contributions = [plan_contribution(a, nodeport_range) for a in annotations]

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.contract import ANNOTATION_PREFIX, SIGNATURE_KEY, Annotation, ContractError, read_signed
-from webhook.listwatch import EventType, Obj, ObjectSink
-from webhook.signing import VerifierKeys, signature_key_id
+from contract.annotation import ANNOTATION_PREFIX, SIGNATURE_KEY, Annotation, ContractError, read_signed
+from contract.signing import VerifierKeys, signature_key_id
+from kube.listwatch import EventType, Obj, ObjectSink
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from contract.annotation import PROTOCOLS, Mode, Protocol
 from enforcer.plan import FAMILIES, DesiredState, Family, Network, PortKey, ProtectedPort
-from webhook.contract import PROTOCOLS, Mode, Protocol
 
 logger = logging.getLogger(__name__)
 

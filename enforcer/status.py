@@ -1,4 +1,4 @@
-"""Publishes what this node has programmed, as one small Lease per node (format: webhook/node_status.py).
+"""Publishes what this node has programmed, as one small Lease per node (format: contract/node_status.py).
 
 Cheap by design: one write when something changed, never more often than `min_interval`
 (5 s), and a heartbeat every `heartbeat` seconds (60 s) when nothing did; never per policy.
@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from contract.node_status import MAX_REFUSED, EnforcerPhase, NodeStatus, Refused, encode_lease
 from enforcer.plan import DesiredState
 from enforcer.policies import RejectedAnnotation
-from webhook.node_status import MAX_REFUSED, EnforcerPhase, NodeStatus, Refused, encode_lease
 
 logger = logging.getLogger(__name__)
 

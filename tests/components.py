@@ -20,8 +20,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contract.signing import Signer, VerifierKeys, parse_private_key_pem
 from tests.controlplane.harness import ControlPlane, ControlPlaneError, free_port, log_tail, write_kubeconfig
-from webhook.signing import Signer, VerifierKeys, parse_private_key_pem
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "nodeport-guard"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from webhook.contract import NODEPORTS_KEY, Annotation, SourceSet, decode
-from webhook.plugin import inspect_policy, namespace_verdicts
+from contract.annotation import NODEPORTS_KEY, Annotation, SourceSet, decode
+from kubectl_plugin.cli import inspect_policy, namespace_verdicts
 
 Obj = dict[str, Any]
 

@@ -20,12 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from contract.annotation import NODEPORTS_KEY, owned_keys
+from contract.signing import Signer
+from kube.listwatch import EventType, ListWatch, Obj, ObjectSink
 from tests.components import WebhookServer
 from tests.controlplane.harness import ControlPlane
 from webhook.admission import resolve_all_annotations
-from webhook.contract import NODEPORTS_KEY, owned_keys
-from webhook.listwatch import EventType, ListWatch, Obj, ObjectSink
-from webhook.signing import Signer
 from webhook.snapshot import StaticClusterView
 
 Annotations = dict[str, str]

@@ -8,8 +8,26 @@ from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook import contract
-from webhook.contract import Mode, NodePortEntry, PolicyRef
+from contract.annotation import (
+    MAX_ANNOTATION_BYTES,
+    MODE_KEY,
+    NODEPORTS_KEY,
+    SIGNATURE_KEY,
+    ContractError,
+    Mode,
+    NodePortEntry,
+    PolicyRef,
+    annotation_for,
+    encode_texts,
+    entry_text,
+    owned_keys,
+    read_mode,
+    read_signed,
+    render_annotations,
+    sign,
+)
+from contract.signing import Signer
+from webhook.cluster_view import ClusterView
 from webhook.contribution import (
     ServiceEndpoints,
     namespace_endpoints,
@@ -17,10 +35,9 @@ from webhook.contribution import (
     service_entries,
     service_key,
 )
+from webhook.objects import SemanticsError
 from webhook.review import AdmissionRequest, JsonPatch, allowed, denied
-from webhook.semantics import Policy, PolicyMemo, SemanticsError, compile_policy
-from webhook.signing import Signer
-from webhook.snapshot import ClusterView
+from webhook.semantics import Policy, PolicyMemo, compile_policy
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +49,7 @@ POLICY_RESOURCE = "networkpolicies"
 
 @dataclass(frozen=True, slots=True)
 class AdmissionConfig:
-    signing_key: Signer  # the webhook's Ed25519 private key (webhook/signing.py)
+    signing_key: Signer  # the webhook's Ed25519 private key (contract/signing.py)
     max_cidrs_per_policy: int = 1000
     max_nodeports_per_policy: int = 1000
     # Compiled stored policies shared by every request; results do not depend on it.
@@ -80,7 +97,7 @@ def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
 def _owned(obj: Mapping[str, Any] | None) -> dict[str, Any]:
     """Our annotations on an object (every key under the nodeport-guard.io/ prefix)."""
     annotations = _annotations(obj)
-    return {k: annotations[k] for k in contract.owned_keys(annotations)}
+    return {k: annotations[k] for k in owned_keys(annotations)}
 
 
 def count_cidrs(entries: tuple[NodePortEntry, ...]) -> int:
@@ -97,14 +114,14 @@ def render_policy_annotations(
     """Our annotations for a policy: none when it affects no NodePort."""
     if not entries:
         return {}
-    return contract.render_annotations(contract.annotation_for(PolicyRef(namespace, name, uid), entries, mode), key)
+    return render_annotations(annotation_for(PolicyRef(namespace, name, uid), entries, mode), key)
 
 
 def _mode_of(obj: Mapping[str, Any] | None) -> Mode:
     """The author's `nodeport-guard.io/mode` (absent: enforce); raises _Rejection naming the fix."""
     try:
-        return contract.read_mode(_annotations(obj))
-    except contract.ContractError as exc:
+        return read_mode(_annotations(obj))
+    except ContractError as exc:
         raise _Rejection(422, str(exc)) from exc
 
 
@@ -112,7 +129,7 @@ def audit_warning(entries: tuple[NodePortEntry, ...]) -> str:
     """The admission warning of a policy in audit mode (kubectl apply prints it)."""
     ports = ", ".join(f"{e.protocol} {e.node_port}" for e in entries[:5]) + (", ..." if len(entries) > 5 else "")
     return (
-        f"{_annotation_field(contract.MODE_KEY)}: audit mode: nodeport-guard counts and logs the new "
+        f"{_annotation_field(MODE_KEY)}: audit mode: nodeport-guard counts and logs the new "
         f"connections this policy would deny on NodePorts ({ports}) but drops none of them, unless an "
         "enforcing policy also lists the NodePort; remove the annotation to enforce"
     )
@@ -135,7 +152,7 @@ def build_annotation_patch(obj: Mapping[str, Any], desired: Mapping[str, str]) -
             return []
         return [{"op": "add", "path": "/metadata/annotations", "value": dict(sorted(desired.items()))}]
     patch: JsonPatch = []
-    for key in sorted(set(contract.owned_keys(current)) | set(desired)):
+    for key in sorted(set(owned_keys(current)) | set(desired)):
         path = "/metadata/annotations/" + _escape(key)
         if key not in desired:
             patch.append({"op": "remove", "path": path})
@@ -195,7 +212,7 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
     if cidrs > config.max_cidrs_per_policy:
         raise _Rejection(
             422,
-            f"{_annotation_field(contract.NODEPORTS_KEY)}: the resulting annotation lists {cidrs} CIDRs, "
+            f"{_annotation_field(NODEPORTS_KEY)}: the resulting annotation lists {cidrs} CIDRs, "
             f"more than the limit of {config.max_cidrs_per_policy} (webhook setting NPG_MAX_CIDRS_PER_POLICY); "
             "use fewer, larger ipBlocks or raise the setting",
         )
@@ -254,13 +271,13 @@ def _genuine(final: Mapping[str, Any], computed: _Computed, key: Signer, view: C
     stale entry must never reach a NodePort that another Service (of any namespace) holds now.
     A dropped, unsigned or differently-moded annotation is still rejected.
     """
-    if set(final) != {contract.NODEPORTS_KEY, contract.SIGNATURE_KEY} or not all(
+    if set(final) != {NODEPORTS_KEY, SIGNATURE_KEY} or not all(
         isinstance(v, str) for v in final.values()
     ):
         return False
     try:
-        signed = contract.read_signed(final, computed.namespace, computed.name, computed.uid, key.verifier())
-    except contract.ContractError:
+        signed = read_signed(final, computed.namespace, computed.name, computed.uid, key.verifier())
+    except ContractError:
         return False
     if signed is None or signed.mode != computed.mode:
         return False  # a signed mode other than the author's is never kept
@@ -286,7 +303,7 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
         ]
         final = _owned(request.object)
         if final not in expected and not _genuine(final, computed, config.signing_key, view):
-            keys = sorted(set(final) | set(expected[0])) or [contract.NODEPORTS_KEY]
+            keys = sorted(set(final) | set(expected[0])) or [NODEPORTS_KEY]
             differing = [k for k in keys if all(final.get(k) != e.get(k) for e in expected)] or keys
             raise _Rejection(
                 403,
@@ -365,7 +382,7 @@ class AnnotationMemo:
             for skey, service in zip(service_keys, endpoints, strict=True):
                 found = kept.get(skey)
                 if found is None:
-                    found = tuple((e, contract.entry_text(e)) for e in service_entries(policy, service))
+                    found = tuple((e, entry_text(e)) for e in service_entries(policy, service))
                 parts[skey] = found
             desired = _render_parts(
                 namespace, name, policy.uid, [p for skey in service_keys for p in parts[skey]], key, mode
@@ -393,9 +410,9 @@ def _render_parts(
     if not parts:
         return None
     ordered = sorted(parts, key=lambda p: (p[0].node_port, p[0].protocol, p[0].service, p[0].service_port))
-    annotation = contract.annotation_for(PolicyRef(namespace, name, uid), tuple(e for e, _ in ordered), mode)
-    value = contract.encode_texts(annotation, [t for _, t in ordered])
-    return {contract.NODEPORTS_KEY: value, contract.SIGNATURE_KEY: contract.sign(value, key)}
+    annotation = annotation_for(PolicyRef(namespace, name, uid), tuple(e for e, _ in ordered), mode)
+    value = encode_texts(annotation, [t for _, t in ordered])
+    return {NODEPORTS_KEY: value, SIGNATURE_KEY: sign(value, key)}
 
 
 def resolve_all_annotations(
@@ -447,8 +464,8 @@ def _compile_stored(namespace: str, name: str, obj: Mapping[str, Any], memo: Pol
 
 def _stored_mode(namespace: str, name: str, obj: Mapping[str, Any]) -> Mode:
     try:
-        return contract.read_mode(_annotations(obj))
-    except contract.ContractError as exc:
+        return read_mode(_annotations(obj))
+    except ContractError as exc:
         # Admission refuses such a value; a stored one (admitted while we were absent) fails closed.
         logger.warning(
             "stored policy has an invalid mode; enforcing",
@@ -477,12 +494,12 @@ def _desired_of(
 
 
 def _check_size(desired: Mapping[str, str]) -> None:
-    size = len(desired.get(contract.NODEPORTS_KEY, ""))
-    if size > contract.MAX_ANNOTATION_BYTES:
+    size = len(desired.get(NODEPORTS_KEY, ""))
+    if size > MAX_ANNOTATION_BYTES:
         raise _Rejection(
             422,
-            f"{_annotation_field(contract.NODEPORTS_KEY)}: the annotation would be {size} bytes, more than the "
-            f"contract's limit of {contract.MAX_ANNOTATION_BYTES} bytes (it grows with this policy's own CIDRs, "
+            f"{_annotation_field(NODEPORTS_KEY)}: the annotation would be {size} bytes, more than the "
+            f"contract's limit of {MAX_ANNOTATION_BYTES} bytes (it grows with this policy's own CIDRs, "
             "the NodePorts it affects and, under partial coverage, the distinct pod label sets behind them); split "
             "the policy or select all pods of each Service",
         )

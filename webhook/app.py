@@ -23,14 +23,14 @@ from flask import Flask, Response, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from kube.listwatch import ListWatch
+from kube.logs import configure_logging
 from webhook import admission, review
 from webhook.cache import TRIMMERS, ClusterCache
+from webhook.cluster_view import ClusterView
 from webhook.inforce import InForceAnnouncer, cached_policies
-from webhook.listwatch import ListWatch
-from webhook.logs import configure_logging
 from webhook.reconcile import LeaseElector, Reconciler, kubernetes_patcher
 from webhook.settings import WebhookSettings, read_signing_key
-from webhook.snapshot import ClusterView
 
 logger = logging.getLogger(__name__)
 

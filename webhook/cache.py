@@ -1,6 +1,6 @@
 """In-memory, indexed cache of Services, Pods and NetworkPolicies fed by list+watch (I/O edge).
 
-Implements `snapshot.ClusterView` for the admission path (no API call per admission) and
+Implements `cluster_view.ClusterView` for the admission path (no API call per admission) and
 tells the reconciler which namespaces changed. Objects are trimmed to the fields the
 semantics use, which keeps 50,000 pods within the webhook's memory budget.
 """
@@ -12,9 +12,9 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from webhook.contract import ANNOTATION_PREFIX
-from webhook.listwatch import EventType, Obj, ObjectSink
-from webhook.semantics import selector_matches
+from contract.annotation import ANNOTATION_PREFIX
+from kube.listwatch import EventType, Obj, ObjectSink
+from webhook.objects import selector_matches
 from webhook.services import allocated_node_ports
 
 KINDS = ("services", "pods", "networkpolicies")

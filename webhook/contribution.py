@@ -3,9 +3,9 @@
 Nothing here reads another NetworkPolicy. What a policy contributes to a NodePort depends on
 its own spec, the Service and the Service's endpoint pods, so admitting one policy costs the
 same with 1 or 1,000 other policies in the namespace, and one policy's change rewrites only its
-own annotation. Endpoint pods are named by group (`contract.pod_group_id`: labels and named
+own annotation. Endpoint pods are named by group (`pod_group_id`: labels and named
 ports), so every policy names the same pods the same way and the enforcer can compose them
-(`webhook/composition.py`).
+(`contract/composition.py`).
 """
 
 from __future__ import annotations
@@ -14,18 +14,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from webhook import contract
-from webhook.contract import NodePortEntry, PodGroup, SourceSet
-from webhook.semantics import (
-    Addresses,
-    IpBlock,
-    Policy,
-    labels_of,
-    pod_accepts,
-    pod_named_ports,
-    render_source_set,
-    resolve_target_port,
-)
+from contract.annotation import IPFamily, NodePortEntry, PodGroup, SourceSet, pod_group_id
+from webhook.addresses import Addresses
+from webhook.cluster_view import ClusterView
+from webhook.objects import labels_of, pod_named_ports, resolve_target_port
+from webhook.semantics import IpBlock, Policy, pod_accepts, render_source_set
 from webhook.services import (
     ServicePort,
     backing_pods,
@@ -34,7 +27,6 @@ from webhook.services import (
     nodeport_service_ports,
     service_ip_families,
 )
-from webhook.snapshot import ClusterView
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +53,7 @@ class ServiceEndpoints:
 
     name: str
     selector: Mapping[str, str]
-    families: tuple[contract.IPFamily, ...]
+    families: tuple[IPFamily, ...]
     ports: tuple[ServicePort, ...]
     groups: tuple[PodGroupInfo, ...]
 
@@ -81,7 +73,7 @@ def service_endpoints(namespace: str, service: Mapping[str, Any], view: ClusterV
         key = (frozenset(labels.items()), frozenset(named.items()))
         group = ids.get(key)
         if group is None:
-            group = ids[key] = contract.pod_group_id(labels, named)
+            group = ids[key] = pod_group_id(labels, named)
         seen = found.get(group)
         found[group] = PodGroupInfo(labels, named, group, 1 if seen is None else seen.count + 1)
     selector = (service.get("spec") or {}).get("selector") or {}

@@ -1,7 +1,7 @@
 """The Normal Event `InForce` on a policy, once, when it is first in force on every node (I/O).
 
 Run by the reconciler's leader. It watches the Nodes and the enforcers' status Leases
-(webhook/node_status.py); the watermark is the resourceVersion every node has programmed. When
+(contract/node_status.py); the watermark is the resourceVersion every node has programmed. When
 it moves from W to W', each annotated policy whose resourceVersion is in (W, W'] and that no node
 refuses gets its Event. W is kept in Lease `nodeport-guard-in-force`, so a restart or a new leader
 neither repeats nor skips announcements; the Event's name is derived from the policy version, so a
@@ -19,8 +19,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from webhook.listwatch import EventType, ListWatch, Obj, ObjectSink
-from webhook.node_status import (
+from contract.node_status import (
     STATUS_LABEL,
     NodeStatus,
     PolicyVersion,
@@ -29,6 +28,7 @@ from webhook.node_status import (
     newly_in_force,
     resource_version_number,
 )
+from kube.listwatch import EventType, ListWatch, Obj, ObjectSink
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class InForceAnnouncer:
 
 def cached_policies(cache: Any) -> Callable[[], Iterable[tuple[PolicyVersion, str, bool]]]:
     """The webhook cache's policies as (version, uid, carries our annotation)."""
-    from webhook.contract import NODEPORTS_KEY
+    from contract.annotation import NODEPORTS_KEY
 
     def policies() -> Iterable[tuple[PolicyVersion, str, bool]]:
         for ns in cache.namespaces():

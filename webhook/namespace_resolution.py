@@ -1,7 +1,7 @@
 """The namespace-wide NodePort verdicts of every policy: the reference resolution (pure).
 
 Contract version 1 wrote these verdicts into the annotations. Version 2 writes each policy's own
-part (`webhook/contribution.py`) and the enforcer composes them (`webhook/composition.py`); this
+part (`webhook/contribution.py`) and the enforcer composes them (`contract/composition.py`); this
 module stays the executable statement of the semantics: the tests hold the composition equal to
 it on every shared scenario and on random namespaces.
 """
@@ -12,20 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from webhook.contract import NodePortVerdict
-from webhook.semantics import (
-    Addresses,
-    IpBlock,
-    Policy,
-    PolicyMemo,
-    compile_policy,
-    labels_of,
-    meta_str,
-    pod_accepts,
-    pod_named_ports,
-    render_source_set,
-    resolve_target_port,
-)
+from contract.annotation import NodePortVerdict
+from webhook.addresses import Addresses
+from webhook.objects import labels_of, meta_str, pod_named_ports, resolve_target_port
+from webhook.semantics import IpBlock, Policy, PolicyMemo, compile_policy, pod_accepts, render_source_set
 from webhook.services import (
     backing_pods,
     coverage_warnings,
@@ -35,7 +25,7 @@ from webhook.services import (
 )
 
 if TYPE_CHECKING:
-    from webhook.snapshot import ClusterView
+    from webhook.cluster_view import ClusterView
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,13 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from contract.annotation import owned_keys
+from contract.signing import Signer
+from kube.listwatch import Obj
 from webhook.admission import AnnotationMemo, resolve_all_annotations
 from webhook.cache import ClusterCache, trim_policy
-from webhook.contract import owned_keys
 from webhook.contribution import ServiceEndpoints, namespace_endpoints
-from webhook.listwatch import Obj
 from webhook.semantics import PolicyMemo
-from webhook.signing import Signer
 
 logger = logging.getLogger(__name__)
 

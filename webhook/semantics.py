@@ -2,227 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal
 
-from webhook import contract
-from webhook.contract import CidrRule, SourceSet
-from webhook.intervals import Intervals, intersect, merge, of_network, subtract, to_prefixes
-
-if TYPE_CHECKING:
-    pass
+from contract.annotation import PROTOCOLS, CidrRule, SourceSet
+from contract.intervals import Intervals, merge, subtract, to_prefixes
+from webhook.addresses import Addresses, NetKey, net_key_of, net_text
+from webhook.objects import NamedPorts, Selector, SemanticsError, compile_selector, labels_of, meta_str
 
 logger = logging.getLogger(__name__)
 
-KubeObject = dict[str, Any]
-Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
-OPERATORS: tuple[Operator, ...] = get_args(Operator)
 PolicyType = Literal["Ingress", "Egress"]
-NODEPORT_SERVICE_TYPES = frozenset({"NodePort", "LoadBalancer"})
-# Pods in a terminal phase are never endpoints, so they do not constrain a NodePort.
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-
-V4_MAX = 2**32 - 1
-V6_MAX = 2**128 - 1
-
-
-class SemanticsError(ValueError):
-    """An object cannot be interpreted; `field` is the path inside it (e.g. spec.podSelector)."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-
-
-# --- exact address-set arithmetic -----------------------------------------------------------
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True, slots=True)
-class Addresses:
-    """A set of IPv4 and IPv6 addresses as sorted, disjoint, non-adjacent inclusive intervals."""
-
-    v4: Intervals = ()
-    v6: Intervals = ()
-
-    @staticmethod
-    def everyone() -> Addresses:
-        return _EVERYONE
-
-    @staticmethod
-    def nobody() -> Addresses:
-        return _NOBODY
-
-    @staticmethod
-    def of_networks(networks: Iterable[Network]) -> Addresses:
-        nets = list(networks)
-        return Addresses(
-            v4=merge(of_network(n) for n in nets if n.version == 4),
-            v6=merge(of_network(n) for n in nets if n.version == 6),
-        )
-
-    def is_empty(self) -> bool:
-        return not self.v4 and not self.v6
-
-    def is_everyone(self) -> bool:
-        return self.v4 == ((0, V4_MAX),) and self.v6 == ((0, V6_MAX),)
-
-    def union(self, other: Addresses) -> Addresses:
-        if other.is_empty() or self.is_everyone():
-            return self
-        if self.is_empty() or other.is_everyone():
-            return other
-        return Addresses(v4=merge(self.v4 + other.v4), v6=merge(self.v6 + other.v6))
-
-    def intersection(self, other: Addresses) -> Addresses:
-        if self.is_everyone() or other.is_empty():
-            return other
-        if other.is_everyone() or self.is_empty():
-            return self
-        return Addresses(v4=intersect(self.v4, other.v4), v6=intersect(self.v6, other.v6))
-
-    def difference(self, other: Addresses) -> Addresses:
-        return Addresses(v4=subtract(self.v4, other.v4), v6=subtract(self.v6, other.v6))
-
-    def contains(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-        value = int(ip)
-        return any(s <= value <= e for s, e in (self.v4 if ip.version == 4 else self.v6))
-
-
-_EVERYONE = Addresses(v4=((0, V4_MAX),), v6=((0, V6_MAX),))
-_NOBODY = Addresses()
-
-
-# --- label selectors ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Requirement:
-    key: str
-    operator: Operator
-    values: frozenset[str]
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        if self.operator == "In":
-            return self.key in labels and labels[self.key] in self.values
-        if self.operator == "NotIn":
-            # Objects lacking the key match NotIn (Kubernetes labels.Selector semantics).
-            return self.key not in labels or labels[self.key] not in self.values
-        if self.operator == "Exists":
-            return self.key in labels
-        return self.key not in labels
-
-
-@dataclass(frozen=True, slots=True)
-class Selector:
-    """A compiled LabelSelector; the empty selector matches everything."""
-
-    match_labels: tuple[tuple[str, str], ...] = ()
-    requirements: tuple[Requirement, ...] = ()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        for key, value in self.match_labels:
-            if labels.get(key) != value:
-                return False
-        return all(r.matches(labels) for r in self.requirements)
-
-
-def compile_selector(selector: object, where: str) -> Selector:
-    """Compile a LabelSelector dict; None or {} match everything. Raises SemanticsError."""
-    if selector is None:
-        return Selector()
-    if not isinstance(selector, dict):
-        raise SemanticsError(where, f"expected a LabelSelector object, got {type(selector).__name__}")
-    match_labels = selector.get("matchLabels") or {}
-    if not isinstance(match_labels, dict):
-        raise SemanticsError(f"{where}.matchLabels", "expected a map of label key to value")
-    for key, value in match_labels.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise SemanticsError(f"{where}.matchLabels", f"{key!r}: {value!r} is not a string pair")
-    expressions = selector.get("matchExpressions") or []
-    if not isinstance(expressions, list):
-        raise SemanticsError(f"{where}.matchExpressions", "expected a list")
-    requirements: list[Requirement] = []
-    for i, expr in enumerate(expressions):
-        path = f"{where}.matchExpressions[{i}]"
-        if not isinstance(expr, dict):
-            raise SemanticsError(path, "expected an object with key, operator and values")
-        key = expr.get("key")
-        operator = expr.get("operator")
-        values = expr.get("values") or []
-        if not isinstance(key, str) or not key:
-            raise SemanticsError(f"{path}.key", "a non-empty label key is required")
-        if operator not in OPERATORS:
-            raise SemanticsError(
-                f"{path}.operator", f"{operator!r} is not a valid operator; use one of {list(OPERATORS)}"
-            )
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise SemanticsError(f"{path}.values", "expected a list of strings")
-        if operator in ("In", "NotIn") and not values:
-            raise SemanticsError(f"{path}.values", f"operator {operator} needs at least one value")
-        if operator in ("Exists", "DoesNotExist") and values:
-            raise SemanticsError(f"{path}.values", f"operator {operator} takes no values; remove them")
-        requirements.append(Requirement(key=key, operator=operator, values=frozenset(values)))
-    return Selector(
-        match_labels=tuple(sorted(match_labels.items())),
-        requirements=tuple(sorted(requirements, key=lambda r: (r.key, r.operator, sorted(r.values)))),
-    )
-
-
-def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str] | None) -> bool:
-    """Whether a LabelSelector dict matches a label map."""
-    return compile_selector(selector, "selector").matches(labels or {})
-
-
-def labels_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
-    meta = obj.get("metadata") or {}
-    labels = meta.get("labels") if isinstance(meta, dict) else None
-    return labels if isinstance(labels, dict) else {}
-
-
-def meta_str(obj: Mapping[str, Any], key: str) -> str:
-    meta = obj.get("metadata") or {}
-    value = meta.get(key) if isinstance(meta, dict) else None
-    return value if isinstance(value, str) else ""
-
-
-# --- pods -----------------------------------------------------------------------------------
-
-# (port name, protocol) -> containerPort number
-NamedPorts = Mapping[tuple[str, str], int]
-
-
-def pod_named_ports(pod: Mapping[str, Any]) -> dict[tuple[str, str], int]:
-    """Named containerPorts of a pod (containers and restartable init containers)."""
-    spec = pod.get("spec") or {}
-    out: dict[tuple[str, str], int] = {}
-    containers = list(spec.get("containers") or [])
-    containers += [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
-    for container in containers:
-        for port in container.get("ports") or []:
-            name = port.get("name")
-            number = port.get("containerPort")
-            if isinstance(name, str) and name and isinstance(number, int):
-                out.setdefault((name, port.get("protocol") or "TCP"), number)
-    return out
-
-
-def resolve_target_port(target: int | str, protocol: str, named: NamedPorts) -> int | None:
-    """The pod port a Service port forwards to, or None when a named targetPort does not resolve."""
-    if isinstance(target, int):
-        return target
-    if target.isdigit():
-        return int(target)
-    return named.get((target, protocol))
 
 
 # --- policies -------------------------------------------------------------------------------
@@ -294,78 +88,11 @@ def policy_types(policy: Mapping[str, Any]) -> tuple[PolicyType, ...]:
     return ("Egress", "Ingress") if spec.get("egress") else ("Ingress",)
 
 
-def parse_cidr(text: object, path: str, *, strict: bool) -> Network:
-    if not isinstance(text, str):
-        raise SemanticsError(path, f"expected a CIDR string, got {type(text).__name__}")
-    if not text.partition("/")[2].isdigit():
-        # ipaddress would accept a bare address or a netmask; Kubernetes wants address/length.
-        raise SemanticsError(path, f"{text!r} is not a valid CIDR: write address/prefix-length, e.g. 192.0.2.0/24")
-    try:
-        return ipaddress.ip_network(text, strict=strict)
-    except ValueError as exc:
-        if strict and "/" in text:
-            try:
-                fixed = ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                pass
-            else:
-                raise SemanticsError(path, f"{text} has host bits set; did you mean {fixed}?") from exc
-        raise SemanticsError(path, f"{text!r} is not a valid CIDR (e.g. 192.0.2.0/24): {exc}") from exc
-
-
-# (version, first address, last address, prefix length)
-NetKey = tuple[int, int, int, int]
-
-
-def _net_key(net: Network) -> NetKey:
-    return net.version, int(net.network_address), int(net.broadcast_address), net.prefixlen
-
-
-def _fast_net_key(text: object) -> tuple[NetKey, bool] | None:
-    """Parse a CIDR without the ipaddress module (it dominates resolution time): the network
-    (host bits masked) and whether host bits were set. None when the text is not a plain CIDR;
-    the caller then falls back to ipaddress for the verdict and the error message."""
-    if not isinstance(text, str):
-        return None
-    addr, sep, plen = text.partition("/")
-    if not sep or not plen.isdigit() or (len(plen) > 1 and plen[0] == "0"):
-        return None
-    version, family, bits = (6, socket.AF_INET6, 128) if ":" in addr else (4, socket.AF_INET, 32)
-    try:
-        value = int.from_bytes(socket.inet_pton(family, addr), "big")
-    except OSError:
-        return None
-    prefix = int(plen)
-    if prefix > bits:
-        return None
-    host = (1 << (bits - prefix)) - 1
-    start = value & ~host
-    return (version, start, start | host, prefix), start != value
-
-
-def net_text(key: NetKey) -> str:
-    """Canonical text of a network (the form written into annotations)."""
-    version, start, _, prefix = key
-    if version == 4:
-        return f"{socket.inet_ntop(socket.AF_INET, start.to_bytes(4, 'big'))}/{prefix}"
-    return str(ipaddress.IPv6Network((start, prefix)))
-
-
-def _net_key_of(text: object, path: str, *, strict: bool) -> NetKey:
-    fast = _fast_net_key(text)
-    if fast is not None:
-        key, host_bits = fast
-        if strict and host_bits:
-            raise SemanticsError(path, f"{text} has host bits set; did you mean {net_text(key)}?")
-        return key
-    return _net_key(parse_cidr(text, path, strict=strict))
-
-
 def compile_ip_block(block: Mapping[str, Any], path: str, *, strict: bool) -> IpBlock:
     """An ipBlock peer. strict=True rejects host bits and excepts outside the cidr (admission);
     strict=False reads stored objects the way the dataplane does (host bits masked)."""
     raw_cidr = block.get("cidr")
-    net = _net_key_of(raw_cidr, f"{path}.cidr", strict=strict)
+    net = net_key_of(raw_cidr, f"{path}.cidr", strict=strict)
     excepts: list[NetKey] = []
     exact = True
     raw_excepts = block.get("except") or []
@@ -373,7 +100,7 @@ def compile_ip_block(block: Mapping[str, Any], path: str, *, strict: bool) -> Ip
         raise SemanticsError(f"{path}.except", "expected a list of CIDRs")
     for i, raw in enumerate(raw_excepts):
         epath = f"{path}.except[{i}]"
-        enet = _net_key_of(raw, epath, strict=strict)
+        enet = net_key_of(raw, epath, strict=strict)
         inside = enet[0] == net[0] and net[1] <= enet[1] and enet[2] <= net[2] and enet[3] > net[3]
         if strict and not inside:
             raise SemanticsError(
@@ -400,8 +127,8 @@ def _compile_port(entry: object, path: str) -> PolicyPort:
     if not isinstance(entry, dict):
         raise SemanticsError(path, "expected a NetworkPolicyPort object")
     protocol = entry.get("protocol") or "TCP"
-    if protocol not in contract.PROTOCOLS:
-        raise SemanticsError(f"{path}.protocol", f"{protocol!r} is not one of {list(contract.PROTOCOLS)}")
+    if protocol not in PROTOCOLS:
+        raise SemanticsError(f"{path}.protocol", f"{protocol!r} is not one of {list(PROTOCOLS)}")
     port = entry.get("port")
     end_port = entry.get("endPort")
     if port is not None and not isinstance(port, int | str):
@@ -421,7 +148,7 @@ def _compile_rule(rule: object, path: str, *, strict: bool) -> IngressRule:
     if not isinstance(peers, list):
         raise SemanticsError(f"{path}.from", "expected a list of peers")
     if not peers:
-        return IngressRule(path=path, ports=ports, sources=_EVERYONE, ip_blocks=(), selector_peers=False)
+        return IngressRule(path=path, ports=ports, sources=Addresses.everyone(), ip_blocks=(), selector_peers=False)
     blocks: list[IpBlock] = []
     selector_peers = False
     for i, peer in enumerate(peers):
@@ -443,7 +170,7 @@ def _compile_rule(rule: object, path: str, *, strict: bool) -> IngressRule:
             if peer.get(key) is not None:
                 compile_selector(peer[key], f"{ppath}.{key}")
                 selector_peers = True
-    sources = _NOBODY
+    sources = Addresses.nobody()
     for b in blocks:
         sources = sources.union(b.addresses)
     return IngressRule(path=path, ports=ports, sources=sources, ip_blocks=tuple(blocks), selector_peers=selector_peers)
@@ -480,8 +207,8 @@ def pod_accepts(
     """Sources the pod accepts on (number, protocol) given the ingress policies selecting it,
     and the rules that cover that port. With no policy the pod is not isolated."""
     if not policies:
-        return _EVERYONE, []
-    accepted = _NOBODY
+        return Addresses.everyone(), []
+    accepted = Addresses.nobody()
     covering: list[IngressRule] = []
     for policy in policies:
         for rule in policy.rules:
@@ -516,18 +243,6 @@ def render_source_set(addresses: Addresses, blocks: Iterable[IpBlock] = ()) -> S
         else:
             rules.extend(CidrRule(cidr=str(n)) for n in to_prefixes(part, version))
     return SourceSet(all_sources=False, cidrs=tuple(sorted(rules)))
-
-
-def source_set_contains(sources: SourceSet, address: str) -> bool:
-    """Whether a client address is allowed by a contract SourceSet (families never mix)."""
-    if sources.all_sources:
-        return True
-    ip = ipaddress.ip_address(address)
-    for rule in sources.cidrs:
-        net = ipaddress.ip_network(rule.cidr)
-        if ip.version == net.version and ip in net and not any(ip in ipaddress.ip_network(e) for e in rule.excepts):
-            return True
-    return False
 
 
 class PolicyMemo:

@@ -6,20 +6,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from webhook import contract
-from webhook.contract import IPFamily
-from webhook.semantics import (
-    NODEPORT_SERVICE_TYPES,
-    TERMINAL_PHASES,
-    Addresses,
-    IpBlock,
-    KubeObject,
-    NamedPorts,
-    Policy,
-)
+from contract.annotation import IP_FAMILIES, PROTOCOLS, IPFamily, Protocol
+from webhook.addresses import Addresses
+from webhook.objects import NODEPORT_SERVICE_TYPES, TERMINAL_PHASES, KubeObject, NamedPorts
+from webhook.semantics import IpBlock, Policy
 
 if TYPE_CHECKING:
-    from webhook.snapshot import ClusterView
+    from webhook.cluster_view import ClusterView
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +20,7 @@ class ServicePort:
     """One port of a NodePort Service that nodeport-guard may filter (healthCheckNodePort excluded)."""
 
     node_port: int
-    protocol: contract.Protocol
+    protocol: Protocol
     service_port: int
     target: int | str  # targetPort, defaulted to the Service port
 
@@ -44,7 +37,7 @@ def nodeport_service_ports(service: Mapping[str, Any]) -> list[ServicePort]:
             continue
         protocol = port.get("protocol") or "TCP"
         service_port = port.get("port")
-        if protocol not in contract.PROTOCOLS or not isinstance(service_port, int):
+        if protocol not in PROTOCOLS or not isinstance(service_port, int):
             continue
         target = port.get("targetPort")
         out.append(ServicePort(node_port, protocol, service_port, service_port if target in (None, "", 0) else target))
@@ -60,7 +53,7 @@ def allocated_node_ports(service: Mapping[str, Any]) -> set[int]:
 
 def service_ip_families(service: Mapping[str, Any]) -> tuple[IPFamily, ...]:
     families = (service.get("spec") or {}).get("ipFamilies") or ["IPv4"]
-    return tuple(sorted({f for f in families if f in contract.IP_FAMILIES})) or ("IPv4",)
+    return tuple(sorted({f for f in families if f in IP_FAMILIES})) or ("IPv4",)
 
 def _family_name(version: int) -> str:
     return "IPv4" if version == 4 else "IPv6"

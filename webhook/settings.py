@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from webhook.signing import Signer, SigningKeyError, parse_private_key_pem
+from contract.signing import Signer, SigningKeyError, parse_private_key_pem
 
 
 class SettingsError(ValueError):

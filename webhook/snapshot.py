@@ -1,35 +1,17 @@
-"""The read-only cluster view the webhook core resolves against, and an in-memory one (pure)."""
+"""An in-memory `ClusterView` built from lists of API objects, for tests and benchmarks (pure)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from webhook.semantics import compile_selector
+from webhook.objects import compile_selector
 from webhook.services import allocated_node_ports
 
 logger = logging.getLogger(__name__)
 
 KubeObject = dict[str, Any]
-
-
-class ClusterView(Protocol):
-    """What the core needs from a snapshot of Services, Pods and NetworkPolicies."""
-
-    def services_in(self, namespace: str) -> Sequence[KubeObject]: ...
-
-    def pods_in(self, namespace: str) -> Sequence[KubeObject]: ...
-
-    def policies_in(self, namespace: str) -> Sequence[KubeObject]: ...
-
-    def pods_matching(self, namespace: str, selector: KubeObject) -> Sequence[KubeObject]:
-        """Pods of `namespace` matched by a LabelSelector dict (matchLabels/matchExpressions)."""
-        ...
-
-    def node_port_in_use(self, port: int) -> bool:
-        """Whether any Service of any namespace holds NodePort `port` (an O(1) index lookup)."""
-        ...
 
 
 def _namespace_of(obj: Mapping[str, Any], default: str) -> str:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from contract.annotation import Mode
 from enforcer.plan import DesiredState, PortKey
 from tests.dataplane.test_enforcement import prime
 from tests.netns import CLIENT_A4, CLIENT_A6, CLIENT_B4, CLIENT_B6, NODE_V4, NODE_V6, NetnsDataplane, Node
-from webhook.contract import Mode
 
 pytestmark = pytest.mark.netns
 BACKENDS = pytest.mark.parametrize("backend", ["legacy", "nft"])

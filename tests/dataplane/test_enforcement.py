@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.annotation import Annotation, CidrRule, NodePortVerdict, PolicyRef, Protocol, SourceSet
 from enforcer import diff
 from enforcer.plan import DesiredState, PortKey, plan_desired_state
 from tests.netns import (
@@ -21,7 +22,6 @@ from tests.netns import (
     Node,
     run,
 )
-from webhook.contract import Annotation, CidrRule, NodePortVerdict, PolicyRef, Protocol, SourceSet
 
 pytestmark = pytest.mark.netns
 BACKENDS = pytest.mark.parametrize("backend", ["legacy", "nft"])

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from contract.annotation import Protocol
 from enforcer import diff
 from enforcer.plan import DesiredState, PortKey
 from tests.netns import CLIENT_A4, CLIENT_A6, CLIENT_B4, CLIENT_B6, NODE_V4, NODE_V6, NetnsDataplane, Node
 from tests.probes import Observed, Probe, Prober
-from webhook.contract import Protocol
 
 pytestmark = pytest.mark.netns
 BACKENDS = pytest.mark.parametrize("backend", ["legacy", "nft"])

@@ -11,14 +11,22 @@ from typing import Any
 
 import pytest
 
+from contract.annotation import (
+    Annotation,
+    CidrRule,
+    IPFamily,
+    NodePortVerdict,
+    PolicyRef,
+    SourceSet,
+    render_annotations,
+)
+from contract.signing import Signer
 from enforcer.dataplane import Dataplane, SyncReport
 from enforcer.incremental import PortChange
 from enforcer.loop import SyncLoop
 from enforcer.plan import PortKey, plan_desired_state
 from enforcer.policies import PolicyStore, StoredPolicy, verify_policy
 from tests.netns import CLIENT_A4, CLIENT_A6, CLIENT_B4, NODE_V4, NODE_V6, Node
-from webhook.contract import Annotation, CidrRule, IPFamily, NodePortVerdict, PolicyRef, SourceSet, render_annotations
-from webhook.signing import Signer
 
 pytestmark = pytest.mark.netns
 KEY = Signer.from_seed(b"sync-loop-test-seed-0123456789ab")

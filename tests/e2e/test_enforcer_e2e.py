@@ -15,12 +15,7 @@ from typing import Any
 
 import pytest
 
-from enforcer.plan import decode_state, plan_desired_state
-from tests.components import EnforcerProcess, Installation, WebhookServer
-from tests.controlplane.harness import ControlPlane
-from tests.kube_objects import as_list, nodeport_service, pod, policy
-from tests.netns import CLIENT_A4, CLIENT_A6, CLIENT_B4, CLIENT_B6, NODE_V4, NODE_V6, Node, Result, make_node
-from webhook.contract import (
+from contract.annotation import (
     NODEPORTS_KEY,
     SIGNATURE_KEY,
     Annotation,
@@ -30,7 +25,12 @@ from webhook.contract import (
     encode,
     render_annotations,
 )
-from webhook.signing import Signer, legacy_hmac_signature
+from contract.signing import Signer, legacy_hmac_signature
+from enforcer.plan import decode_state, plan_desired_state
+from tests.components import EnforcerProcess, Installation, WebhookServer
+from tests.controlplane.harness import ControlPlane
+from tests.kube_objects import as_list, nodeport_service, pod, policy
+from tests.netns import CLIENT_A4, CLIENT_A6, CLIENT_B4, CLIENT_B6, NODE_V4, NODE_V6, Node, Result, make_node
 
 BACKENDS = ["legacy", "nft"]
 HTTP = [

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from contract.annotation import NODEPORTS_KEY, SIGNATURE_KEY, Annotation, NodePortVerdict, PolicyRef, SourceSet, encode
+from contract.signing import legacy_hmac_signature
 from tests.components import NAMESPACE, REPO, EnforcerProcess, Installation, WebhookServer, run_python
 from tests.controlplane.harness import ControlPlane
 from tests.kube_objects import as_list, nodeport_service, pod, policy
 from tests.netns import CLIENT_A4, NODE_V4, Node, Result, make_node
-from webhook.contract import NODEPORTS_KEY, SIGNATURE_KEY, Annotation, NodePortVerdict, PolicyRef, SourceSet, encode
 from webhook.settings import read_signing_key
-from webhook.signing import legacy_hmac_signature
 
 LEGACY_SECRET = "nodeport-guard-signing-key"
 LEGACY_RBAC = REPO / "manifests" / "overlays" / "hmac-transition" / "legacy-hmac-rbac.yaml"

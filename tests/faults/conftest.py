@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from contract.signing import Signer
 from localcluster.cluster import Cluster
 from tests.cluster.helpers import Deployment, apply_backends, apply_policy, deployed_on, expect, matrix, own_cluster
 from tests.faults.convergence import load_signer
 from tests.faults.results import RESULTS, ResultTable
 from tests.machine import MachineSnapshot
-from webhook.signing import Signer
 
 HERE = Path(__file__).resolve().parent
 BASELINE = "baseline-allow-a"

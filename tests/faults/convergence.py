@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from certs.store import CertsDir
+from contract.annotation import owned_keys
+from contract.signing import Signer, VerifierKeys, public_keys_from_data
 from enforcer.plan import DesiredState, plan_desired_state
 from enforcer.policies import trim_policy as enforcer_trim_policy
 from enforcer.policies import verify_policies
@@ -29,8 +31,6 @@ from enforcer.sets import parse_installed_state, parse_ipset_save
 from localcluster.cluster import Cluster
 from webhook.admission import resolve_all_annotations
 from webhook.cache import trim_pod, trim_policy, trim_service
-from webhook.contract import owned_keys
-from webhook.signing import Signer, VerifierKeys, public_keys_from_data
 from webhook.snapshot import StaticClusterView
 
 EXCLUDED = ("kube-system", "nodeport-guard")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 
+from contract.signing import Signer
 from localcluster.cluster import Cluster
 from tests.faults.churn import ChurnDriver, delete_churn
 from tests.faults.convergence import wait_converged
 from tests.faults.prober import TrafficProber
 from tests.faults.results import FaultResult, ResultTable
-from webhook.signing import Signer
 
 
 def test_no_fault_churn_leaks_nothing_loses_nothing_and_converges(

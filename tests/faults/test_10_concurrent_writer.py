@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from contract.signing import Signer
 from localcluster.backends import APP, NAMESPACE, SERVICES
 from localcluster.cluster import Cluster
 from localcluster.node_faults import ServiceChurn, kube_nodeports, rule_counts, wait_for
@@ -20,7 +21,6 @@ from tests.faults.convergence import wait_converged
 from tests.faults.node_checks import RuleSampler, kube_proxy_syncs
 from tests.faults.prober import TrafficProber
 from tests.faults.results import FaultResult, ResultTable
-from webhook.signing import Signer
 
 CHURN_SECONDS = 60
 BACKEND_PORTS = {(proto, s.node_port) for s in SERVICES for proto in ("tcp", "udp")}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from contract.signing import Signer
 from localcluster.cluster import Cluster
 from localcluster.faults import compact_etcd, restart_apiserver, restart_etcd
 from tests.faults.churn import ChurnDriver, delete_churn
@@ -18,7 +19,6 @@ from tests.faults.cluster_ops import ENFORCER, WEBHOOK, component_logs, pods, wa
 from tests.faults.convergence import wait_converged
 from tests.faults.prober import TrafficProber
 from tests.faults.results import FaultResult, ResultTable
-from webhook.signing import Signer
 
 
 def _relisted(cluster: Cluster, selector: str, since: float, kind: str, msg: str = "listed") -> dict[str, int]:

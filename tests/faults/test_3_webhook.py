@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from contract.annotation import NODEPORTS_KEY
+from contract.signing import Signer
 from localcluster.backends import render_backends
 from localcluster.cluster import Cluster
 from tests.cluster.helpers import apply_policy, expect, matrix
@@ -29,8 +31,6 @@ from tests.faults.conftest import ALLOW_A
 from tests.faults.convergence import problems, wait_converged
 from tests.faults.prober import TrafficProber, default_targets
 from tests.faults.results import FaultResult, ResultTable
-from webhook.contract import NODEPORTS_KEY
-from webhook.signing import Signer
 
 DEPLOYMENT = "deployment/nodeport-guard-webhook"
 CONFIGURATIONS = ("mutatingwebhookconfiguration", "validatingwebhookconfiguration")

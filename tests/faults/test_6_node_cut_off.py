@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from contract.signing import Signer
 from localcluster.cluster import Cluster
 from localcluster.node_faults import cut_off, reconnect, wait_for
 from tests.faults.churn import ChurnDriver, delete_churn
@@ -17,7 +18,6 @@ from tests.faults.convergence import installed_state, wait_converged
 from tests.faults.node_checks import enforcer_readyz
 from tests.faults.prober import TrafficProber
 from tests.faults.results import FaultResult, ResultTable
-from webhook.signing import Signer
 
 NODE, OTHER = "node1", "node2"
 CUT_SECONDS = 60

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 
+from contract.signing import Signer
 from localcluster.cluster import Cluster
 from localcluster.node_faults import rule_counts, wait_for
 from tests.faults.convergence import wait_converged
 from tests.faults.node_checks import RuleSampler
 from tests.faults.prober import TrafficProber
 from tests.faults.results import FaultResult, ResultTable
-from webhook.signing import Signer
 
 NS = "nodeport-guard"
 DAEMONSET = "daemonset/nodeport-guard-enforcer"

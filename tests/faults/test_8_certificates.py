@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from contract.signing import Signer
 from localcluster.cluster import Cluster
 from tests.cluster.helpers import Deployment, user_env
 from tests.faults.churn import ChurnDriver, delete_churn
@@ -25,7 +26,6 @@ from tests.faults.cluster_ops import WEBHOOK, pods, wait_for
 from tests.faults.convergence import wait_converged
 from tests.faults.prober import TrafficProber
 from tests.faults.results import FaultResult, ResultTable
-from webhook.signing import Signer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from contract.signing import Signer
 from localcluster import restart
 from localcluster.backends import APP, NAMESPACE
 from localcluster.cluster import Cluster
@@ -28,7 +29,6 @@ from tests.faults.diagnose import SliceRecorder, neighbours, node_log_near
 from tests.faults.node_checks import enforcer_readyz
 from tests.faults.prober import TrafficProber
 from tests.faults.results import FaultResult, ResultTable
-from webhook.signing import Signer
 
 NS = "nodeport-guard"
 EXEMPT = {"nodeport-guard", "kube-system"}

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from contract.signing import PublicKey, parse_private_key_pem, parse_public_keys_pem
 from tests.controlplane.harness import ControlPlane
-from webhook.signing import PublicKey, parse_private_key_pem, parse_public_keys_pem
 
 REPO = Path(__file__).resolve().parents[2]
 FILTER = REPO / "manifests" / "tools" / "without_kinds.py"

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from contract.signing import parse_public_keys_pem
 from tests.components import Installation
 from tests.controlplane.harness import ControlPlane
-from webhook.signing import parse_public_keys_pem
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "manifests"

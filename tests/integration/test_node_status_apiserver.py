@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
+from contract.node_status import PolicyVersion, decode_lease, lease_name
 from enforcer.plan import DesiredState
 from enforcer.policies import PolicyStore, trim_policy
 from enforcer.status import Programmed, StatusPublisher, lease_writer
+from kube.listwatch import ListWatch
 from tests.components import NAMESPACE, Installation, WebhookServer, run_kubectl_plugin
 from tests.controlplane.harness import ControlPlane
 from tests.kube_objects import as_list, nodeport_service, pod, policy
 from webhook.inforce import KEY_WATERMARK, MARKER_LEASE, InForceAnnouncer
-from webhook.listwatch import ListWatch
-from webhook.node_status import PolicyVersion, decode_lease, lease_name
 
 HTTP = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
+from contract.annotation import read_signed
 from tests.components import EnforcerProcess, Installation, WebhookServer
 from tests.controlplane.harness import ControlPlane
 from tests.kube_objects import as_list, composed_verdict, nodeport_service, pod, policy
 from tests.netns import Node, make_node
 from tests.policy_watch import wait_quiet
-from webhook.contract import read_signed
 
 POLICIES = 1_000
 PARALLEL_APPLIES = 6

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
+from contract.annotation import NODEPORTS_KEY, SIGNATURE_KEY
 from tests.components import Installation, WebhookServer
 from tests.controlplane.harness import ControlPlane
 from tests.kube_objects import as_list, nodeport_service, pod, policy
 from tests.policy_watch import Recorded, desired_annotations, recording, wait_quiet, wait_true
-from webhook.contract import NODEPORTS_KEY, SIGNATURE_KEY
 
 HTTP = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
 PORT = [{"port": 80, "targetPort": "http"}]

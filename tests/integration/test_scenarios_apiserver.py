@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
+from contract.annotation import Annotation
+from contract.composition import compose, part_of
 from enforcer.plan import PortKey, plan_desired_state
 from enforcer.policies import trim_policy, verify_policies
 from tests.components import Installation, WebhookServer, delete_namespaced_objects
 from tests.controlplane.harness import ControlPlane
 from tests.kube_objects import as_list, pod
-from webhook.composition import compose, part_of
-from webhook.contract import Annotation
 
 CASES_FILE = Path(__file__).resolve().parents[2].parent / "shared" / "scenarios" / "cases.json"
 NODEPORT_RANGE = (30000, 32767)

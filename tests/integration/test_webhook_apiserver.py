@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from contract.annotation import NODEPORTS_KEY, SIGNATURE_KEY, CidrRule, read_signed
 from tests.components import WebhookServer
 from tests.controlplane.harness import ControlPlane
 from tests.kube_objects import annotation_of, as_list, composed_verdict, node_ports_of, nodeport_service, pod, policy
-from webhook.contract import NODEPORTS_KEY, SIGNATURE_KEY, CidrRule, read_signed
 
 HTTP = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
 

@@ -11,19 +11,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.annotation import (
+    ANNOTATION_PREFIX,
+    NODEPORTS_KEY,
+    SIGNATURE_KEY,
+    CidrRule,
+    SourceSet,
+    decode,
+    encode,
+    read_signed,
+)
+from contract.signing import Signer
 from tests.builders import HTTP, WEB_PORT, Obj, ip_from, pod, policy, service
-from webhook import contract
+from webhook.addresses import source_set_contains
 from webhook.admission import AdmissionConfig, mutate, resolve_all_annotations, validate
-from webhook.contract import CidrRule, SourceSet
 from webhook.review import AdmissionRequest, ReviewError, allowed, denied, parse_review
-from webhook.semantics import source_set_contains
-from webhook.signing import Signer
 from webhook.snapshot import StaticClusterView
 
 KEY = Signer.from_seed(b"unit-test-signing-key-0123456789")
 CONFIG = AdmissionConfig(signing_key=KEY)
-NP = contract.NODEPORTS_KEY
-SIG = contract.SIGNATURE_KEY
+NP = NODEPORTS_KEY
+SIG = SIGNATURE_KEY
 POLICY_KIND = {"group": "networking.k8s.io", "version": "v1", "kind": "NetworkPolicy"}
 POLICY_RESOURCE = {"group": "networking.k8s.io", "version": "v1", "resource": "networkpolicies"}
 
@@ -102,7 +110,7 @@ def patch_ops(answer: Obj) -> list[Obj]:
 
 def ours(obj: Obj) -> dict[str, str]:
     annotations = obj.get("metadata", {}).get("annotations") or {}
-    return {k: v for k, v in annotations.items() if k.startswith(contract.ANNOTATION_PREFIX)}
+    return {k: v for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX)}
 
 
 ALLOW_DOC = {"podSelector": {}, "ingress": [{"from": ip_from("192.0.2.0/24")}]}
@@ -121,7 +129,7 @@ def test_create_writes_signed_annotation_via_minimal_patch() -> None:
         {"op": "add", "path": "/metadata/annotations", "value": ours(apply_patch(obj, answer))}
     ]
     result = apply_patch(obj, answer)
-    annotation = contract.read_signed(result["metadata"]["annotations"], "default", "p", "", KEY.verifier())
+    annotation = read_signed(result["metadata"]["annotations"], "default", "p", "", KEY.verifier())
     assert annotation is not None and annotation.policy.uid == ""
     (verdict,) = annotation.node_ports
     assert (verdict.node_port, verdict.protocol, verdict.service, verdict.service_port) == (30080, "TCP", "web", 80)
@@ -141,7 +149,7 @@ def test_existing_annotations_are_kept_and_keys_escaped() -> None:
     result = apply_patch(obj, answer)
     assert result["metadata"]["annotations"]["team"] == "a"
     assert result["metadata"]["annotations"]["example.com/owner"] == "b"
-    assert contract.read_signed(result["metadata"]["annotations"], "default", "p", "", KEY.verifier()) is not None
+    assert read_signed(result["metadata"]["annotations"], "default", "p", "", KEY.verifier()) is not None
 
 
 def test_update_with_current_annotation_needs_no_patch_and_changes_are_replaced() -> None:
@@ -153,7 +161,7 @@ def test_update_with_current_annotation_needs_no_patch_and_changes_are_replaced(
     changed["spec"]["ingress"][0]["from"] = ip_from("198.51.100.0/24")
     answer = mutate(req("UPDATE", changed, first), view(first), CONFIG)
     assert {op["op"] for op in patch_ops(answer)} == {"replace"}
-    annotation = contract.read_signed(ours(apply_patch(changed, answer)), "default", "p", "uid-1", KEY.verifier())
+    annotation = read_signed(ours(apply_patch(changed, answer)), "default", "p", "uid-1", KEY.verifier())
     assert annotation is not None and annotation.policy.uid == "uid-1"
     assert source_set_contains(annotation.node_ports[0].allow, "198.51.100.1")
 
@@ -360,8 +368,8 @@ def test_update_carrying_the_old_value_is_replaced_but_a_new_value_is_rejected()
     edited["spec"]["ingress"] = [{}]
     answer = mutate(req("UPDATE", edited, stored), view(stored), CONFIG)
     assert answer["response"]["allowed"]
-    annotation = contract.read_signed(ours(apply_patch(edited, answer)), "default", "p", "u", KEY.verifier())
-    assert annotation is not None and annotation.node_ports[0].allow == contract.SourceSet.everyone()
+    annotation = read_signed(ours(apply_patch(edited, answer)), "default", "p", "u", KEY.verifier())
+    assert annotation is not None and annotation.node_ports[0].allow == SourceSet.everyone()
     # A value that is neither the stored one nor the computed one was written by hand.
     forged = copy.deepcopy(stored)
     forged["metadata"]["annotations"][SIG] = "hmac-sha256:" + "0" * 64
@@ -385,7 +393,7 @@ def test_validate_rejects_tampering(tamper: str) -> None:
     if tamper == "edit":
         value = json.loads(final["metadata"]["annotations"][NP])
         value["nodePorts"][0]["allow"] = {"all": True}
-        final["metadata"]["annotations"][NP] = contract.encode(contract.decode(json.dumps(value)))
+        final["metadata"]["annotations"][NP] = encode(decode(json.dumps(value)))
     elif tamper == "drop":
         final["metadata"]["annotations"] = {}
     elif tamper == "add-to-unaffected":
@@ -464,8 +472,8 @@ def test_resolve_all_annotations_uses_stored_uids() -> None:
     c = policy("c", {"podSelector": {"matchLabels": {"app": "none"}}}, uid="uid-c")
     result = resolve_all_annotations("default", view(a, b, c), KEY)
     assert sorted(result) == ["a", "b", "c"] and result["c"] is None
-    read_a = contract.read_signed(result["a"], "default", "a", "uid-a", KEY.verifier())
-    read_b = contract.read_signed(result["b"], "default", "b", "uid-b", KEY.verifier())
+    read_a = read_signed(result["a"], "default", "a", "uid-a", KEY.verifier())
+    read_b = read_signed(result["b"], "default", "b", "uid-b", KEY.verifier())
     assert read_a is not None and read_b is not None
     # Each carries its own part (contract v2); composed, they give the namespace-wide verdict.
     assert [e.allow for e in read_a.node_ports] == [SourceSet(False, (CidrRule("192.0.2.0/24"),))]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.signing import Signer
 from tests.builders import ip_from, pod, policy, service
 from webhook.admission import AnnotationMemo, resolve_all_annotations
 from webhook.cache import TRIMMERS, ClusterCache
-from webhook.signing import Signer
 
 KEY = Signer.from_seed(b"annotation-memo-test-key-0000001")
 OTHER_KEY = Signer.from_seed(b"annotation-memo-test-key-0000002")

@@ -9,14 +9,10 @@ import json
 
 import pytest
 
-from enforcer import diff
-from enforcer.plan import DesiredState, PortKey, ProtectedPort, decode_state, encode_state, plan_desired_state
-from tests.builders import ip_from, policy
-from tests.unit.test_admission import CONFIG, KEY, _denied, _warnings, apply_patch, req, view
-from webhook import contract
-from webhook.admission import mutate, resolve_all_annotations, validate
-from webhook.composition import Part, compose, compose_mode, everything, part_of
-from webhook.contract import (
+from contract.annotation import (
+    MODE_KEY,
+    NODEPORTS_KEY,
+    SIGNATURE_KEY,
     Annotation,
     CidrRule,
     ContractError,
@@ -25,7 +21,19 @@ from webhook.contract import (
     PolicyRef,
     SourceSet,
     annotation_for,
+    decode,
+    encode,
+    owned_keys,
+    read_mode,
+    read_signed,
+    render_annotations,
 )
+from contract.composition import Part, compose, compose_mode, everything, part_of
+from enforcer import diff
+from enforcer.plan import DesiredState, PortKey, ProtectedPort, decode_state, encode_state, plan_desired_state
+from tests.builders import ip_from, policy
+from tests.unit.test_admission import CONFIG, KEY, _denied, _warnings, apply_patch, req, view
+from webhook.admission import mutate, resolve_all_annotations, validate
 
 REF = PolicyRef("shop", "p", "uid-1")
 OFFICE = SourceSet(False, (CidrRule("198.51.100.0/24"),))
@@ -36,56 +44,56 @@ ENTRY = NodePortEntry(30080, "TCP", "web", 80, ("IPv4",), "all", OFFICE)
 
 
 def test_enforce_is_written_as_version_2_and_audit_as_version_3_with_a_signed_mode() -> None:
-    enforce = contract.encode(annotation_for(REF, (ENTRY,), "enforce"))
-    audit = contract.encode(annotation_for(REF, (ENTRY,), "audit"))
+    enforce = encode(annotation_for(REF, (ENTRY,), "enforce"))
+    audit = encode(annotation_for(REF, (ENTRY,), "audit"))
     assert json.loads(enforce)["version"] == 2 and "mode" not in json.loads(enforce)
     assert json.loads(audit)["version"] == 3 and json.loads(audit)["mode"] == "audit"
-    assert contract.decode(enforce).mode == "enforce"
-    assert contract.decode(audit) == annotation_for(REF, (ENTRY,), "audit")
+    assert decode(enforce).mode == "enforce"
+    assert decode(audit) == annotation_for(REF, (ENTRY,), "audit")
     # The canonical form of a version-2 enforcing annotation is unchanged (no rewrite on upgrade).
-    assert enforce == contract.encode(Annotation(REF, (ENTRY,)))
+    assert enforce == encode(Annotation(REF, (ENTRY,)))
 
 
 def test_versions_are_closed_and_the_mode_is_checked() -> None:
-    v2 = json.loads(contract.encode(annotation_for(REF, (ENTRY,), "enforce")))
+    v2 = json.loads(encode(annotation_for(REF, (ENTRY,), "enforce")))
     with pytest.raises(ContractError, match=r"\$: unknown key\(s\) \['mode'\]"):
-        contract.decode(json.dumps({**v2, "mode": "audit"}))
-    v3 = json.loads(contract.encode(annotation_for(REF, (ENTRY,), "audit")))
+        decode(json.dumps({**v2, "mode": "audit"}))
+    v3 = json.loads(encode(annotation_for(REF, (ENTRY,), "audit")))
     with pytest.raises(ContractError, match=r"\$: missing key\(s\) \['mode'\]"):
-        contract.decode(json.dumps({k: v for k, v in v3.items() if k != "mode"}))
+        decode(json.dumps({k: v for k, v in v3.items() if k != "mode"}))
     with pytest.raises(ContractError, match=r"\$.mode: 'dryrun' is not one of"):
-        contract.decode(json.dumps({**v3, "mode": "dryrun"}))
+        decode(json.dumps({**v3, "mode": "dryrun"}))
     with pytest.raises(ContractError, match=r"\$.mode: expected str"):
-        contract.decode(json.dumps({**v3, "mode": True}))
+        decode(json.dumps({**v3, "mode": True}))
     with pytest.raises(ContractError, match=r"\$.version: unsupported version 4"):
-        contract.decode(json.dumps({**v3, "version": 4}))
+        decode(json.dumps({**v3, "version": 4}))
     with pytest.raises(ContractError, match=r"\$.mode: version 2 cannot carry mode 'audit'"):
-        contract.encode(Annotation(REF, (ENTRY,), version=2, mode="audit"))
+        encode(Annotation(REF, (ENTRY,), version=2, mode="audit"))
     # A version 3 may say enforce (decodable, canonical), though this build writes version 2 for it.
     explicit = Annotation(REF, (ENTRY,), version=3, mode="enforce")
-    assert contract.decode(contract.encode(explicit)) == explicit
+    assert decode(encode(explicit)) == explicit
 
 
 @pytest.mark.parametrize("forged_mode", ["audit", "enforce"])
 def test_a_mode_edited_either_way_does_not_verify(forged_mode: str) -> None:
     mode = "enforce" if forged_mode == "audit" else "audit"
-    signed = contract.render_annotations(annotation_for(REF, (ENTRY,), mode), KEY)  # type: ignore[arg-type]
-    forged = contract.encode(annotation_for(REF, (ENTRY,), forged_mode))  # type: ignore[arg-type]
-    assert forged != signed[contract.NODEPORTS_KEY]
-    tampered = {**signed, contract.NODEPORTS_KEY: forged}
+    signed = render_annotations(annotation_for(REF, (ENTRY,), mode), KEY)  # type: ignore[arg-type]
+    forged = encode(annotation_for(REF, (ENTRY,), forged_mode))  # type: ignore[arg-type]
+    assert forged != signed[NODEPORTS_KEY]
+    tampered = {**signed, NODEPORTS_KEY: forged}
     with pytest.raises(ContractError, match="signature"):
-        contract.read_signed(tampered, "shop", "p", "uid-1", KEY.verifier())
-    assert contract.read_signed(signed, "shop", "p", "uid-1", KEY.verifier()).mode == mode  # type: ignore[union-attr]
+        read_signed(tampered, "shop", "p", "uid-1", KEY.verifier())
+    assert read_signed(signed, "shop", "p", "uid-1", KEY.verifier()).mode == mode  # type: ignore[union-attr]
 
 
 def test_read_mode_and_owned_keys() -> None:
-    assert contract.read_mode(None) == "enforce"
-    assert contract.read_mode({contract.MODE_KEY: "audit"}) == "audit"
+    assert read_mode(None) == "enforce"
+    assert read_mode({MODE_KEY: "audit"}) == "audit"
     with pytest.raises(ContractError, match=r'metadata.annotations\["nodeport-guard.io/mode"\]: \'Audit\''):
-        contract.read_mode({contract.MODE_KEY: "Audit"})
+        read_mode({MODE_KEY: "Audit"})
     # The author's key is not the webhook's: never removed, replaced or refused as a hand edit.
-    keys = {contract.MODE_KEY: "audit", contract.NODEPORTS_KEY: "x", contract.SIGNATURE_KEY: "y", "other": "z"}
-    assert contract.owned_keys(keys) == [contract.NODEPORTS_KEY, contract.SIGNATURE_KEY]
+    keys = {MODE_KEY: "audit", NODEPORTS_KEY: "x", SIGNATURE_KEY: "y", "other": "z"}
+    assert owned_keys(keys) == [NODEPORTS_KEY, SIGNATURE_KEY]
 
 
 # --- composition: the mode rule, exhaustively -------------------------------------------------
@@ -224,7 +232,7 @@ ALLOW = {"podSelector": {}, "ingress": [{"from": ip_from("192.0.2.0/24")}]}
 
 def _audited(name: str = "p") -> dict[str, object]:
     obj = policy(name, ALLOW)
-    obj["metadata"]["annotations"] = {contract.MODE_KEY: "audit"}
+    obj["metadata"]["annotations"] = {MODE_KEY: "audit"}
     return obj
 
 
@@ -234,14 +242,14 @@ def test_webhook_signs_the_authors_mode_and_warns() -> None:
     (warning,) = [w for w in _warnings(answer) if "audit mode" in w]
     assert warning.startswith('metadata.annotations["nodeport-guard.io/mode"]: audit mode') and "TCP 30080" in warning
     result = apply_patch(obj, answer)
-    assert result["metadata"]["annotations"][contract.MODE_KEY] == "audit"  # the author's key stays
-    signed = contract.read_signed(result["metadata"]["annotations"], "default", "p", "", KEY.verifier())
+    assert result["metadata"]["annotations"][MODE_KEY] == "audit"  # the author's key stays
+    signed = read_signed(result["metadata"]["annotations"], "default", "p", "", KEY.verifier())
     assert signed is not None and signed.mode == "audit" and signed.version == 3
     assert validate(req("CREATE", result), view(), CONFIG)["response"]["allowed"]
     # The reconciler computes the same.
     stored = {**result, "metadata": {**result["metadata"], "uid": "u1"}}
     desired = resolve_all_annotations("default", view(stored), KEY)["p"]
-    assert desired is not None and contract.decode(desired[contract.NODEPORTS_KEY]).mode == "audit"
+    assert desired is not None and decode(desired[NODEPORTS_KEY]).mode == "audit"
     # No warning without the annotation, and the enforcing annotation is version 2.
     plain = mutate(req("CREATE", policy("p", ALLOW)), view(), CONFIG)
     assert not [w for w in _warnings(plain) if "audit mode" in w]
@@ -250,10 +258,10 @@ def test_webhook_signs_the_authors_mode_and_warns() -> None:
 def test_switching_to_enforce_rewrites_and_a_kept_audit_signature_is_refused() -> None:
     audited = apply_patch(_audited(), mutate(req("CREATE", _audited()), view(), CONFIG))
     switched = json.loads(json.dumps(audited))
-    del switched["metadata"]["annotations"][contract.MODE_KEY]
+    del switched["metadata"]["annotations"][MODE_KEY]
     answer = mutate(req("UPDATE", switched, audited), view(), CONFIG)
     enforced = apply_patch(switched, answer)
-    signed = contract.read_signed(enforced["metadata"]["annotations"], "default", "p", "", KEY.verifier())
+    signed = read_signed(enforced["metadata"]["annotations"], "default", "p", "", KEY.verifier())
     assert signed is not None and signed.mode == "enforce" and signed.version == 2
     # A later mutating webhook putting the old (validly signed) audit value back is refused.
     code, message = _denied(validate(req("UPDATE", switched, audited), view(), CONFIG))
@@ -262,7 +270,7 @@ def test_switching_to_enforce_rewrites_and_a_kept_audit_signature_is_refused() -
 
 def test_an_invalid_mode_is_rejected_with_the_field_and_the_fix() -> None:
     obj = policy("p", ALLOW)
-    obj["metadata"]["annotations"] = {contract.MODE_KEY: "warn"}
+    obj["metadata"]["annotations"] = {MODE_KEY: "warn"}
     for handler in (mutate, validate):
         code, message = _denied(handler(req("CREATE", obj), view(), CONFIG))
         assert code == 422

@@ -6,12 +6,12 @@ import ipaddress
 
 from bench import data
 from bench.enforcer_worker import render_floor_scripts
+from contract.signing import Signer
 from enforcer import diff
 from enforcer.plan import plan_desired_state
 from enforcer.policies import StoredPolicy, verify_policies
 from webhook.admission import AdmissionConfig, mutate
 from webhook.review import parse_review
-from webhook.signing import Signer
 from webhook.snapshot import StaticClusterView
 
 
@@ -72,8 +72,8 @@ def test_floor_scripts_load_exactly_the_state_our_sync_programs() -> None:
 
 def test_scale_namespace_reviews_are_annotated_by_mutate_and_admitted_by_validate() -> None:
     from bench import scale_core, scale_data
+    from contract.annotation import NODEPORTS_KEY, decode
     from webhook.admission import validate
-    from webhook.contract import NODEPORTS_KEY, decode
     from webhook.review import parse_review
 
     cache, config = scale_core.settled_cache(3)

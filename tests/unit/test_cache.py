@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kube.listwatch import EventType
 from webhook.cache import TRIMMERS, ClusterCache
-from webhook.listwatch import EventType
 from webhook.snapshot import StaticClusterView
 
 LABEL_KEYS = ["app", "tier", "team"]

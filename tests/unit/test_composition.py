@@ -14,12 +14,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.annotation import CidrRule, NodePortEntry, PodGroup, Scope, SourceSet
+from contract.composition import Part, compose, everything, part_of, source_intervals
+from contract.intervals import Intervals, intersect
 from tests import builders as b
-from webhook import contract
-from webhook.composition import Part, compose, everything, part_of, source_intervals
-from webhook.contract import NodePortEntry, PodGroup, SourceSet
 from webhook.contribution import resolve_contribution
-from webhook.intervals import Intervals, intersect
 from webhook.namespace_resolution import resolve_namespace
 from webhook.semantics import compile_policy
 from webhook.snapshot import StaticClusterView
@@ -131,11 +130,11 @@ def test_random_namespaces_compose_to_the_namespace_verdict(
 # --- composition rules, one by one ---------------------------------------------------------
 
 V4 = 4
-NET_A = source_intervals(SourceSet(False, (contract.CidrRule("198.51.100.0/24"),)), V4)
-NET_B = source_intervals(SourceSet(False, (contract.CidrRule("203.0.113.0/24"),)), V4)
+NET_A = source_intervals(SourceSet(False, (CidrRule("198.51.100.0/24"),)), V4)
+NET_B = source_intervals(SourceSet(False, (CidrRule("203.0.113.0/24"),)), V4)
 
 
-def _entry(scope: contract.Scope, allow: SourceSet | None = None, groups: tuple[PodGroup, ...] = ()) -> NodePortEntry:
+def _entry(scope: Scope, allow: SourceSet | None = None, groups: tuple[PodGroup, ...] = ()) -> NodePortEntry:
     return NodePortEntry(30080, "TCP", "web", 80, ("IPv4",), scope, allow or SourceSet.nobody(), groups)
 
 
@@ -169,7 +168,7 @@ def test_a_stale_version_1_verdict_only_narrows() -> None:
 
 
 def test_part_of_reads_entries() -> None:
-    allow = SourceSet(False, (contract.CidrRule("198.51.100.0/24"),))
+    allow = SourceSet(False, (CidrRule("198.51.100.0/24"),))
     assert part_of(_entry("all", allow), V4) == Part("all", NET_A)
     group = PodGroup("0" * 32, allow)
     assert part_of(_entry("some", groups=(group, PodGroup("1" * 32, None))), V4).groups == (

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from enforcer.policies import RejectedAnnotation, StoredPolicy, VerificationCache, verify_policy
-from webhook.contract import (
+from contract.annotation import (
     NODEPORTS_KEY,
     SIGNATURE_KEY,
     Annotation,
@@ -15,7 +14,8 @@ from webhook.contract import (
     encode,
     render_annotations,
 )
-from webhook.signing import Signer, VerifierKeys, legacy_hmac_signature
+from contract.signing import Signer, VerifierKeys, legacy_hmac_signature
+from enforcer.policies import RejectedAnnotation, StoredPolicy, VerificationCache, verify_policy
 
 OLD, NEW, OTHER = (Signer.from_seed(bytes([n]) * 32) for n in (1, 2, 3))
 LEGACY_HMAC = b"legacy-hmac-key-" * 2

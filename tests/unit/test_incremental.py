@@ -5,11 +5,20 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.annotation import (
+    Annotation,
+    CidrRule,
+    Mode,
+    NodePortEntry,
+    NodePortVerdict,
+    PodGroup,
+    PolicyRef,
+    SourceSet,
+)
 from enforcer.delta import apply_to, fast_set_changes
 from enforcer.diff import render_members
 from enforcer.incremental import IncrementalPlanner, PolicyId, PortChange
 from enforcer.plan import DesiredState, PortKey, ProtectedPort, plan_desired_state
-from webhook.contract import Annotation, CidrRule, Mode, NodePortEntry, NodePortVerdict, PodGroup, PolicyRef, SourceSet
 
 RANGE = (30000, 30010)
 V4 = ["198.51.100.0/24", "198.51.100.0/25", "198.51.100.128/26", "203.0.113.0/24", "0.0.0.0/0"]

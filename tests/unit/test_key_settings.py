@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from contract.signing import Signer
 from enforcer.settings import EnforcerSettings
 from enforcer.settings import SettingsError as EnforcerSettingsError
 from webhook.settings import SettingsError, read_signing_key
-from webhook.signing import Signer
 
 PUBLIC = {"NPG_PUBLIC_KEYS_CONFIGMAP": "nodeport-guard/nodeport-guard-signing-public-keys"}
 

@@ -1,33 +1,44 @@
-"""The module shape holds: pure modules import no I/O library; the enforcer takes little from the webhook."""
+"""The house holds: three rooms around one contract, and pure modules import no I/O library.
+
+- `contract/` is what the webhook, the enforcers and the plugin agree on: it imports nothing of ours
+  but itself, and nothing but the standard library and `cryptography`.
+- `webhook/` and `enforcer/` both import `contract/` (and the shared plumbing `kube/`); neither
+  imports the other.
+- `kubectl_plugin/` imports only `contract/` and the Kubernetes client, so it can be installed alone.
+"""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PURE = [
-    "webhook/contract.py",
-    "webhook/signing.py",
-    "webhook/intervals.py",
-    "webhook/composition.py",
-    "webhook/contribution.py",
-    "webhook/semantics.py",
-    "webhook/services.py",
-    "webhook/namespace_resolution.py",
-    "webhook/review.py",
-    "webhook/admission.py",
-    "webhook/snapshot.py",
-    "webhook/settings.py",
-    "webhook/node_status.py",
-    "enforcer/plan.py",
-    "enforcer/diff.py",
-    "enforcer/sets.py",
-    "enforcer/incremental.py",
-    "enforcer/settings.py",
-]
+OUR_PACKAGES = {"contract", "kube", "webhook", "enforcer", "certs", "kubectl_plugin", "localcluster", "demo", "tests",
+                "bench"}
+PURE = sorted(
+    [str(p.relative_to(REPO)) for p in (REPO / "contract").glob("*.py")]
+    + [
+        "webhook/objects.py",
+        "webhook/addresses.py",
+        "webhook/semantics.py",
+        "webhook/services.py",
+        "webhook/contribution.py",
+        "webhook/namespace_resolution.py",
+        "webhook/review.py",
+        "webhook/admission.py",
+        "webhook/cluster_view.py",
+        "webhook/snapshot.py",
+        "webhook/settings.py",
+        "enforcer/plan.py",
+        "enforcer/diff.py",
+        "enforcer/sets.py",
+        "enforcer/incremental.py",
+        "enforcer/settings.py",
+    ]
+)
 IO_LIBRARIES = {
     "flask",
     "gunicorn",
@@ -39,15 +50,14 @@ IO_LIBRARIES = {
     "requests",
     "prometheus_client",
 }
-# What the enforcer (a separate DaemonSet image entry point) may use from the webhook package.
-ENFORCER_MAY_IMPORT = {
-    "webhook.contract",
-    "webhook.composition",
-    "webhook.intervals",
-    "webhook.listwatch",
-    "webhook.logs",
-    "webhook.node_status",
-    "webhook.signing",
+# Which of our packages each room may import (besides itself).
+MAY_IMPORT = {
+    "contract": set(),
+    "kube": set(),
+    "webhook": {"contract", "kube"},
+    "enforcer": {"contract", "kube"},
+    "certs": {"contract"},
+    "kubectl_plugin": {"contract"},
 }
 
 
@@ -58,7 +68,13 @@ def _imports(path: Path) -> set[str]:
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            # `from webhook import admission` imports the module webhook.admission
+            names |= {f"{node.module}.{alias.name}" for alias in node.names if "." not in node.module}
     return names
+
+
+def _tops(package: str) -> set[str]:
+    return {name.split(".")[0] for path in (REPO / package).rglob("*.py") for name in _imports(path)}
 
 
 @pytest.mark.parametrize("module", PURE)
@@ -67,11 +83,30 @@ def test_pure_module_imports_no_io_library(module: str) -> None:
     assert not bad, f"{module} is pure but imports {sorted(bad)}"
 
 
-def test_enforcer_uses_only_the_contract_side_of_the_webhook_package() -> None:
-    used = set()
-    for path in sorted((REPO / "enforcer").glob("*.py")):
-        used |= {name for name in _imports(path) if name.split(".")[0] == "webhook"}
-    assert used <= ENFORCER_MAY_IMPORT, sorted(used - ENFORCER_MAY_IMPORT)
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_each_room_imports_only_the_rooms_it_may(package: str) -> None:
+    ours = _tops(package) & OUR_PACKAGES - {package}
+    assert ours <= MAY_IMPORT[package], f"{package}/ imports {sorted(ours - MAY_IMPORT[package])}"
+
+
+def test_the_contract_needs_only_the_standard_library_and_cryptography() -> None:
+    outside = {t for t in _tops("contract") if t not in sys.stdlib_module_names} - {"contract", "cryptography"}
+    assert not outside, sorted(outside)
+
+
+def test_the_plugin_needs_only_the_contract_and_the_kubernetes_client() -> None:
+    outside = {t for t in _tops("kubectl_plugin") if t not in sys.stdlib_module_names}
+    assert outside <= {"contract", "kubectl_plugin", "kubernetes"}, sorted(outside)
+
+
+def test_no_product_module_passes_about_500_lines() -> None:
+    long = {
+        str(p.relative_to(REPO)): n
+        for package in ("contract", "kube", "webhook", "enforcer", "certs", "kubectl_plugin", "localcluster", "demo")
+        for p in (REPO / package).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 520
+    }
+    assert not long, long
 
 
 def test_no_shell_strings_anywhere() -> None:
@@ -81,3 +116,26 @@ def test_no_shell_strings_anywhere() -> None:
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.keyword) and node.arg == "shell":
                 assert not (isinstance(node.value, ast.Constant) and node.value.value), f"shell=True in {path}"
+
+
+def test_no_import_cycle_among_product_modules() -> None:
+    packages = ("contract", "kube", "webhook", "enforcer", "certs", "kubectl_plugin")
+    modules = {
+        ".".join(p.relative_to(REPO).with_suffix("").parts): p
+        for package in packages
+        for p in (REPO / package).glob("*.py")
+    }
+    graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if state.get(module) == 2:
+            return
+        assert state.get(module) != 1, "import cycle: " + " -> ".join((*path, module))
+        state[module] = 1
+        for target in sorted(graph[module]):
+            visit(target, (*path, module))
+        state[module] = 2
+
+    for module in sorted(graph):
+        visit(module, ())

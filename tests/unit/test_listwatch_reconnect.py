@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.listwatch import ListWatch, ObjectSink
+from kube.listwatch import ListWatch, ObjectSink
 
 
 @dataclass

@@ -8,10 +8,7 @@ from typing import Any, cast
 
 import pytest
 
-from enforcer.plan import DesiredState, PortKey, ProtectedPort
-from enforcer.policies import RejectedAnnotation
-from enforcer.status import Programmed, StatusPublisher, node_status, verdicts_digest
-from webhook.node_status import (
+from contract.node_status import (
     MAX_REFUSED,
     NodeStatus,
     PolicyVersion,
@@ -24,6 +21,9 @@ from webhook.node_status import (
     status_by_node,
     verdicts,
 )
+from enforcer.plan import DesiredState, PortKey, ProtectedPort
+from enforcer.policies import RejectedAnnotation
+from enforcer.status import Programmed, StatusPublisher, node_status, verdicts_digest
 
 NOW = datetime.datetime(2026, 11, 30, 1, 0, 0, tzinfo=datetime.UTC)
 P = PolicyVersion("shop", "deny-all", "120")
@@ -193,7 +193,7 @@ def test_publisher_says_stopped_on_the_way_out() -> None:
 
 
 def test_status_table_names_nodes_up_to_date_behind_and_not_ready() -> None:
-    from webhook.plugin_status import Snapshot, render, to_json
+    from kubectl_plugin.status import Snapshot, render, to_json
 
     statuses = {"node1": status(rv="150"), "node2": status(rv="100", node="node2", phase="stopped")}
     snap = Snapshot(
@@ -215,7 +215,7 @@ def test_status_table_names_nodes_up_to_date_behind_and_not_ready() -> None:
 
 
 def test_wait_reads_until_in_force_or_the_timeout() -> None:
-    from webhook.plugin_status import Snapshot, parse_duration, wait_for
+    from kubectl_plugin.status import Snapshot, parse_duration, wait_for
 
     behind = Snapshot("p", (P,), (node_verdict("node1", status(rv="100"), [P], NOW),))
     done = Snapshot("p", (P,), (node_verdict("node1", status(rv="150"), [P], NOW),))
@@ -233,7 +233,7 @@ def test_wait_reads_until_in_force_or_the_timeout() -> None:
 
 
 def test_the_in_force_watermark_is_the_minimum_over_every_node() -> None:
-    from webhook.node_status import in_force_watermark
+    from contract.node_status import in_force_watermark
 
     statuses = {"node1": status(rv="150"), "node2": status(rv="130", node="node2")}
     assert in_force_watermark(["node1", "node2"], statuses) == 130
@@ -243,7 +243,7 @@ def test_the_in_force_watermark_is_the_minimum_over_every_node() -> None:
 
 
 def test_newly_in_force_takes_the_versions_the_watermark_passed_and_no_refused_one() -> None:
-    from webhook.node_status import newly_in_force
+    from contract.node_status import newly_in_force
 
     policies = [
         PolicyVersion("shop", "old", "100"),

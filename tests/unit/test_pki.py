@@ -31,7 +31,7 @@ from certs.pki import (
     verify_issued_by,
 )
 from certs.store import CertsDir, StoreError, write_atomic
-from webhook.signing import SigningKeyError, parse_private_key_pem, parse_public_keys_pem
+from contract.signing import SigningKeyError, parse_private_key_pem, parse_public_keys_pem
 
 NOW = datetime.datetime(2026, 1, 15, 12, 0, tzinfo=datetime.UTC)
 LOOPBACK = ipaddress.ip_address("127.0.0.1")

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.annotation import Annotation, CidrRule, IPFamily, NodePortVerdict, PolicyRef, Protocol, SourceSet
 from enforcer.plan import (
     DesiredState,
     PortKey,
@@ -17,7 +18,6 @@ from enforcer.plan import (
     encode_state,
     plan_desired_state,
 )
-from webhook.contract import Annotation, CidrRule, IPFamily, NodePortVerdict, PolicyRef, Protocol, SourceSet
 
 N = ipaddress.ip_network
 

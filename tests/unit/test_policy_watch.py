@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from contract.annotation import NODEPORTS_KEY, SIGNATURE_KEY
 from tests.policy_watch import PolicyRecorder
-from webhook.contract import NODEPORTS_KEY, SIGNATURE_KEY
 
 
 def _obj(name: str, value: str | None) -> dict[str, Any]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.annotation import NODEPORTS_KEY, SIGNATURE_KEY, read_signed
+from contract.signing import Signer, legacy_hmac_signature
 from tests.builders import HTTP, pod, policy, service
 from webhook.cache import TRIMMERS, ClusterCache
-from webhook.contract import NODEPORTS_KEY, SIGNATURE_KEY, read_signed
 from webhook.reconcile import AnnotationPatch, plan_patches
-from webhook.signing import Signer, legacy_hmac_signature
 
 KEY, OLD = Signer.from_seed(b"reconciler-test-signing-key-0001"), Signer.from_seed(b"reconciler-test-signing-key-0002")
 

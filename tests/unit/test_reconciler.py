@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from contract.signing import Signer
 from tests.builders import ip_from, pod, policy, service
 from webhook.cache import TRIMMERS, ClusterCache
 from webhook.reconcile import AnnotationPatch, Reconciler, iter_patches, plan_patches
-from webhook.signing import Signer
 
 KEY = Signer.from_seed(b"reconciler-parallel-test-key-001")
 NS = "shop"

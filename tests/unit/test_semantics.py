@@ -9,19 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.annotation import CidrRule, NodePortVerdict, SourceSet
 from tests.builders import HTTP, WEB_PORT, Obj, ip_from, pod, policy, service
-from webhook.contract import CidrRule, NodePortVerdict, SourceSet
+from webhook.addresses import Addresses, source_set_contains
 from webhook.namespace_resolution import resolve_namespace, resolve_policy
-from webhook.semantics import (
-    Addresses,
-    SemanticsError,
-    compile_ip_block,
-    compile_selector,
-    policy_types,
-    render_source_set,
-    selector_matches,
-    source_set_contains,
-)
+from webhook.objects import SemanticsError, compile_selector, selector_matches
+from webhook.semantics import compile_ip_block, policy_types, render_source_set
 from webhook.snapshot import StaticClusterView
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webhook.contract import (
+from contract.annotation import (
     NODEPORTS_KEY,
     SIGNATURE_KEY,
     Annotation,
@@ -15,7 +15,7 @@ from webhook.contract import (
     read_signed,
     render_annotations,
 )
-from webhook.signing import (
+from contract.signing import (
     Signer,
     SigningKeyError,
     VerifierKeys,

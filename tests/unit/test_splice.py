@@ -9,12 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.annotation import NodePortEntry
+from contract.signing import Signer
 from tests import builders as b
 from tests.unit.test_composition import CONTAINER_PORTS, POLICY_SPEC
 from webhook import admission
 from webhook.admission import AnnotationMemo, resolve_all_annotations
 from webhook.cache import TRIMMERS, ClusterCache
-from webhook.contract import NodePortEntry
 from webhook.contribution import (
     ServiceEndpoints,
     namespace_endpoints,
@@ -23,7 +24,6 @@ from webhook.contribution import (
     sort_entries,
 )
 from webhook.semantics import Policy, compile_policy
-from webhook.signing import Signer
 
 KEY = Signer.from_seed(b"splice-test-key-0000000000000001")
 NS = "default"

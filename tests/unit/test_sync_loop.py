@@ -15,14 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import enforcer.policies
+from contract.annotation import Annotation, CidrRule, NodePortVerdict, PolicyRef, SourceSet, render_annotations
+from contract.signing import Signer, VerifierKeys
 from enforcer.backend import RunResult
 from enforcer.dataplane import Dataplane, SyncReport
 from enforcer.incremental import PortChange
 from enforcer.loop import SyncLoop
 from enforcer.plan import DesiredState, PortKey, ProtectedPort, plan_desired_state
 from enforcer.policies import Changes, PolicyStore, SigningKeys, StoredPolicy, VerificationCache, verify_policy
-from webhook.contract import Annotation, CidrRule, NodePortVerdict, PolicyRef, SourceSet, render_annotations
-from webhook.signing import Signer, VerifierKeys
 
 OLD, NEW = (Signer.from_seed(bytes([n]) * 32) for n in (11, 12))
 

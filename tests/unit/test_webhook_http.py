@@ -11,10 +11,10 @@ from flask.testing import FlaskClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.annotation import NODEPORTS_KEY, SIGNATURE_KEY, decode
+from contract.signing import Signer
 from webhook.admission import AdmissionConfig
 from webhook.app import Runtime, build_app
-from webhook.contract import NODEPORTS_KEY, SIGNATURE_KEY, decode
-from webhook.signing import Signer
 from webhook.snapshot import StaticClusterView
 
 KEY = Signer.from_seed(b"k" * 32)

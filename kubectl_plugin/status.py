@@ -1,6 +1,6 @@
 """`kubectl nodeport-guard status [POLICY]`: is this policy (or every policy) in force on every node?
 
-Reads the Nodes, the per-node status Leases the enforcers publish (webhook/node_status.py)
+Reads the Nodes, the per-node status Leases the enforcers publish (contract/node_status.py)
 and the policies' resourceVersions: three lists, whatever the number of policies in force.
 Exit codes: 0 in force on every node, 1 not (or not before --timeout), 2 an error (e.g. the
 policy does not exist).
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.node_status import (
+from contract.node_status import (
     STATUS_LABEL,
     NodeVerdict,
     PolicyVersion,

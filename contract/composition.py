@@ -20,8 +20,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from webhook.contract import CidrRule, Mode, NodePortEntry, Scope, SourceSet
-from webhook.intervals import Intervals, intersect, merge, of_networks, subtract, to_prefixes
+from contract.annotation import CidrRule, Mode, NodePortEntry, Scope, SourceSet
+from contract.intervals import Intervals, intersect, merge, of_networks, subtract, to_prefixes
 
 _BITS = {4: 32, 6: 128}
 

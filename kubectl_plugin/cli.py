@@ -1,5 +1,5 @@
 """`kubectl nodeport-guard explain|ports|status`: what a policy does to NodePorts, read from its signed
-annotation, and whether it is in force on every node (`status`, webhook/plugin_status.py).
+annotation, and whether it is in force on every node (`status`, kubectl_plugin/status.py).
 
 Installed as the executable `kubectl-nodeport_guard`, so kubectl finds it as a plugin. Uses
 the caller's kubeconfig (KUBECONFIG or --kubeconfig); verifies signatures with the public keys
@@ -16,9 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from webhook import plugin_status
-from webhook.composition import Part, compose, part_of, render_intervals
-from webhook.contract import (
+from contract.annotation import (
     NODEPORTS_KEY,
     SIGNATURE_KEY,
     Annotation,
@@ -28,7 +26,9 @@ from webhook.contract import (
     decode,
     read_signed,
 )
-from webhook.signing import SigningKeyError, VerifierKeys, public_keys_from_data
+from contract.composition import Part, compose, part_of, render_intervals
+from contract.signing import SigningKeyError, VerifierKeys, public_keys_from_data
+from kubectl_plugin import status as status_command
 
 DEFAULT_PUBLIC_KEYS = "nodeport-guard/nodeport-guard-signing-public-keys"
 
@@ -204,11 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     for p in (explain, ports):
         p.add_argument("-n", "--namespace", default="default")
         p.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    plugin_status.add_parser(sub)
+    status_command.add_parser(sub)
     args = parser.parse_args(argv)
     api = _client(args.kubeconfig)
     if args.command == "status":
-        return plugin_status.run(api, args)
+        return status_command.run(api, args)
     keys = _read_keys(api, args.public_keys)
     policies = _list_policies(api, args.namespace)
     reports = [inspect_policy(p, keys) for p in policies]

@@ -2,7 +2,7 @@
 
 This module is the only owner of the annotation format. The webhook encodes and signs; the
 enforcer decodes and verifies, treating the annotation as untrusted input. See docs/annotation.md.
-Stdlib only, but for the keys and the signature primitive in `webhook.signing` (Ed25519).
+Stdlib only, but for the keys and the signature primitive in `contract.signing` (Ed25519).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from webhook.signing import ED25519_SCHEME, Signer, VerifierKeys
+from contract.signing import ED25519_SCHEME, Signer, VerifierKeys
 
 ANNOTATION_PREFIX = "nodeport-guard.io/"
 NODEPORTS_KEY = ANNOTATION_PREFIX + "nodeports"
@@ -29,7 +29,7 @@ MODE_KEY = ANNOTATION_PREFIX + "mode"
 CONTRACT_VERSION = 2
 AUDIT_VERSION = 3
 READ_VERSIONS = (1, 2, 3)
-SIGNATURE_SCHEME = ED25519_SCHEME  # "ed25519:<key id>:<base64>", see webhook/signing.py
+SIGNATURE_SCHEME = ED25519_SCHEME  # "ed25519:<key id>:<base64>", see contract/signing.py
 # Upper bound on what the enforcer will accept from one annotation (the webhook's own,
 # configurable limits are lower); protects the node from a huge or hostile value.
 MAX_ANNOTATION_BYTES = 256 * 1024
