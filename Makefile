@@ -60,7 +60,7 @@ unit: $(VENV)/.installed ## only the pure unit tests (fast)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 demo: install image ## the whole mission on a local two-node cluster: up, make deploy, the story, undeploy, down
-	$(PY) -m tests.demo
+	$(PY) -m demo
 
 bench: install ## benchmarks; writes bench/results.json and bench/RESULTS.md (ONLY=name for one)
 	$(PY) -m bench $(if $(ONLY),--only $(ONLY))

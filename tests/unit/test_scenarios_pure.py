@@ -1,4 +1,4 @@
-"""Acceptance scenarios from ../shared/scenarios resolved through the pure core (no apiserver)."""
+"""Acceptance scenarios from ../shared/scenarios, and the demo's own case, resolved through the pure core."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from webhook.contract import NodePortVerdict
+from contract.annotation import NodePortVerdict
+from webhook.addresses import source_set_contains
 from webhook.namespace_resolution import resolve_namespace
-from webhook.semantics import source_set_contains
 from webhook.snapshot import StaticClusterView
 
 CASES_PATH = Path(__file__).parents[2].parent / "shared" / "scenarios" / "cases.json"
+DEMO_CASES_PATH = Path(__file__).parents[2] / "demo" / "scenario.json"  # carried by the repository
 
 
 def _load_cases() -> list[dict[str, Any]]:
@@ -54,7 +55,17 @@ def _case_ids() -> list[str]:
 
 @pytest.mark.parametrize("name", _case_ids())
 def test_scenario(name: str) -> None:
-    case = next(c for c in _load_cases() if c["name"] == name)
+    _check(next(c for c in _load_cases() if c["name"] == name))
+
+
+def test_the_demo_case_holds_in_the_pure_core() -> None:
+    cases: list[dict[str, Any]] = json.loads(DEMO_CASES_PATH.read_text())
+    assert len(cases) == 1
+    _check(cases[0])
+
+
+def _check(case: dict[str, Any]) -> None:
+    name = case["name"]
     view = StaticClusterView(services=case["services"], pods=[_pod(p) for p in case["pods"]], policies=case["policies"])
     namespaces = sorted({_namespace(o) for o in case["services"] + case["policies"]} | {"default"})
     verdicts: dict[tuple[int, str], NodePortVerdict] = {}
