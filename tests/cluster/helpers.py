@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -166,3 +167,38 @@ def our_dataplane(cluster: Cluster, node: str) -> list[str]:
         out = cluster.on_node(node, argv, check=False).stdout
         lines += [f"{argv[0]}: {line}" for line in out.splitlines() if "npg" in line.lower()]
     return lines
+
+
+def enforcer_pids(cluster: Cluster, node: str) -> list[int]:
+    """The PIDs of the enforcer processes of `node`: host network, so their network namespace is the node's."""
+    plan = next(n for n in cluster.plan.nodes if n.name == node)
+    node_ns = os.stat(f"/run/netns/{plan.netns}").st_ino
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            same_ns = os.stat(entry / "ns" / "net").st_ino == node_ns
+        except OSError:
+            continue  # gone meanwhile
+        if same_ns and any(a.endswith(b"nodeport-guard-enforcer") for a in argv) and b"run" in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+@contextlib.contextmanager
+def paused_enforcer(cluster: Cluster, node: str) -> Iterator[None]:
+    """Holds `node`'s enforcer still (SIGSTOP to its own PIDs, SIGCONT on the way out), so a test can look at
+    a transition ("not yet in force there") without racing the enforcer. Keep it short: the kubelet's
+    liveness probe (10 s period, 3 failures) restarts a container held for about 30 s."""
+    pids = enforcer_pids(cluster, node)
+    assert pids, f"no enforcer process found on {node}"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)

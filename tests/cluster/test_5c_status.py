@@ -1,7 +1,8 @@
 """`kubectl nodeport-guard status` on the real two-node cluster, through kubectl, with real packets.
 
-With allow-a in force (client-b dropped), a just-applied allow-b is reported not yet in force, then
-in force on both nodes, and client-b's packets are answered on both; an enforcer stopped on one
+With allow-a in force (client-b dropped), a just-applied allow-b is reported not yet in force while one
+node's enforcer is held paused (the transition is held still, never raced), then in force on both
+nodes, and client-b's packets are answered on both; an enforcer stopped on one
 node (the DaemonSet's nodeSelector moved away from it) leaves that node behind for allow-b, and
 client-b is answered on the other node only; `--wait --timeout` exits 1 on time and 0
 once every node caught up. A forged annotation is refused: a Warning Event from each node and the
@@ -28,6 +29,7 @@ from tests.cluster.helpers import (
     eventually,
     expect,
     matrix,
+    paused_enforcer,
     probe_matrix,
     user_env,
 )
@@ -76,19 +78,21 @@ def test_a_just_applied_policy_is_not_in_force_then_in_force_on_both_nodes(
     assert len(nodes) == 2
     assert apply_policy(cluster, "allow-a", ALLOW_A).returncode == 0
     expect(cluster, "client-b", matrix(cluster, [30080]), answered=False)
-    # A new version of allow-a (a label) makes both enforcers write their status now; waiting for
-    # it puts us within 5 s of that write, so the next one waits: allow-b is seen before it is in force.
-    cluster.kubectl("label", "networkpolicy", "allow-a", "-n", NAMESPACE, "round=1", "--overwrite")
     code, out, _ = status(cluster, "allow-a", "-n", NAMESPACE, "--wait", "--timeout", "90s")
     assert code == 0 and "in force on 2 of 2 nodes" in out, out
 
-    applied = time.monotonic()
-    assert apply_policy(cluster, "allow-b", ALLOW_B).returncode == 0
-    report = nodes_report(cluster, "allow-b")
-    assert report["code"] == 1 and report["inForce"] is False, report
-    assert {n["state"] for n in report["nodes"]} != {"in-force"}
-    assert all(n["enforcer"] == "ready" for n in report["nodes"]), report
-
+    # The transition is held still, not raced: with the second node's enforcer paused, allow-b cannot be
+    # in force there however fast the first node is; released, both nodes program it.
+    with paused_enforcer(cluster, nodes[1]):
+        applied = time.monotonic()
+        assert apply_policy(cluster, "allow-b", ALLOW_B).returncode == 0
+        report = nodes_report(cluster, "allow-b")
+        assert report["code"] == 1 and report["inForce"] is False, report
+        assert report["by_node"][nodes[1]]["state"] != "in-force", report
+        assert all(n["enforcer"] == "ready" for n in report["nodes"]), report
+        # The paused node still drops client-b: what status says is what the packets meet.
+        results = probe_matrix(cluster, "client-b", matrix(cluster, [30080]))
+        assert not any(r.startswith("answer:") for (node, *_), r in results.items() if node == nodes[1]), results
     code, out, seconds = status(cluster, "allow-b", "-n", NAMESPACE, "--wait", "--timeout", "90s")
     in_force_after = time.monotonic() - applied
     assert code == 0, out
