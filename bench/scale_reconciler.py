@@ -43,6 +43,15 @@ BOUND = Target("median", "<=", 2000.0, "median <= 2 s (the reconciler's bound)")
 # policy affects, as decided: docs/architecture.md#alternatives-considered). Its bound is therefore
 # the cost of those writes, measured in the same run, and the new NodePort's first naming.
 SERVICE_CHANGE_BOUND = Target("ratio", "<=", 1.5, "ratio <= 1.5 (ours / the same writes with none of our work)")
+# Where the writes' own time is below the reconciler's 0.1 s debounce and pass (10 or 100 policies) a
+# ratio to them measures the debounce, not the work: there the 2 s bound of the other changes holds.
+SERVICE_CHANGE_RATIO_FROM = 1_000
+
+
+def _time_to_true_target(change: str, n: int) -> Target:
+    if change in SERVICE_CHANGES and n >= SERVICE_CHANGE_RATIO_FROM:
+        return SERVICE_CHANGE_BOUND
+    return BOUND
 FIRST_NAMING_BOUND = Target("median", "<=", 2000.0, "median <= 2 s (the new NodePort filtered)")
 CHANGES = (
     "create one policy",
@@ -140,8 +149,8 @@ def expected_figures() -> list[Figure]:
         out.append(not_measured(NAME, f"writes per create in a burst of {n:,}", "writes", None, ""))
         for change in CHANGES:
             out.append(not_measured(NAME, f"writes: {change}, {_label(n)}", "writes", WRITE_TARGETS[change], ""))
-            bound = SERVICE_CHANGE_BOUND if change in SERVICE_CHANGES else BOUND
-            out.append(not_measured(NAME, f"time to true: {change}, {_label(n)}", "ms", bound, ""))
+            out.append(not_measured(NAME, f"time to true: {change}, {_label(n)}", "ms", _time_to_true_target(change, n),
+                                    ""))
         out.append(
             not_measured(NAME, f"time to the new NodePort's first naming: add a Service, {_label(n)}", "ms",
                          FIRST_NAMING_BOUND, "")
@@ -334,7 +343,7 @@ def _figures(
                 f"time to true: {change}, {_label(n)}",
                 "ms",
                 summarize(ours),
-                SERVICE_CHANGE_BOUND if change in SERVICE_CHANGES and bare else BOUND,
+                _time_to_true_target(change, n) if bare else BOUND,
                 floor=Floor(f"{n:,} bare annotation writes, no nodeport-guard work", summarize(bare),
                             summarize(ratios(ours, bare))) if bare else None,
                 inputs=inputs,
