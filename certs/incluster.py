@@ -69,7 +69,7 @@ def bootstrap(api_client: Any, namespace: str, now: datetime.datetime, tls: bool
     return tls_outcome, signing
 
 
-def inject(api_client: Any, namespace: str) -> None:
+def inject(api_client: Any, namespace: str) -> tuple[tuple[str, str, str], ...]:
     """Copy the CA of the TLS Secret into both webhook configurations."""
     from kubernetes import client
 
@@ -77,5 +77,7 @@ def inject(api_client: Any, namespace: str) -> None:
     ca_b64 = (existing.data or {}).get("ca.crt") if existing is not None else None
     if not ca_b64:
         raise InstallError(f"Secret {namespace}/{TLS_SECRET} has no ca.crt; run `python -m certs bootstrap` first")
-    for kind, name, outcome in inject_ca_bundle(api_client, base64.b64decode(ca_b64)):
+    results = inject_ca_bundle(api_client, base64.b64decode(ca_b64))
+    for kind, name, outcome in results:
         logger.info("%s nodeport-guard webhook %s caBundle: %s", kind, name, outcome)
+    return results
