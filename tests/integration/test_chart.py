@@ -8,6 +8,7 @@ replaces with `python -m certs install` run from a checkout.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ def test_chart_renders_the_kustomize_objects(kustomization: str, values: tuple[s
         assert got[key] == obj, f"{key} differs between `helm template` and `kubectl kustomize {kustomization}`"
 
 
-def test_hooks_are_the_certificate_jobs_and_their_rbac_only() -> None:
+def test_hooks_are_the_certificate_jobs_the_uninstall_job_and_their_rbac_only() -> None:
     _objects, hooks = _chart()
     assert {(k[1], k[3]) for k in hooks} == {
         ("Job", "nodeport-guard-certs-bootstrap"),
@@ -88,8 +89,10 @@ def test_hooks_are_the_certificate_jobs_and_their_rbac_only() -> None:
         ("RoleBinding", "nodeport-guard-certs"),
         ("ClusterRole", "nodeport-guard-certs"),
         ("ClusterRoleBinding", "nodeport-guard-certs"),
+        *((kind, "nodeport-guard-uninstall") for kind in ("Job", "ConfigMap", "ServiceAccount", "Role", "RoleBinding")),
+        *((kind, "nodeport-guard-uninstall") for kind in ("ClusterRole", "ClusterRoleBinding")),
     }
-    jobs = {k[3]: o for k, o in hooks.items() if k[1] == "Job"}
+    jobs = {k[3]: o for k, o in hooks.items() if k[1] == "Job" and "certs" in k[3]}
     command = jobs["nodeport-guard-certs-bootstrap"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command == ["python", "-m", "certs", "bootstrap", "--namespace", "nodeport-guard"]
     phases = {name: o["metadata"]["annotations"]["helm.sh/hook"] for name, o in jobs.items()}
@@ -146,3 +149,16 @@ def test_helm_lint_is_clean() -> None:
             [str(ensure_helm()), "lint", "--strict", str(CHART), *values], capture_output=True, text=True, check=False
         )
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_uninstall_hook_runs_the_cleanup_daemonset_of_make_undeploy() -> None:
+    """`helm uninstall` runs the same cleanup DaemonSet as `make undeploy` (manifests/cleanup/)."""
+    _objects, hooks = _chart()
+    configmap = hooks[("v1", "ConfigMap", "nodeport-guard", "nodeport-guard-uninstall")]
+    assert configmap["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    carried = json.loads(configmap["data"]["daemonset.json"])
+    assert [carried] == _docs((REPO / "manifests" / "cleanup" / "daemonset.yaml").read_text())
+    job = hooks[("batch/v1", "Job", "nodeport-guard", "nodeport-guard-uninstall")]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "enforcer.uninstall"]
