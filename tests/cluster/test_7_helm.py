@@ -25,6 +25,8 @@ from tests.cluster.helpers import (
 )
 from tests.cluster.test_4_traffic import ALLOW_A
 from tests.cluster.test_5_resilience import _while_probing
+from tests.integration.test_monitoring import WEBHOOK_PREFIXES, monitoring_exprs
+from tests.monitoring_names import merge_used, missing, scraped_series
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "nodeport-guard"
@@ -45,6 +47,27 @@ def _enforcer(cluster: Cluster) -> dict[str, object]:
     return {"image": container["image"], **{e["name"]: e.get("value") for e in container["env"]}}
 
 
+def _assert_metrics_serve_what_monitoring_uses(cluster: Cluster) -> None:
+    """The enforcers' real /metrics on both nodes (through the apiserver's pod proxy), after real
+    drops: every enforcer name and label the chart's alert rules and dashboard use is there. (The
+    webhook's are held by tests/integration/test_monitoring.py, which makes every labelled series.)"""
+    pods = cluster.kubectl_json("get", "pods", "-n", NS)["items"]
+    scraped: dict[str, set[str]] = {}
+    for p in pods:
+        name = p["metadata"]["labels"].get("app.kubernetes.io/name")
+        if name != "nodeport-guard-enforcer":
+            continue
+        path = f"/api/v1/namespaces/{NS}/pods/{p['metadata']['name']}:9911/proxy/metrics"
+        for series, labels in scraped_series(cluster.kubectl("get", "--raw", path).stdout).items():
+            scraped.setdefault(series, set()).update(labels)
+    used = {
+        n: labels
+        for n, labels in merge_used(monitoring_exprs()).items()
+        if n.startswith("nodeport_guard_") and not n.startswith(WEBHOOK_PREFIXES)
+    }
+    assert len(used) >= 8 and missing(used, scraped) == []
+
+
 def test_helm_install_upgrade_uninstall(cluster: Cluster) -> None:
     # After `make undeploy` (test_6) the namespace may still be terminating.
     eventually(lambda: cluster.kubectl("get", "namespace", NS, check=False).returncode != 0, timeout=180)
@@ -60,6 +83,7 @@ def test_helm_install_upgrade_uninstall(cluster: Cluster) -> None:
         # Admitted and annotated: the post-install hook injected the CA the pre-install hook made.
         assert apply_policy(cluster, "allow-a", ALLOW_A).returncode == 0
         expect(cluster, "client-b", matrix(cluster), answered=False)
+        _assert_metrics_serve_what_monitoring_uses(cluster)
         manifest = _helm(cluster, "get", "manifest", RELEASE).stdout
         assert "PRIVATE KEY" not in manifest and "kind: Secret" not in manifest
 

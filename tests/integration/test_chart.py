@@ -144,7 +144,7 @@ def test_values_reach_the_objects() -> None:
 
 
 def test_helm_lint_is_clean() -> None:
-    for values in ((), ("--set", "certs.provider=cert-manager")):
+    for values in ((), ("--set", "certs.provider=cert-manager"), ("--set", "monitoring.enabled=true")):
         result = subprocess.run(
             [str(ensure_helm()), "lint", "--strict", str(CHART), *values], capture_output=True, text=True, check=False
         )
