@@ -94,7 +94,7 @@ def test_hooks_are_the_certificate_jobs_the_uninstall_job_and_their_rbac_only() 
     }
     jobs = {k[3]: o for k, o in hooks.items() if k[1] == "Job" and "certs" in k[3]}
     command = jobs["nodeport-guard-certs-bootstrap"]["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command == ["python", "-m", "certs", "bootstrap", "--namespace", "nodeport-guard"]
+    assert command == ["python3", "-m", "certs", "bootstrap", "--namespace", "nodeport-guard"]
     phases = {name: o["metadata"]["annotations"]["helm.sh/hook"] for name, o in jobs.items()}
     assert phases == {
         "nodeport-guard-certs-bootstrap": "pre-install,pre-upgrade",
@@ -161,4 +161,4 @@ def test_uninstall_hook_runs_the_cleanup_daemonset_of_make_undeploy() -> None:
     job = hooks[("batch/v1", "Job", "nodeport-guard", "nodeport-guard-uninstall")]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[:3] == ["python", "-m", "enforcer.uninstall"]
+    assert command[:3] == ["python3", "-m", "enforcer.uninstall"]
