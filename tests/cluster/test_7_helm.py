@@ -9,6 +9,7 @@ uninstall no NPG- chain, rule or npg- set is left on either node.
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from localcluster.cluster import Cluster
@@ -32,6 +33,10 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "nodeport-guard"
 NS = "nodeport-guard"
 RELEASE = "nodeport-guard"
+_SCRAPE = (  # on the node, as tests/cluster/test_5b_audit.py reads the drop counters
+    "import urllib.request; "
+    "print(urllib.request.urlopen('http://127.0.0.1:9911/metrics', timeout=10).read().decode())"
+)
 
 
 def _helm(cluster: Cluster, *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
@@ -48,24 +53,20 @@ def _enforcer(cluster: Cluster) -> dict[str, object]:
 
 
 def _assert_metrics_serve_what_monitoring_uses(cluster: Cluster) -> None:
-    """The enforcers' real /metrics on both nodes (through the apiserver's pod proxy), after real
-    drops: every enforcer name and label the chart's alert rules and dashboard use is there. (The
-    webhook's are held by tests/integration/test_monitoring.py, which makes every labelled series.)"""
-    pods = cluster.kubectl_json("get", "pods", "-n", NS)["items"]
-    scraped: dict[str, set[str]] = {}
-    for p in pods:
-        name = p["metadata"]["labels"].get("app.kubernetes.io/name")
-        if name != "nodeport-guard-enforcer":
-            continue
-        path = f"/api/v1/namespaces/{NS}/pods/{p['metadata']['name']}:9911/proxy/metrics"
-        for series, labels in scraped_series(cluster.kubectl("get", "--raw", path).stdout).items():
-            scraped.setdefault(series, set()).update(labels)
+    """The enforcers' real /metrics on both nodes, after real drops: every enforcer name and label
+    the chart's alert rules and dashboard use is there. (The webhook's are held by
+    tests/integration/test_monitoring.py, which makes every labelled series.)"""
     used = {
         n: labels
         for n, labels in merge_used(monitoring_exprs()).items()
         if n.startswith("nodeport_guard_") and not n.startswith(WEBHOOK_PREFIXES)
     }
-    assert len(used) >= 8 and missing(used, scraped) == []
+    assert len(used) >= 8
+    for node in ("node1", "node2"):
+        text = cluster.on_node(node, [sys.executable, "-c", _SCRAPE]).stdout
+        scraped = scraped_series(text)
+        counter_lines = [line for line in text.splitlines() if "drop_counter" in line]
+        assert missing(used, scraped) == [], (node, counter_lines)
 
 
 def test_helm_install_upgrade_uninstall(cluster: Cluster) -> None:
