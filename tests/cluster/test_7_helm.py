@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from localcluster.cluster import Cluster
+from localcluster.probe import Target, probe_many
 from localcluster.tools_build import ensure_helm
 from tests.cluster.helpers import (
     apply_backends,
@@ -21,6 +22,7 @@ from tests.cluster.helpers import (
     eventually,
     expect,
     matrix,
+    node_address,
     our_dataplane,
     user_env,
 )
@@ -63,10 +65,20 @@ def _assert_metrics_serve_what_monitoring_uses(cluster: Cluster) -> None:
     }
     assert len(used) >= 8
     for node in ("node1", "node2"):
-        text = cluster.on_node(node, [sys.executable, "-c", _SCRAPE]).stdout
-        scraped = scraped_series(text)
-        counter_lines = [line for line in text.splitlines() if "drop_counter" in line]
-        assert missing(used, scraped) == [], (node, counter_lines)
+        # New connections the policy denies, sent now to this node (as test_5b_audit counts them).
+        target = Target(node_address(cluster, node, "v4"), 30080, "tcp", 0.5)
+        answers = [probe_many(cluster.plan.client("client-b").netns, [target])[0] for _ in range(3)]
+        assert answers == ["timeout"] * 3, answers
+
+        def served(node: str = node) -> list[str]:
+            text = cluster.on_node(node, [sys.executable, "-c", _SCRAPE]).stdout
+            problems = missing(used, scraped_series(text))
+            if problems:
+                sets = cluster.on_node(node, ["ipset", "list", "-t"], check=False).stdout
+                raise AssertionError((node, problems, [ln for ln in text.splitlines() if "drop" in ln], sets[-1500:]))
+            return problems
+
+        eventually(served, timeout=30)
 
 
 def test_helm_install_upgrade_uninstall(cluster: Cluster) -> None:
