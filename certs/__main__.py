@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="only the signing keys (when cert-manager issues the TLS certificate and injects the CA)",
     )
 
+    for name, text in (
+        ("bootstrap", "in the cluster (the chart's pre-install hook): TLS Secret, signing keys if missing"),
+        ("inject", "in the cluster (the chart's post-install hook): copy the TLS Secret's CA into both webhooks"),
+    ):
+        hook = sub.add_parser(name, help=text)
+        hook.add_argument("--namespace", required=True, help="the release namespace (holds the Secrets)")
+        if name == "bootstrap":
+            hook.add_argument("--signing-key-only", action="store_true", help="cert-manager issues the TLS certificate")
     rot = sub.add_parser(
         "rotate",
         help="re-issue the serving certificate (from the same CA when it expires soon; or from a new CA with --ca)",
@@ -296,6 +304,20 @@ def cmd_rotate(args: argparse.Namespace, now: datetime.datetime) -> int:
     return 0
 
 
+def cmd_hook(args: argparse.Namespace, now: datetime.datetime) -> int:
+    from certs import incluster
+
+    api_client = incluster.incluster_api_client()
+    try:
+        if args.command == "bootstrap":
+            incluster.bootstrap(api_client, args.namespace, now, tls=not args.signing_key_only)
+        else:
+            incluster.inject(api_client, args.namespace)
+    finally:
+        api_client.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -309,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_install(args)
         if args.command == "signing-key":
             return cmd_signing_key(args)
+        if args.command in ("bootstrap", "inject"):
+            return cmd_hook(args, now)
         return cmd_rotate(args, now)
     except (PkiError, StoreError, InstallError) as exc:
         logger.error("%s", exc)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from contract import field_managers
 from contract.signing import (
     PUBLIC_KEYS_CURRENT,
     PUBLIC_KEYS_PREVIOUS,
@@ -179,7 +180,7 @@ def _apply_configmap(api_client: Any, namespace: str, name: str, data: dict[str,
             metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=dict(LABELS)), data=data
         )
         try:
-            core.create_namespaced_config_map(namespace, body)
+            core.create_namespaced_config_map(namespace, body, field_manager=field_managers.CERTS)
         except ApiException as exc:
             if exc.status == 404:
                 raise InstallError(
@@ -196,6 +197,7 @@ def _apply_configmap(api_client: Any, namespace: str, name: str, data: dict[str,
         name,
         namespace,
         {"metadata": {"resourceVersion": existing.metadata.resource_version, "labels": LABELS}, "data": patch_data},
+        field_manager=field_managers.CERTS,
     )
     logger.info("updated ConfigMap %s/%s", namespace, name)
     return "updated"
@@ -237,7 +239,7 @@ def inject_ca_bundle(api_client: Any, ca_pem: bytes) -> tuple[tuple[WebhookKind,
         if not current.get("webhooks"):
             logger.warning("%s %s has no webhooks; nothing to inject", kind, WEBHOOK_CONFIGURATION)
         if ops:
-            patch(WEBHOOK_CONFIGURATION, ops)
+            patch(WEBHOOK_CONFIGURATION, ops, field_manager=field_managers.CERTS)
             logger.info("injected caBundle into %s %s", kind, WEBHOOK_CONFIGURATION)
     return tuple(sorted(results))
 
@@ -295,7 +297,7 @@ def _apply_secret(
             data=encoded,
         )
         try:
-            core.create_namespaced_secret(namespace, body)
+            core.create_namespaced_secret(namespace, body, field_manager=field_managers.CERTS)
         except ApiException as exc:
             if exc.status == 404:
                 raise InstallError(
@@ -319,6 +321,7 @@ def _apply_secret(
         name,
         namespace,
         {"metadata": {"resourceVersion": existing.metadata.resource_version, "labels": LABELS}, "data": patch_data},
+        field_manager=field_managers.CERTS,
     )
     logger.info("updated Secret %s/%s", namespace, name)
     return "updated"

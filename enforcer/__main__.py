@@ -18,6 +18,7 @@ from typing import Any, cast
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from contract import field_managers
 from contract.node_status import lease_name
 from contract.signing import PublicKey, VerifierKeys, parse_public_keys_pem, public_keys_from_data
 from enforcer.apihealth import ApiHealth
@@ -165,6 +166,7 @@ def _event_recorder(api_client: Any, node_name: str) -> Any:
                 reporting_component="nodeport-guard-enforcer",
                 reporting_instance=node_name or "unknown",
             ),
+            field_manager=field_managers.ENFORCER,
             _request_timeout=API_TIMEOUT_SECONDS,
         )
 

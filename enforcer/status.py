@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from contract import field_managers
 from contract.node_status import MAX_REFUSED, EnforcerPhase, NodeStatus, Refused, encode_lease
 from enforcer.plan import DesiredState
 from enforcer.policies import RejectedAnnotation
@@ -160,10 +161,10 @@ def lease_writer(api_client: object, namespace: str, name: str) -> Callable[[dic
 
     def write(body: dict[str, object]) -> None:
         try:
-            api.patch_namespaced_lease(name, namespace, body)
+            api.patch_namespaced_lease(name, namespace, body, field_manager=field_managers.ENFORCER)
         except client.ApiException as exc:
             if exc.status != 404:
                 raise
-            api.create_namespaced_lease(namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
+            api.create_namespaced_lease(namespace, body, field_manager=field_managers.ENFORCER)  # type: ignore[arg-type]  # a dict is sent as is
 
     return write

@@ -9,3 +9,5 @@ KUBERNETES_GO_LINE = "1.26.0"
 ETCD_VERSION = "v3.6.16"
 # What `docker build -t nodeport-guard:0.1.0 .` makes (README) and what the manifests run.
 IMAGE_NAME = "nodeport-guard:0.1.0"
+# helm 4.3 is built against client-go v0.37.2, the same minor as the cluster (localcluster/tools_build.py).
+HELM_VERSION = "v4.3.2"

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from contract import field_managers
 from contract.node_status import (
     STATUS_LABEL,
     NodeStatus,
@@ -126,9 +127,11 @@ class InForceAnnouncer:
             "spec": {"holderIdentity": "nodeport-guard-webhook"},
         }
         if exists:
-            self._leases_api.patch_namespaced_lease(MARKER_LEASE, self._namespace, body)
+            self._leases_api.patch_namespaced_lease(
+                MARKER_LEASE, self._namespace, body, field_manager=field_managers.RECONCILER
+            )
         else:
-            self._leases_api.create_namespaced_lease(self._namespace, body)
+            self._leases_api.create_namespaced_lease(self._namespace, body, field_manager=field_managers.RECONCILER)
 
     def _event(self, policy: PolicyVersion, uid: str, nodes: int) -> bool:
         """Create the Event; False when it exists already."""
@@ -156,7 +159,7 @@ class InForceAnnouncer:
             reporting_instance="reconciler-leader",
         )
         try:
-            self._core.create_namespaced_event(policy.namespace, event)
+            self._core.create_namespaced_event(policy.namespace, event, field_manager=field_managers.RECONCILER)
         except client.ApiException as exc:
             if exc.status != 409:  # 409: announced already (before a restart or by the previous leader)
                 raise

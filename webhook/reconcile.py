@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from contract import field_managers
 from contract.annotation import owned_keys
 from contract.signing import Signer
 from kube.listwatch import Obj
@@ -149,7 +150,7 @@ class LeaseElector:
                 ),
             )
             try:
-                self._api.create_namespaced_lease(self.namespace, body)
+                self._api.create_namespaced_lease(self.namespace, body, field_manager=field_managers.RECONCILER)
                 return True
             except client.ApiException as create_exc:
                 if create_exc.status == 409:
@@ -170,7 +171,9 @@ class LeaseElector:
         spec.renew_time = now
         spec.lease_duration_seconds = self.duration
         try:
-            self._api.replace_namespaced_lease(self.name, self.namespace, lease)
+            self._api.replace_namespaced_lease(
+                self.name, self.namespace, lease, field_manager=field_managers.RECONCILER
+            )
             return True
         except client.ApiException as exc:
             if exc.status == 409:
@@ -191,7 +194,9 @@ class LeaseElector:
         spec.lease_duration_seconds = 1
         spec.renew_time = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
         try:
-            self._api.replace_namespaced_lease(self.name, self.namespace, lease)
+            self._api.replace_namespaced_lease(
+                self.name, self.namespace, lease, field_manager=field_managers.RECONCILER
+            )
         except client.ApiException as exc:
             if exc.status == 409:  # someone else wrote it meanwhile: nothing of ours to release
                 return False
@@ -345,6 +350,7 @@ def kubernetes_patcher(api_client: Any) -> Callable[[AnnotationPatch], Obj | Non
         path = (
             f"/apis/networking.k8s.io/v1/namespaces/{urllib.parse.quote(p.namespace, safe='')}"
             f"/networkpolicies/{urllib.parse.quote(p.name, safe='')}"
+            f"?fieldManager={field_managers.RECONCILER}"
         )
         body = json.dumps({"metadata": {"annotations": p.annotations}}, separators=(",", ":")).encode()
         headers = {
