@@ -8,6 +8,7 @@ periodic resync recompute everything and read the dataplane back.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -91,6 +92,7 @@ class SyncLoop:
     # key id not trusted yet, as in a rotation whose new key this node has not read yet.
     refresh_keys: Callable[[], SigningKeys] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+    ready_since: datetime.datetime | None = None  # the first successful sync (canary probes before it prove nothing)
     _reported: set[tuple[str, str, str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -185,6 +187,19 @@ class SyncLoop:
             idle = None if self._need_full else self.store.idle_resource_version()
             return Programmed(True, idle or rv, self._planner.state(), self._verification.rejected)
 
+    def request_repair(self) -> None:
+        """The next sync is a full one (reads the skeleton back and repairs it): our jump was seen missing."""
+        self._need_full = True
+        self.store.changed.set()
+
+    def ports_view(self) -> dict[tuple[int, str, int], tuple[int, str]] | None:
+        """(family, protocol, port) -> (allowed prefixes, mode) of what is programmed; None before the first sync."""
+        with self.lock:
+            if self.generation == 0:
+                return None
+            state = self._planner.state()
+        return {(p.key.family, p.key.protocol, p.key.port): (len(p.allowed), p.mode) for p in state.ports}
+
     def _report_rejections(self, rejected: tuple[RejectedAnnotation, ...], plan_rejections: list[str]) -> None:
         current = set()
         for r in rejected:
@@ -229,6 +244,8 @@ class SyncLoop:
                 with self.lock:
                     self.sync_once(full_readback=due)
                 self.ready.set()
+                if self.ready_since is None:
+                    self.ready_since = datetime.datetime.now(datetime.UTC)
                 if due:
                     next_resync = time.monotonic() + self.resync_seconds
             except Exception as exc:

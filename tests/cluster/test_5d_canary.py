@@ -1,0 +1,135 @@
+"""The canary on the real two-node cluster, by packets: is each node's filter in the packet's path?
+
+After `make deploy` both nodes (kube-proxy iptables and nftables) are verified enforcing by their peer's
+canary probes. A foreign rule that ACCEPTs new packets, inserted above our jump in node1's `mangle
+PREROUTING` (what a Calico pre-DNAT allow amounts to; inside node1's network namespace only), lets a
+denied client in (shown by its packets); node1 turns `bypassed` within two canary periods, `status`
+exits non-zero naming node1 and the reason, the peer's metric and a Warning Event on the Node follow;
+removing the rule restores `enforcing`, and the denied client is dropped again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from localcluster.backends import NAMESPACE
+from localcluster.cluster import Cluster
+from localcluster.probe import Proto
+from tests.cluster.helpers import Deployment, apply_backends, apply_policy, delete_policies, eventually, expect
+from tests.cluster.test_4_traffic import ALLOW_A
+from tests.cluster.test_5c_status import node_names, nodes_report, status
+
+CANARY_PERIOD = 10.0  # NPG_CANARY_PERIOD_SECONDS's default, as deployed
+STATUS_WRITE = 5.0  # NPG_STATUS_MIN_INTERVAL_SECONDS
+# What a Calico HostEndpoint pre-DNAT allow amounts to: new TCP connections accepted before our jump.
+FOREIGN = ["-p", "tcp", "-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "issue-19-foreign",
+           "-j", "ACCEPT"]
+
+
+@pytest.fixture
+def backends(cluster: Cluster, deployed: Deployment) -> Iterator[None]:
+    apply_backends(cluster)
+    yield
+    delete_policies(cluster)
+
+
+def our_backend(cluster: Cluster, node: str) -> str:
+    """The iptables backend whose mangle PREROUTING holds our jump on `node`."""
+    for backend in ("nft", "legacy"):
+        out = cluster.on_node(node, [f"iptables-{backend}-save", "-t", "mangle"], check=False).stdout
+        if "-j NPG-INGRESS" in out:
+            return backend
+    raise AssertionError(f"no nodeport-guard jump in mangle PREROUTING on {node}")
+
+
+@contextlib.contextmanager
+def foreign_accept(cluster: Cluster, node: str) -> Iterator[str]:
+    backend = our_backend(cluster, node)
+    tool = f"iptables-{backend}"
+    cluster.on_node(node, [tool, "-w", "5", "-t", "mangle", "-I", "PREROUTING", "1", *FOREIGN])
+    try:
+        yield backend
+    finally:
+        cluster.on_node(node, [tool, "-w", "5", "-t", "mangle", "-D", "PREROUTING", *FOREIGN], check=False)
+
+
+def peer_metrics(cluster: Cluster, node: str, about: str) -> dict[str, float]:
+    """nodeport_guard_canary_result{node=about} as scraped from `node`'s enforcer."""
+    plan = cluster.plan.node(node)
+    script = f"import urllib.request;print(urllib.request.urlopen('http://{plan.v4}:9911/metrics',timeout=5).read().decode())"
+    out = cluster.on_node(node, ["python3", "-c", script]).stdout
+    values = {}
+    for line in out.splitlines():
+        if line.startswith("nodeport_guard_canary_result{") and f'node="{about}"' in line:
+            result = line.split('result="', 1)[1].split('"', 1)[0]
+            values[result] = float(line.rsplit(" ", 1)[1])
+    return values
+
+
+def path_of(report: dict[str, Any], node: str) -> dict[str, Any]:
+    path: dict[str, Any] = report["by_node"][node]["path"]
+    return path
+
+
+def test_both_nodes_verified_then_a_foreign_accept_is_caught_by_the_canary_and_its_removal_restores(
+    cluster: Cluster, backends: None
+) -> None:
+    node1, node2 = node_names(cluster)
+    assert apply_policy(cluster, "allow-a", ALLOW_A).returncode == 0
+    denied: list[tuple[str, int, Proto, str]] = [(node1, 30080, "tcp", "v4")]
+    expect(cluster, "client-b", denied, answered=False)
+    # Both nodes verified enforcing by their peer's canary probe (the deploy's rollout is past already).
+    code, out, _ = status(cluster, "allow-a", "-n", NAMESPACE, "--wait", "--timeout", "60s")
+    assert code == 0 and "in force on 2 of 2 nodes" in out, out
+    report = nodes_report(cluster, "allow-a")
+    for node, peer in ((node1, node2), (node2, node1)):
+        path = path_of(report, node)
+        assert path["state"] == "enforcing" and path["verifiedAt"], report
+        assert f"probe from {peer}" in path["reason"], path
+
+    with foreign_accept(cluster, node1) as backend:
+        inserted = time.monotonic()
+        # The bypass is real: the denied client now reaches the NodePort on node1.
+        expect(cluster, "client-b", denied, answered=True, timeout=10)
+
+        def bypassed() -> dict[str, Any]:
+            r = nodes_report(cluster, "allow-a")
+            assert path_of(r, node1)["state"] == "bypassed", r
+            return r
+
+        report = eventually(bypassed, timeout=2 * CANARY_PERIOD + STATUS_WRITE + 5, interval=1)
+        detected = time.monotonic() - inserted
+        print(f"node1 ({backend}) reported bypassed {detected:.1f} s after the foreign ACCEPT was inserted")
+        assert report["code"] == 1 and report["inForce"] is False
+        assert report["by_node"][node1]["inForce"] is False and report["by_node"][node1]["state"] == "bypassed"
+        assert f"answered a probe from {node2}" in path_of(report, node1)["reason"], report
+        assert path_of(report, node2)["state"] == "enforcing", report  # the other node is unaffected
+        code, out, _ = status(cluster, "allow-a", "-n", NAMESPACE)
+        assert code == 1 and f"bypassed: {node1} (" in out and "in force on 1 of 2 nodes" in out, out
+        # The prober's metric and a Warning Event on the Node.
+        assert peer_metrics(cluster, node2, node1).get("answered") == 1.0
+        def warned() -> None:
+            events = cluster.kubectl_json("get", "events", "-n", "default")["items"]
+            mine = [e for e in events if e["reason"] == "NodePortFilterBypassed"
+                    and e["involvedObject"]["kind"] == "Node" and e["involvedObject"]["name"] == node1]
+            assert mine and mine[0]["type"] == "Warning", mine
+        eventually(warned, timeout=10)
+
+    removed = time.monotonic()
+    expect(cluster, "client-b", denied, answered=False, timeout=10)
+
+    def enforcing() -> None:
+        r = nodes_report(cluster, "allow-a")
+        assert r["code"] == 0 and path_of(r, node1)["state"] == "enforcing", r
+
+    eventually(enforcing, timeout=2 * CANARY_PERIOD + STATUS_WRITE + 5, interval=1)
+    print(f"node1 verified enforcing again {time.monotonic() - removed:.1f} s after the rule was removed")
+    assert peer_metrics(cluster, node2, node1).get("filtering") == 1.0
+    assert json.loads(cluster.kubectl("get", "svc", "-n", "nodeport-guard-canary", "nodeport-guard-canary",
+                                      "-o", "json").stdout)["spec"]["ports"][0]["nodePort"] == 32767
