@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -25,6 +25,7 @@ from contract.signing import PublicKey, VerifierKeys, parse_public_keys_pem, pub
 from enforcer.apihealth import ApiHealth
 from enforcer.backend import Backend, detect_backend
 from enforcer.canary_run import start_canary
+from enforcer.datapath import DatapathDetector
 from enforcer.dataplane import Dataplane
 from enforcer.drops import DropReader, log_audit_forever
 from enforcer.loop import EnforcerMetrics, SyncLoop
@@ -263,9 +264,11 @@ def run(settings: EnforcerSettings) -> int:
     server = _serve_probes(loop, metrics, settings.metrics_bind, health)
     health.start(stop)
     prober = start_canary(settings, api_client, loop, metrics.registry, stop)
+    detector = DatapathDetector(backend, lambda: _families(loop), on_jump_missing=loop.request_repair)
+    detector.start(stop, loop.ready.is_set, settings.resync_seconds)
 
     def path() -> PathReport:
-        return PathReport((), prober.report() if prober else (), loop.ready_since)
+        return PathReport(detector.findings(), prober.report() if prober else (), loop.ready_since)
 
     publisher = _status_publisher(settings, api_client, loop, store, path)
     status_thread = publisher.start(stop) if publisher else None
@@ -278,6 +281,11 @@ def run(settings: EnforcerSettings) -> int:
     if status_thread is not None:
         status_thread.join(timeout=10)  # its last write says "stopped"
     return 0
+
+
+def _families(loop: SyncLoop) -> set[Literal[4, 6]]:
+    """The families our skeleton is installed in: those with a protected port."""
+    return {4 if family == 4 else 6 for family, _, _ in (loop.ports_view() or {})}
 
 
 def _status_publisher(
