@@ -5,7 +5,10 @@ canary probes. A foreign rule that ACCEPTs new packets, inserted above our jump 
 PREROUTING` (what a Calico pre-DNAT allow amounts to; inside node1's network namespace only), lets a
 denied client in (shown by its packets); node1 turns `bypassed` within two canary periods, `status`
 exits non-zero naming node1 and the reason, the peer's metric and a Warning Event on the Node follow;
-removing the rule restores `enforcing`, and the denied client is dropped again.
+removing the rule restores `enforcing`, and the denied client is dropped again. On node2, an nft chain at
+prerouting priority -175 that DNATs the NodePorts straight to local pods (what a BPF or OVS data plane
+does in effect) lets the denied client in too, and the canary catches it (node1's probe is answered). Our
+jump flushed by hand on node1 is re-installed, and the window is measured.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from localcluster.backends import NAMESPACE
+from localcluster.backends import APP, NAMESPACE
+from localcluster.backends import PORT as BACKEND_PORT
 from localcluster.cluster import Cluster
 from localcluster.probe import Proto
 from tests.cluster.helpers import Deployment, apply_backends, apply_policy, delete_policies, eventually, expect
@@ -108,12 +112,15 @@ def test_both_nodes_verified_then_a_foreign_accept_is_caught_by_the_canary_and_i
         print(f"node1 ({backend}) reported bypassed {detected:.1f} s after the foreign ACCEPT was inserted")
         assert report["code"] == 1 and report["inForce"] is False
         assert report["by_node"][node1]["inForce"] is False and report["by_node"][node1]["state"] == "bypassed"
-        assert f"answered a probe from {node2}" in path_of(report, node1)["reason"], report
+        reason = path_of(report, node1)["reason"]
+        assert f"answered a probe from {node2}" in reason or "ACCEPTs new packets" in reason, report
         assert path_of(report, node2)["state"] == "enforcing", report  # the other node is unaffected
         code, out, _ = status(cluster, "allow-a", "-n", NAMESPACE)
         assert code == 1 and f"bypassed: {node1} (" in out and "in force on 1 of 2 nodes" in out, out
-        # The prober's metric and a Warning Event on the Node.
-        assert peer_metrics(cluster, node2, node1).get("answered") == 1.0
+        # The canary caught it too (whatever the passive check said first): the prober's metric and a
+        # Warning Event on the Node.
+        eventually(lambda: _assert_metric(cluster, node2, node1, "answered"), timeout=2 * CANARY_PERIOD + 5)
+
         def warned() -> None:
             events = cluster.kubectl_json("get", "events", "-n", "default")["items"]
             mine = [e for e in events if e["reason"] == "NodePortFilterBypassed"
@@ -130,6 +137,77 @@ def test_both_nodes_verified_then_a_foreign_accept_is_caught_by_the_canary_and_i
 
     eventually(enforcing, timeout=2 * CANARY_PERIOD + STATUS_WRITE + 5, interval=1)
     print(f"node1 verified enforcing again {time.monotonic() - removed:.1f} s after the rule was removed")
-    assert peer_metrics(cluster, node2, node1).get("filtering") == 1.0
+    eventually(lambda: _assert_metric(cluster, node2, node1, "filtering"), timeout=2 * CANARY_PERIOD + 5)
     assert json.loads(cluster.kubectl("get", "svc", "-n", "nodeport-guard-canary", "nodeport-guard-canary",
                                       "-o", "json").stdout)["spec"]["ports"][0]["nodePort"] == 32767
+
+
+def _assert_metric(cluster: Cluster, prober: str, about: str, result: str) -> None:
+    values = peer_metrics(cluster, prober, about)
+    assert values.get(result) == 1.0, values
+
+
+def _local_pod_ip(cluster: Cluster, namespace: str, selector: str, node: str) -> str:
+    pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", selector)["items"]
+    ips = [p["status"].get("podIP", "") for p in pods if p["spec"].get("nodeName") == node]
+    ips = [ip for ip in ips if ip and ":" not in ip]
+    assert ips, f"no {selector} pod with an IPv4 address on {node}"
+    return str(ips[0])
+
+
+@contextlib.contextmanager
+def early_dnat(cluster: Cluster, node: str, rules: list[tuple[int, str]]) -> Iterator[None]:
+    """nft `type nat hook prerouting priority -175` on `node` (its netns only): each port DNATed to address:port."""
+    table = ["ip", "npg-issue19-early"]
+    cluster.on_node(node, ["nft", "add", "table", *table])
+    try:
+        cluster.on_node(node, ["nft", "add", "chain", *table, "pre",
+                               "{ type nat hook prerouting priority -175 ; policy accept ; }"])
+        for port, target in rules:
+            rule = ["tcp", "dport", str(port), "dnat", "to", target]
+            cluster.on_node(node, ["nft", "add", "rule", *table, "pre", *rule])
+        yield
+    finally:
+        cluster.on_node(node, ["nft", "delete", "table", *table], check=False)
+
+
+def test_an_early_dnat_on_node2_is_caught_by_the_canary(cluster: Cluster, backends: None) -> None:
+    node1, node2 = node_names(cluster)
+    assert apply_policy(cluster, "allow-a", ALLOW_A).returncode == 0
+    denied: list[tuple[str, int, Proto, str]] = [(node2, 30080, "tcp", "v4")]
+    expect(cluster, "client-b", denied, answered=False)
+    eventually(lambda: _assert_metric(cluster, node1, node2, "filtering"), timeout=2 * CANARY_PERIOD + 5)
+    echo = _local_pod_ip(cluster, NAMESPACE, f"app={APP}", node2)
+    canary = _local_pod_ip(cluster, "nodeport-guard-canary", "app.kubernetes.io/name=nodeport-guard-canary", node2)
+    with early_dnat(cluster, node2, [(30080, f"{echo}:{BACKEND_PORT}"), (32767, f"{canary}:8080")]):
+        started = time.monotonic()
+        expect(cluster, "client-b", denied, answered=True, timeout=10)  # our rules never see a local NodePort
+        eventually(lambda: _assert_metric(cluster, node1, node2, "answered"), timeout=2 * CANARY_PERIOD + 5)
+        print(f"node1's canary probe of node2 answered {time.monotonic() - started:.1f} s after the early DNAT")
+
+        def bypassed() -> dict[str, Any]:
+            r = nodes_report(cluster, "allow-a")
+            assert r["code"] == 1 and path_of(r, node2)["state"] == "bypassed", r
+            return r
+
+        eventually(bypassed, timeout=STATUS_WRITE + 10, interval=1)
+    expect(cluster, "client-b", denied, answered=False, timeout=10)
+    eventually(lambda: _assert_metric(cluster, node1, node2, "filtering"), timeout=2 * CANARY_PERIOD + 5)
+
+
+def test_our_jump_flushed_by_hand_is_reinstalled_and_the_window_measured(cluster: Cluster, backends: None) -> None:
+    node1, _ = node_names(cluster)
+    assert apply_policy(cluster, "allow-a", ALLOW_A).returncode == 0
+    backend = our_backend(cluster, node1)
+    save = [f"iptables-{backend}-save", "-t", "mangle"]
+    flushed = time.monotonic()
+    cluster.on_node(node1, [f"iptables-{backend}", "-w", "5", "-t", "mangle", "-F", "PREROUTING"])
+
+    def back() -> None:
+        assert "-j NPG-INGRESS" in cluster.on_node(node1, save).stdout
+
+    eventually(back, timeout=15, interval=0.2)
+    window = time.monotonic() - flushed
+    print(f"our jump flushed on node1 ({backend}) was back {window:.1f} s later")
+    assert window < 5 + 5  # the 5 s rule check, then a full sync
+    expect(cluster, "client-b", [(node1, 30080, "tcp", "v4")], answered=False, timeout=10)
