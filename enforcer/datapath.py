@@ -25,6 +25,7 @@ from enforcer.datapath_rules import (
     judge_kube_proxy,
     judge_mangle_prerouting,
     judge_nft_ruleset,
+    judge_raw_prerouting,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class DatapathDetector:
                                      ""))
                 continue
             found.extend(judge_mangle_prerouting(result.stdout, family, self.backend))
+            raw = self._run([save_command(self.backend, family), "-t", "raw"])
+            if raw.returncode == 0:
+                found.extend(judge_raw_prerouting(raw.stdout, family, self.backend))
         missing = any(f.kind == "jump-missing" for f in found)
         if missing and self.jump_missing_since is None:
             self.jump_missing_since = time.monotonic()

@@ -21,6 +21,9 @@ HOOK = "PREROUTING"
 MANGLE_PRIORITY = -150  # iptables' mangle; iptables-nft's mangle PREROUTING base chain has it too
 XTABLES_TABLES = {"raw", "mangle", "nat", "filter", "security"}  # iptables-nft's own tables, judged from -save
 REWRITES = ("dnat", "redirect", "tproxy")
+# A packet left untracked is never NEW to conntrack: our `--ctstate NEW` rule does not see it.
+UNTRACK = ("notrack",)
+REWRITTEN_FIELDS = ("daddr", "dport")  # a stateless rewrite of these (`ip daddr set ...`) is a DNAT by hand
 MAX_DEPTH = 8  # user chains followed from PREROUTING (loops are impossible in iptables; bounded anyway)
 
 
@@ -181,17 +184,38 @@ def judge_nft_ruleset(document: Mapping[str, Any]) -> tuple[Finding, ...]:
             continue
         for rule, via in _reachable(rules, key, (name,)):
             for stmt, value in _statements(rule):
-                if stmt in REWRITES:
+                if stmt in REWRITES or stmt in UNTRACK or _rewrites_destination(stmt, value):
                     findings.append(
                         Finding(
                             "nft-rewrite-ahead",
                             "bypass",
                             f"nft chain {family} {table} {' -> '.join(via)} (hook prerouting, priority {prio}, ahead "
-                            f"of mangle's {MANGLE_PRIORITY}) rewrites packets ({stmt}) before nodeport-guard sees them",
+                            f"of mangle's {MANGLE_PRIORITY}) rewrites or untracks packets ({stmt}) before "
+                            "nodeport-guard sees them",
                             f"{stmt} {value}"[:300],
                         )
                     )
     return tuple(findings)
+
+
+def _rewrites_destination(stmt: str, value: Any) -> bool:
+    if stmt != "mangle" or not isinstance(value, dict):
+        return False
+    payload = (value.get("key") or {}).get("payload") if isinstance(value.get("key"), dict) else None
+    return isinstance(payload, dict) and payload.get("field") in REWRITTEN_FIELDS
+
+
+def judge_raw_prerouting(save_text: str, family: int, backend: str) -> tuple[Finding, ...]:
+    """Pure: `raw PREROUTING` rules (ahead of conntrack and of us) that leave new packets untracked."""
+    tool = f"{'ip6' if family == 6 else 'ip'}tables-{backend}"
+    out = []
+    for rule in parse_save_table(save_text, "raw").get(HOOK, []):
+        if rule.target == "NOTRACK" or (rule.target == "CT" and "--notrack" in rule.args):
+            out.append(Finding(
+                "untracked-ahead", "bypass",
+                f"a rule in {tool} raw PREROUTING leaves packets untracked: they are never NEW to conntrack, so "
+                "nodeport-guard's filter does not see them", rule.text))
+    return tuple(out)
 
 
 def _prio(chain: Mapping[str, Any]) -> int:

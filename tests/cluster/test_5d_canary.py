@@ -5,10 +5,11 @@ canary probes. A foreign rule that ACCEPTs new packets, inserted above our jump 
 PREROUTING` (what a Calico pre-DNAT allow amounts to; inside node1's network namespace only), lets a
 denied client in (shown by its packets); node1 turns `bypassed` within two canary periods, `status`
 exits non-zero naming node1 and the reason, the peer's metric and a Warning Event on the Node follow;
-removing the rule restores `enforcing`, and the denied client is dropped again. On node2, an nft chain at
-prerouting priority -175 that DNATs the NodePorts straight to local pods (what a BPF or OVS data plane
-does in effect) lets the denied client in too, and the canary catches it (node1's probe is answered). Our
-jump flushed by hand on node1 is re-installed, and the window is measured.
+removing the rule restores `enforcing`, and the denied client is dropped again. On node2, nft rules at
+prerouting priority -300 that rewrite the NodePorts' packets straight to local pods (what a BPF or OVS
+data plane does in effect, before netfilter's conntrack and our filter) let the denied client in too,
+and the canary catches it (node1's probe is answered). Our jump flushed by hand on node1 is
+re-installed, and the window is measured.
 """
 
 from __future__ import annotations
@@ -156,22 +157,34 @@ def _local_pod_ip(cluster: Cluster, namespace: str, selector: str, node: str) ->
 
 
 @contextlib.contextmanager
-def early_dnat(cluster: Cluster, node: str, rules: list[tuple[int, str]]) -> Iterator[None]:
-    """nft `type nat hook prerouting priority -175` on `node` (its netns only): each port DNATed to address:port."""
+def early_rewrite(cluster: Cluster, node: str, rules: list[tuple[int, str, int]]) -> Iterator[None]:
+    """What a BPF data plane does in effect, in nft on `node` (its netns only): each NodePort's packets rewritten
+    to a local pod (address, port) at prerouting priority -300, ahead of conntrack and of mangle, and the
+    replies rewritten back. A `type nat` chain cannot do it: the kernel runs every nat chain at the NAT
+    core's own priority (-100), after our mangle filter (tried here: our filter still dropped it)."""
     table = ["ip", "npg-issue19-early"]
+    node_ip = cluster.plan.node(node).v4
     cluster.on_node(node, ["nft", "add", "table", *table])
     try:
         cluster.on_node(node, ["nft", "add", "chain", *table, "pre",
-                               "{ type nat hook prerouting priority -175 ; policy accept ; }"])
-        for port, target in rules:
-            rule = ["tcp", "dport", str(port), "dnat", "to", target]
-            cluster.on_node(node, ["nft", "add", "rule", *table, "pre", *rule])
+                               "{ type filter hook prerouting priority -300 ; policy accept ; }"])
+        cluster.on_node(node, ["nft", "add", "chain", *table, "post",
+                               "{ type filter hook postrouting priority 300 ; policy accept ; }"])
+        for port, pod, pod_port in rules:
+            forward = ["ip", "daddr", node_ip, "tcp", "dport", str(port), "notrack",
+                       "ip", "daddr", "set", pod, "tcp", "dport", "set", str(pod_port)]
+            reply_in = ["ip", "saddr", pod, "tcp", "sport", str(pod_port), "notrack"]
+            reply_out = ["ip", "saddr", pod, "tcp", "sport", str(pod_port),
+                         "ip", "saddr", "set", node_ip, "tcp", "sport", "set", str(port)]
+            cluster.on_node(node, ["nft", "add", "rule", *table, "pre", *forward])
+            cluster.on_node(node, ["nft", "add", "rule", *table, "pre", *reply_in])
+            cluster.on_node(node, ["nft", "add", "rule", *table, "post", *reply_out])
         yield
     finally:
         cluster.on_node(node, ["nft", "delete", "table", *table], check=False)
 
 
-def test_an_early_dnat_on_node2_is_caught_by_the_canary(cluster: Cluster, backends: None) -> None:
+def test_an_early_rewrite_on_node2_is_caught_by_the_canary(cluster: Cluster, backends: None) -> None:
     node1, node2 = node_names(cluster)
     assert apply_policy(cluster, "allow-a", ALLOW_A).returncode == 0
     denied: list[tuple[str, int, Proto, str]] = [(node2, 30080, "tcp", "v4")]
@@ -179,11 +192,11 @@ def test_an_early_dnat_on_node2_is_caught_by_the_canary(cluster: Cluster, backen
     eventually(lambda: _assert_metric(cluster, node1, node2, "filtering"), timeout=2 * CANARY_PERIOD + 5)
     echo = _local_pod_ip(cluster, NAMESPACE, f"app={APP}", node2)
     canary = _local_pod_ip(cluster, "nodeport-guard-canary", "app.kubernetes.io/name=nodeport-guard-canary", node2)
-    with early_dnat(cluster, node2, [(30080, f"{echo}:{BACKEND_PORT}"), (32767, f"{canary}:8080")]):
+    with early_rewrite(cluster, node2, [(30080, echo, BACKEND_PORT), (32767, canary, 8080)]):
         started = time.monotonic()
         expect(cluster, "client-b", denied, answered=True, timeout=10)  # our rules never see a local NodePort
         eventually(lambda: _assert_metric(cluster, node1, node2, "answered"), timeout=2 * CANARY_PERIOD + 5)
-        print(f"node1's canary probe of node2 answered {time.monotonic() - started:.1f} s after the early DNAT")
+        print(f"node1's canary probe of node2 answered {time.monotonic() - started:.1f} s after the early rewrite")
 
         def bypassed() -> dict[str, Any]:
             r = nodes_report(cluster, "allow-a")

@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 
 from enforcer.datapath_links import judge_links, uplinks
-from enforcer.datapath_rules import judge_kube_proxy, judge_mangle_prerouting, judge_nft_ruleset, parse_save_table
+from enforcer.datapath_rules import (
+    judge_kube_proxy,
+    judge_mangle_prerouting,
+    judge_nft_ruleset,
+    judge_raw_prerouting,
+    parse_save_table,
+)
 
 OURS = ("-A PREROUTING -m addrtype --dst-type LOCAL -m conntrack --ctstate NEW -m comment --comment npg:abc "
         "-j NPG-INGRESS")
@@ -154,3 +160,16 @@ def test_bpf_programs_and_ovs_are_suspects_named_for_what_they_are() -> None:
     assert "Cilium" in findings[0].reason and "unknown BPF program x" in findings[2].reason
     assert "OVN-Kubernetes" in findings[4].reason
     assert judge_links([ETH0], {}) == ()
+
+
+def test_untracking_or_rewriting_by_hand_ahead_of_us_is_a_bypass() -> None:
+    raw = "*raw\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -p tcp --dport 30080 -j CT --notrack\n" \
+          "-A PREROUTING -j NOTRACK\n-A PREROUTING -j CT --zone 1\nCOMMIT\n"
+    found = judge_raw_prerouting(raw, 4, "nft")
+    assert [(f.kind, f.verdict) for f in found] == [("untracked-ahead", "bypass")] * 2
+    set_daddr = {"mangle": {"key": {"payload": {"protocol": "ip", "field": "daddr"}}, "value": "203.0.113.50"}}
+    set_saddr = {"mangle": {"key": {"payload": {"protocol": "ip", "field": "saddr"}}, "value": "203.0.113.50"}}
+    mark = {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}
+    rules = [rule("bpf-like", "pre", e) for e in ({"notrack": None}, set_daddr, set_saddr, mark)]
+    doc = {"nftables": [chain("bpf-like", "pre", -300), *rules]}
+    assert [f.evidence.split()[0] for f in judge_nft_ruleset(doc)] == ["notrack", "mangle"]
