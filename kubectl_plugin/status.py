@@ -94,7 +94,7 @@ def render(snapshot: Snapshot) -> str:
     header = ["NODE", "IN FORCE", "STATE", "ENFORCER", "PATH", "PROGRAMMED RV", "BEHIND", "LAST CHANGE", "DETAIL"]
     widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
-    behind = [v for v in results if v.state != "in-force"]
+    behind = [v for v in results if v.state not in ("in-force", "bypassed", "unverified")]  # those: below
     not_ready = [v for v in results if v.enforcer != "ready"]
     lines.append(f"up to date: {', '.join(up) or 'none'}")
     if behind:
