@@ -26,7 +26,15 @@ from localcluster.backends import APP, NAMESPACE
 from localcluster.backends import PORT as BACKEND_PORT
 from localcluster.cluster import Cluster
 from localcluster.probe import Proto
-from tests.cluster.helpers import Deployment, apply_backends, apply_policy, delete_policies, eventually, expect
+from tests.cluster.helpers import (
+    Deployment,
+    apply_backends,
+    apply_policy,
+    delete_policies,
+    eventually,
+    expect,
+    paused_enforcer,
+)
 from tests.cluster.test_4_traffic import ALLOW_A
 from tests.cluster.test_5c_status import node_names, nodes_report, status
 
@@ -213,14 +221,19 @@ def test_our_jump_flushed_by_hand_is_reinstalled_and_the_window_measured(cluster
     assert apply_policy(cluster, "allow-a", ALLOW_A).returncode == 0
     backend = our_backend(cluster, node1)
     save = [f"iptables-{backend}-save", "-t", "mangle"]
-    flushed = time.monotonic()
-    cluster.on_node(node1, [f"iptables-{backend}", "-w", "5", "-t", "mangle", "-F", "PREROUTING"])
+    # Held still, not raced: with node1's enforcer paused the flush is seen to take our jump away, and the
+    # client it denies gets in; released, the window until the jump is back is measured.
+    with paused_enforcer(cluster, node1):
+        cluster.on_node(node1, [f"iptables-{backend}", "-w", "5", "-t", "mangle", "-F", "PREROUTING"])
+        assert "-j NPG-INGRESS" not in cluster.on_node(node1, save).stdout
+        expect(cluster, "client-b", [(node1, 30080, "tcp", "v4")], answered=True, timeout=10)
+        released = time.monotonic()
 
     def back() -> None:
         assert "-j NPG-INGRESS" in cluster.on_node(node1, save).stdout
 
     eventually(back, timeout=15, interval=0.2)
-    window = time.monotonic() - flushed
-    print(f"our jump flushed on node1 ({backend}) was back {window:.1f} s later")
+    window = time.monotonic() - released
+    print(f"our jump flushed on node1 ({backend}) was back {window:.1f} s after its enforcer could act")
     assert window < 5 + 5  # the 5 s rule check, then a full sync
     expect(cluster, "client-b", [(node1, 30080, "tcp", "v4")], answered=False, timeout=10)
