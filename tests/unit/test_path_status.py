@@ -257,3 +257,16 @@ def test_the_publisher_writes_a_changed_outcome_within_5_s_and_probe_times_only_
     assert pub.tick()  # the heartbeat carries the newest probe time
     decoded = decode_lease(writes[-1])
     assert decoded is not None and decoded.path.probes[0].at == at(114.0)
+
+
+def test_accept_unverified_passes_a_programmed_single_node_but_never_a_bypassed_one() -> None:
+    alone = {"node1": lease("node1", PathReport())}
+    snap = Snapshot("p", (P,), tuple(verdicts(["node1"], alone, [P], at(10))))
+    assert not snap.in_force and snap.programmed_everywhere_unverified
+    assert SINGLE_NODE in render(snap)
+    bypassed = {"node1": lease("node1", PathReport(findings=(Finding("rule-ahead", "bypass", "r", "e"),)))}
+    snap = Snapshot("p", (P,), tuple(verdicts(["node1"], bypassed, [P], at(10))))
+    assert not snap.in_force and not snap.programmed_everywhere_unverified
+    behind = {"node1": lease("node1", PathReport(), rv="50")}
+    snap = Snapshot("p", (P,), tuple(verdicts(["node1"], behind, [P], at(10))))
+    assert not snap.programmed_everywhere_unverified  # not programmed: no flag makes it pass
