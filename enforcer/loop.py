@@ -92,7 +92,9 @@ class SyncLoop:
     # key id not trusted yet, as in a rotation whose new key this node has not read yet.
     refresh_keys: Callable[[], SigningKeys] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
-    ready_since: datetime.datetime | None = None  # the first successful sync (canary probes before it prove nothing)
+    # When the first sync had to install our rules (canary probes before it prove nothing); None when it
+    # found them in place (a pod restart leaves them).
+    ready_since: datetime.datetime | None = None
     _reported: set[tuple[str, str, str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -242,10 +244,12 @@ class SyncLoop:
             self.store.changed.clear()
             try:
                 with self.lock:
-                    self.sync_once(full_readback=due)
-                self.ready.set()
-                if self.ready_since is None:
+                    report = self.sync_once(full_readback=due)
+                if not self.ready.is_set() and (report.rules_added or report.sets_created):
+                    # Our rules were not in place (a first install, a reboot): canary probes made before
+                    # now prove nothing. After a pod restart that found them intact, earlier probes still hold.
                     self.ready_since = datetime.datetime.now(datetime.UTC)
+                self.ready.set()
                 if due:
                     next_resync = time.monotonic() + self.resync_seconds
             except Exception as exc:
