@@ -1,8 +1,9 @@
 """Is a node's filter in the packet's path? Its passive findings, its canary probes, and the verdict (pure).
 
 Each enforcer publishes, in its status Lease (contract/node_status.py), what its passive checks found
-on its own node (`Finding`), the time it became ready, and the latest result of its canary probes of
-the peers it probed (`Probe`). A node's path state is read from every Lease (`path_verdicts`):
+on its own node (`Finding`), the time its first sync had to install our rules (a first install, a
+reboot; none when a restart found them in place), and the latest result of its canary probes of the
+peers it probed (`Probe`). A node's path state is read from every Lease (`path_verdicts`):
 
 1. no Lease, or its enforcer has not synced: `unverified`;
 2. a passive finding with verdict `bypass`: `bypassed`;
