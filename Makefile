@@ -79,8 +79,11 @@ deploy: install-python ## install on the cluster of your kubeconfig (certs, secr
 	$(PY) -m certs install --kubeconfig "$${KUBECONFIG:-$$HOME/.kube/config}" --dir $(CERTS_DIR)
 	$(KUBECTL) -n nodeport-guard rollout status deployment/nodeport-guard-webhook --timeout=300s
 	$(KUBECTL) -n nodeport-guard rollout status daemonset/nodeport-guard-enforcer --timeout=300s
+	$(KUBECTL) apply -f manifests/canary/
+	$(KUBECTL) -n nodeport-guard-canary rollout status deployment/nodeport-guard-canary --timeout=300s
 
 undeploy: ## remove every rule from every node (cleanup DaemonSet), then everything the manifests created
+	$(KUBECTL) delete -f manifests/canary/ --ignore-not-found --wait=true
 	$(KUBECTL) delete mutatingwebhookconfiguration,validatingwebhookconfiguration nodeport-guard --ignore-not-found
 	$(KUBECTL) -n nodeport-guard delete daemonset nodeport-guard-enforcer --ignore-not-found --wait=true
 	$(KUBECTL) apply -f manifests/cleanup/daemonset.yaml

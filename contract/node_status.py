@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from contract.path_status import PathReport, PathVerdict, decode_path, encode_path, path_verdicts
+
 LEASE_PREFIX = "nodeport-guard-node-"
 STATUS_LABEL = "nodeport-guard.io/node-status"
 KEY_NODE = "nodeport-guard.io/node"
@@ -32,7 +34,8 @@ KEY_REFUSED_TOTAL = "nodeport-guard.io/refused-total"
 MAX_REFUSED = 50  # bounds the object (~8 KB at most); beyond it the answer for unlisted policies is "unknown"
 
 EnforcerPhase = Literal["starting", "ready", "stopped"]
-NodeState = Literal["in-force", "behind", "refused", "unknown", "no-enforcer"]
+# "bypassed" / "unverified": programmed, but the filter is not proven in the packet's path (contract/path_status.py)
+NodeState = Literal["in-force", "behind", "refused", "unknown", "no-enforcer", "bypassed", "unverified"]
 
 
 def lease_name(node: str) -> str:
@@ -81,6 +84,7 @@ class NodeStatus:
     refused_total: int
     renewed_at: datetime.datetime | None = None
     lease_seconds: int = 0
+    path: PathReport = PathReport()  # noqa: RUF009 (frozen, immutable)  passive findings, canary probes of peers, ready time
 
     def alive(self, now: datetime.datetime) -> bool:
         """The heartbeat is fresh (renewTime + leaseDurationSeconds not passed)."""
@@ -110,6 +114,7 @@ def encode_lease(
                 KEY_PORTS: str(status.protected_nodeports),
                 KEY_REFUSED: json.dumps(refused, separators=(",", ":")),
                 KEY_REFUSED_TOTAL: str(status.refused_total),
+                **encode_path(status.path),
             },
         },
         "spec": {
@@ -148,6 +153,7 @@ def decode_lease(obj: Mapping[str, Any]) -> NodeStatus | None:
         refused_total=total,
         renewed_at=parse_time(spec.get("renewTime")),
         lease_seconds=lease_seconds,
+        path=decode_path(annotations),
     )
 
 
@@ -169,6 +175,9 @@ class NodeVerdict:
     behind_by: int  # listed policy versions newer than what the node programmed
     since_seconds: float | None  # since the node last changed what it programs
     detail: str
+    path: str = "unverified"  # enforcing | bypassed | unverified (contract/path_status.py)
+    path_reason: str = ""
+    verified_at: datetime.datetime | None = None
 
 
 def enforcer_condition(status: NodeStatus | None, now: datetime.datetime) -> str:
@@ -237,20 +246,41 @@ def status_by_node(leases: Iterable[Mapping[str, Any]]) -> dict[str, NodeStatus]
     return out
 
 
+def with_path(verdict: NodeVerdict, path: PathVerdict) -> NodeVerdict:
+    """Pure: a node is in force only where its filter is verified in the packet's path."""
+    state: NodeState = verdict.state
+    detail = verdict.detail
+    if state == "in-force" and path.state != "enforcing":
+        state = path.state
+        detail = path.reason + (f" ({path.evidence})" if path.evidence else "")
+    return NodeVerdict(
+        verdict.node, state, verdict.enforcer, verdict.resource_version, verdict.behind_by, verdict.since_seconds,
+        detail, path.state, path.reason, path.verified_at,
+    )
+
+
 def verdicts(
     nodes: Sequence[str], statuses: Mapping[str, NodeStatus], wanted: Sequence[PolicyVersion], now: datetime.datetime
 ) -> list[NodeVerdict]:
-    """Pure: one verdict per node (sorted by name). Leases of nodes that no longer exist are ignored."""
-    return [node_verdict(n, statuses.get(n), wanted, now) for n in sorted(nodes)]
+    """Pure: one verdict per node (sorted by name), "in-force" only where the canary proved the filter
+    in the path. Leases of nodes that no longer exist are ignored."""
+    paths = path_verdicts(nodes, statuses, now)
+    return [with_path(node_verdict(n, statuses.get(n), wanted, now), paths[n]) for n in sorted(nodes)]
 
 
 def all_in_force(results: Sequence[NodeVerdict]) -> bool:
     return bool(results) and all(v.state == "in-force" for v in results)
 
 
-def in_force_watermark(nodes: Sequence[str], statuses: Mapping[str, NodeStatus]) -> int | None:
+def in_force_watermark(
+    nodes: Sequence[str], statuses: Mapping[str, NodeStatus], now: datetime.datetime
+) -> int | None:
     """Pure: the highest resourceVersion every node has programmed (the minimum over nodes);
-    None when there is no node or a node has not reported one."""
+    None when there is no node, a node has not reported one, or a node's filter is not verified
+    in the packet's path (nothing is announced in force then)."""
+    paths = path_verdicts(nodes, statuses, now)
+    if any(v.state != "enforcing" for v in paths.values()):
+        return None
     numbers = [resource_version_number(statuses[n].resource_version) if n in statuses else None for n in nodes]
     if not numbers or any(n is None for n in numbers):
         return None

@@ -12,17 +12,21 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from contract import field_managers
 from contract.node_status import lease_name
+from contract.path_status import PathReport
 from contract.signing import PublicKey, VerifierKeys, parse_public_keys_pem, public_keys_from_data
 from enforcer.apihealth import ApiHealth
 from enforcer.backend import Backend, detect_backend
+from enforcer.canary_run import start_canary
+from enforcer.datapath import DatapathDetector
 from enforcer.dataplane import Dataplane
 from enforcer.drops import DropReader, log_audit_forever
 from enforcer.loop import EnforcerMetrics, SyncLoop
@@ -231,7 +235,8 @@ def run(settings: EnforcerSettings) -> int:
         clear_conntrack=settings.clear_conntrack,
         audit_all=settings.audit_all,
     )
-    drops = DropReader(dataplane.read_counters)
+    canary_port = frozenset({settings.canary_nodeport} - {0})
+    drops = DropReader(dataplane.read_counters, exclude_ports=canary_port)
     metrics.watch_drops(drops)
     from kubernetes import client
 
@@ -260,7 +265,14 @@ def run(settings: EnforcerSettings) -> int:
                        on_recover=watch.reconnect)
     server = _serve_probes(loop, metrics, settings.metrics_bind, health)
     health.start(stop)
-    publisher = _status_publisher(settings, api_client, loop, store)
+    prober = start_canary(settings, api_client, loop, metrics.registry, stop)
+    detector = DatapathDetector(backend, lambda: _families(loop), on_jump_missing=loop.request_repair)
+    detector.start(stop, loop.ready.is_set, settings.resync_seconds)
+
+    def path() -> PathReport:
+        return PathReport(detector.findings(), prober.report() if prober else (), loop.ready_since)
+
+    publisher = _status_publisher(settings, api_client, loop, store, path)
     status_thread = publisher.start(stop) if publisher else None
     threading.Thread(
         target=log_audit_forever, args=(drops, stop, settings.audit_log_seconds), name="audit-log", daemon=True
@@ -273,8 +285,13 @@ def run(settings: EnforcerSettings) -> int:
     return 0
 
 
+def _families(loop: SyncLoop) -> set[Literal[4, 6]]:
+    """The families our skeleton is installed in: those with a protected port."""
+    return {4 if family == 4 else 6 for family, _, _ in (loop.ports_view() or {})}
+
+
 def _status_publisher(
-    settings: EnforcerSettings, api_client: Any, loop: SyncLoop, store: PolicyStore
+    settings: EnforcerSettings, api_client: Any, loop: SyncLoop, store: PolicyStore, path: Callable[[], PathReport]
 ) -> StatusPublisher | None:
     if not settings.node_name:
         logger.warning("NPG_NODE_NAME is empty: this node's status is not published (kubectl nodeport-guard status)")
@@ -288,6 +305,7 @@ def _status_publisher(
         read=loop.programmed,
         min_interval=settings.status_min_interval_seconds,
         heartbeat=settings.status_heartbeat_seconds,
+        path=path,
     )
 
 

@@ -27,8 +27,9 @@ _FAMILY_LABEL = {4: "IPv4", 6: "IPv6"}
 class DropReader:
     """Reads the kernel's counter sets (`read_text`, e.g. Dataplane.read_counters) into totals."""
 
-    def __init__(self, read_text: Callable[[], str]) -> None:
+    def __init__(self, read_text: Callable[[], str], exclude_ports: frozenset[int] = frozenset()) -> None:
         self._read_text = read_text
+        self._exclude = exclude_ports  # the canary's NodePort: its probes are no user's drops
         self._totals = DropTotals()
         self.last_seconds = 0.0
 
@@ -36,6 +37,8 @@ class DropReader:
         started = time.perf_counter()
         totals = self._totals.update(parse_counter_save(self._read_text()))
         self.last_seconds = time.perf_counter() - started
+        if self._exclude:
+            return {k: v for k, v in totals.items() if k.port not in self._exclude}
         return totals
 
 

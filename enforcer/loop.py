@@ -8,6 +8,7 @@ periodic resync recompute everything and read the dataplane back.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -91,6 +92,9 @@ class SyncLoop:
     # key id not trusted yet, as in a rotation whose new key this node has not read yet.
     refresh_keys: Callable[[], SigningKeys] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+    # When the first sync had to install our rules (canary probes before it prove nothing); None when it
+    # found them in place (a pod restart leaves them).
+    ready_since: datetime.datetime | None = None
     _reported: set[tuple[str, str, str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -185,6 +189,19 @@ class SyncLoop:
             idle = None if self._need_full else self.store.idle_resource_version()
             return Programmed(True, idle or rv, self._planner.state(), self._verification.rejected)
 
+    def request_repair(self) -> None:
+        """The next sync is a full one (reads the skeleton back and repairs it): our jump was seen missing."""
+        self._need_full = True
+        self.store.changed.set()
+
+    def ports_view(self) -> dict[tuple[int, str, int], tuple[int, str]] | None:
+        """(family, protocol, port) -> (allowed prefixes, mode) of what is programmed; None before the first sync."""
+        with self.lock:
+            if self.generation == 0:
+                return None
+            state = self._planner.state()
+        return {(p.key.family, p.key.protocol, p.key.port): (len(p.allowed), p.mode) for p in state.ports}
+
     def _report_rejections(self, rejected: tuple[RejectedAnnotation, ...], plan_rejections: list[str]) -> None:
         current = set()
         for r in rejected:
@@ -227,7 +244,11 @@ class SyncLoop:
             self.store.changed.clear()
             try:
                 with self.lock:
-                    self.sync_once(full_readback=due)
+                    report = self.sync_once(full_readback=due)
+                if not self.ready.is_set() and (report.rules_added or report.sets_created):
+                    # Our rules were not in place (a first install, a reboot): canary probes made before
+                    # now prove nothing. After a pod restart that found them intact, earlier probes still hold.
+                    self.ready_since = datetime.datetime.now(datetime.UTC)
                 self.ready.set()
                 if due:
                     next_resync = time.monotonic() + self.resync_seconds

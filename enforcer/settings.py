@@ -81,6 +81,11 @@ class EnforcerSettings:
     # logged, not dropped) whatever the policies' modes. "enforce" (default): each policy's mode.
     audit_all: bool = False
     audit_log_seconds: float = 10.0  # period of the bounded would-drop log (NPG_AUDIT_LOG_SECONDS)
+    # The canary (enforcer/canary.py): the canary Service's NodePort (0: off), how often, how many peers.
+    canary_nodeport: int = 0
+    canary_period_seconds: float = 10.0
+    canary_peers: int = 2
+    canary_timeout_seconds: float = 1.0
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> EnforcerSettings:
@@ -143,6 +148,7 @@ class EnforcerSettings:
             raise SettingsError(f"NPG_AUDIT_LOG_SECONDS: {exc}") from exc
         if audit_log_seconds <= 0:
             raise SettingsError(f"NPG_AUDIT_LOG_SECONDS={audit_log_seconds}: must be > 0")
+        canary = _canary(env)
         return EnforcerSettings(
             node_name=env.get("NPG_NODE_NAME", ""),
             public_keys_configmap=configmap,
@@ -165,4 +171,26 @@ class EnforcerSettings:
             status_heartbeat_seconds=status_beat,
             audit_all=mode == "audit",
             audit_log_seconds=audit_log_seconds,
+            canary_nodeport=canary[0],
+            canary_period_seconds=canary[1],
+            canary_peers=canary[2],
+            canary_timeout_seconds=canary[3],
         )
+
+
+def _canary(env: Mapping[str, str]) -> tuple[int, float, int, float]:
+    """NPG_CANARY_NODEPORT (0: no canary), NPG_CANARY_PERIOD_SECONDS, NPG_CANARY_PEERS, NPG_CANARY_TIMEOUT_SECONDS."""
+    try:
+        port = int(env.get("NPG_CANARY_NODEPORT", "0"))
+        period = float(env.get("NPG_CANARY_PERIOD_SECONDS", "10"))
+        peers = int(env.get("NPG_CANARY_PEERS", "2"))
+        timeout = float(env.get("NPG_CANARY_TIMEOUT_SECONDS", "1"))
+    except ValueError as exc:
+        raise SettingsError(f"NPG_CANARY_*: {exc}") from exc
+    if not 0 <= port <= 65535 or peers < 1 or not 0 < timeout < period:
+        raise SettingsError(
+            f"NPG_CANARY_NODEPORT={port}, NPG_CANARY_PEERS={peers}, NPG_CANARY_TIMEOUT_SECONDS={timeout}, "
+            f"NPG_CANARY_PERIOD_SECONDS={period}: need a port (0 = off), >= 1 peer and 0 < timeout < period "
+            "(defaults 0, 2, 1 and 10; the manifests set the port of Service nodeport-guard-canary)"
+        )
+    return port, period, peers, timeout

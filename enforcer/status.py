@@ -9,6 +9,7 @@ only when a write is due.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import logging
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from contract import field_managers
 from contract.node_status import MAX_REFUSED, EnforcerPhase, NodeStatus, Refused, encode_lease
+from contract.path_status import PathReport
 from enforcer.plan import DesiredState
 from enforcer.policies import RejectedAnnotation
 
@@ -71,7 +73,8 @@ def node_status(node: str, phase: EnforcerPhase, programmed: Programmed | None, 
 
 def _content(status: NodeStatus) -> tuple[object, ...]:
     """What a reader cares about (time excluded): a change of it is worth a write."""
-    return (status.phase, status.resource_version, status.digest, status.refused, status.refused_total)
+    return (status.phase, status.resource_version, status.digest, status.refused, status.refused_total,
+            status.path.content())
 
 
 class StatusPublisher:
@@ -92,11 +95,14 @@ class StatusPublisher:
         heartbeat: float = HEARTBEAT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+        path: Callable[[], PathReport] = PathReport,
     ) -> None:
+        """`path` returns the node's findings and canary probes (cheap; read every tick): a changed outcome
+        is worth a write, a probe's newer time is not (each write, the heartbeat too, carries the latest)."""
         self.node, self.namespace = node, namespace
         self._write, self._generation, self._read = write, generation, read
         self.min_interval, self.heartbeat = min_interval, heartbeat
-        self._clock, self._wall = clock, wall
+        self._clock, self._wall, self._path = clock, wall, path
         self._seen_generation: object = None
         self._published: NodeStatus | None = None
         self._pending: NodeStatus | None = None
@@ -112,13 +118,17 @@ class StatusPublisher:
         """One decision: write now or not. Returns whether it wrote."""
         now = self._clock()
         generation = self._generation()
+        path = self._path()
+        base = self._pending or self._published
+        if base is not None and path.content() != base.path.content():
+            self._pending = dataclasses.replace(base, path=path)
         if generation != self._seen_generation or stopping:
             programmed = self._read()
             self._seen_generation = generation
             phase: EnforcerPhase = (
                 "stopped" if stopping else ("ready" if programmed and programmed.ready else "starting")
             )
-            fresh = node_status(self.node, phase, programmed, self._wall())
+            fresh = dataclasses.replace(node_status(self.node, phase, programmed, self._wall()), path=path)
             base = self._pending or self._published
             if base is None or _content(fresh) != _content(base):
                 self._pending = fresh
@@ -129,6 +139,7 @@ class StatusPublisher:
         status = self._pending or self._published or node_status(self.node, "starting", None, self._wall())
         if self._pending is None and self._published is not None:  # heartbeat: keep programmed_at as it was
             status = self._published
+        status = dataclasses.replace(status, path=path)  # the probes' latest times
         self._write(encode_lease(status, self.namespace, self._wall(), self.lease_seconds))
         self._last_write = now
         self._published, self._pending = status, None

@@ -149,7 +149,10 @@ class InForceAnnouncer:
                 resource_version=policy.resource_version,
             ),
             reason="InForce",
-            message=f"nodeport-guard: in force on all {nodes} nodes (resourceVersion {policy.resource_version})",
+            message=(
+                f"nodeport-guard: in force on all {nodes} nodes, each verified by the canary "
+                f"(resourceVersion {policy.resource_version})"
+            ),
             type="Normal",
             source=client.V1EventSource(component="nodeport-guard-webhook"),
             first_timestamp=now,
@@ -173,7 +176,8 @@ class InForceAnnouncer:
             return 0
         nodes = sorted(n["metadata"]["name"] for n in self._nodes.values())
         statuses = self._statuses()
-        upto = in_force_watermark(nodes, statuses)
+        # None also while some node's filter is not verified in the packet's path (contract/path_status.py)
+        upto = in_force_watermark(nodes, statuses, datetime.datetime.now(datetime.UTC))
         if upto is None:
             self._seen = seen
             return 0

@@ -128,8 +128,13 @@ def test_a_node_whose_enforcer_is_stopped_is_behind_and_wait_times_out(cluster: 
             assert report["by_node"][second]["enforcer"] == "stopped", report
 
         eventually(stopped, timeout=60)
-        # What it programmed stays in force (its rules stay in place) ...
-        assert nodes_report(cluster, "allow-a")["by_node"][second]["state"] == "in-force"
+        # What it programmed stays in force (its rules stay in place) ... once the restarted enforcer on the
+        # other node has probed it again (the rollout replaced that prober too: one canary period).
+        def still_in_force() -> None:
+            report = nodes_report(cluster, "allow-a")
+            assert report["by_node"][second]["state"] == "in-force", report
+
+        eventually(still_in_force, timeout=30)
         # ... but a new policy does not reach it.
         assert apply_policy(cluster, "allow-b", ALLOW_B).returncode == 0
         code, out, seconds = status(cluster, "allow-b", "-n", NAMESPACE, "--wait", "--timeout", "8s")

@@ -295,6 +295,10 @@ def rbac_applied(control_plane: ControlPlane) -> None:
         (ENFORCER_SA, "list", "secrets", NAMESPACE, False),
         (ENFORCER_SA, "create", "events", "default", True),
         (ENFORCER_SA, "list", "pods", "", False),
+        # The canary: node names and addresses to probe; nothing else of a Node.
+        (ENFORCER_SA, "watch", "nodes", "", True),
+        (ENFORCER_SA, "patch", "nodes", "", False),
+        (ENFORCER_SA, "get", "services", "nodeport-guard-canary", False),
         # Its node's status Lease: create and patch in our namespace only, never read others'.
         (ENFORCER_SA, "create", "leases.coordination.k8s.io", NAMESPACE, True),
         (ENFORCER_SA, "patch", "leases.coordination.k8s.io/nodeport-guard-node-node1", NAMESPACE, True),

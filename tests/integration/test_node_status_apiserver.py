@@ -5,6 +5,7 @@ tests/cluster/test_5c_status.py)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import secrets
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from contract.node_status import PolicyVersion, decode_lease, lease_name
+from contract.path_status import PathReport, Probe
 from enforcer.plan import DesiredState
 from enforcer.policies import PolicyStore, trim_policy
 from enforcer.status import Programmed, StatusPublisher, lease_writer
@@ -40,6 +42,13 @@ class FakeNode:
     frozen: bool = False
     programmed_rv: str = ""
     thread: threading.Thread | None = None
+    peers: tuple[str, ...] = ()
+
+    def path(self) -> PathReport:
+        """This tier has no dataplane: each node reports its peers' canary dropped (what the cluster tier,
+        tests/cluster/test_5d_canary.py, proves by packets), so the Lease plumbing is what is tested here."""
+        now = datetime.datetime.now(datetime.UTC)
+        return PathReport(probes=tuple(Probe(p, "filtering", "timeout after 1.0s", now) for p in self.peers))
 
     def read(self) -> Programmed | None:
         if not self.frozen:
@@ -66,6 +75,7 @@ class FakeNode:
             read=self.read,
             min_interval=1.0,
             heartbeat=30.0,
+            path=self.path,
         )
         self.thread = publisher.start(self.stop)
 
@@ -83,6 +93,8 @@ def nodes(control_plane: ControlPlane, installation: Installation) -> Iterator[l
             "create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
         )
     fakes = [FakeNode(n, control_plane.api_client(installation.enforcer_kubeconfig)) for n in names]
+    for fake in fakes:
+        fake.peers = tuple(n for n in names if n != fake.name)
     try:
         yield fakes
     finally:

@@ -34,6 +34,8 @@ PURE = sorted(
         "webhook/settings.py",
         "enforcer/plan.py",
         "enforcer/diff.py",
+        "enforcer/datapath_rules.py",
+        "enforcer/datapath_links.py",
         "enforcer/sets.py",
         "enforcer/incremental.py",
         "enforcer/settings.py",

@@ -21,6 +21,7 @@ from contract.node_status import (
     status_by_node,
     verdicts,
 )
+from contract.path_status import SINGLE_NODE, PathReport, Probe
 from enforcer.plan import DesiredState, PortKey, ProtectedPort
 from enforcer.policies import RejectedAnnotation
 from enforcer.status import Programmed, StatusPublisher, node_status, verdicts_digest
@@ -44,6 +45,19 @@ def status(rv: str = "150", phase: str = "ready", renewed_ago: float = 1.0, **kw
     }
     base.update(kw)
     return NodeStatus(**base)  # type: ignore[arg-type]
+
+
+def probed(statuses: dict[str, NodeStatus], ago: float = 2.0) -> dict[str, NodeStatus]:
+    """Every node's Lease says it probed every other node and the canary was dropped (`ago` s ago)."""
+    import dataclasses
+
+    at = NOW - datetime.timedelta(seconds=ago)
+    return {
+        name: dataclasses.replace(
+            s, path=PathReport(probes=tuple(Probe(o, "filtering", "timeout", at) for o in statuses if o != name))
+        )
+        for name, s in statuses.items()
+    }
 
 
 def state(*ports: tuple[int, str]) -> DesiredState:
@@ -97,12 +111,14 @@ def test_every_node_must_be_in_force_and_leases_of_gone_nodes_are_ignored() -> N
         encode_lease(status(rv="150", node="gone"), "nodeport-guard", NOW, 180),
         {"metadata": {"name": "nodeport-guard-reconciler"}, "spec": {}},  # not a node status
     ]
-    statuses = status_by_node(leases)
+    statuses = probed(status_by_node(leases))
     assert sorted(statuses) == ["gone", "node1", "node2"]
     results = verdicts(["node2", "node1"], statuses, [P], NOW)
     assert [(v.node, v.state) for v in results] == [("node1", "in-force"), ("node2", "behind")]
     assert not all_in_force(results)
-    assert all_in_force(verdicts(["node1"], statuses, [P], NOW))
+    # One node alone: programmed, but nothing can prove the filter is in the path.
+    alone = verdicts(["node1"], statuses, [P], NOW)
+    assert not all_in_force(alone) and alone[0].state == "unverified" and alone[0].path_reason == SINGLE_NODE
     assert not all_in_force([])  # no node at all: nothing is in force
 
 
@@ -195,7 +211,7 @@ def test_publisher_says_stopped_on_the_way_out() -> None:
 def test_status_table_names_nodes_up_to_date_behind_and_not_ready() -> None:
     from kubectl_plugin.status import Snapshot, render, to_json
 
-    statuses = {"node1": status(rv="150"), "node2": status(rv="100", node="node2", phase="stopped")}
+    statuses = probed({"node1": status(rv="150"), "node2": status(rv="100", node="node2", phase="stopped")})
     snap = Snapshot(
         "NetworkPolicy shop/deny-all (resourceVersion 120)",
         (P,),
@@ -235,11 +251,13 @@ def test_wait_reads_until_in_force_or_the_timeout() -> None:
 def test_the_in_force_watermark_is_the_minimum_over_every_node() -> None:
     from contract.node_status import in_force_watermark
 
-    statuses = {"node1": status(rv="150"), "node2": status(rv="130", node="node2")}
-    assert in_force_watermark(["node1", "node2"], statuses) == 130
-    assert in_force_watermark(["node1", "node2", "node3"], statuses) is None  # node3 never reported
-    assert in_force_watermark(["node1"], {"node1": status(rv="")}) is None
-    assert in_force_watermark([], statuses) is None
+    statuses = probed({"node1": status(rv="150"), "node2": status(rv="130", node="node2")})
+    assert in_force_watermark(["node1", "node2"], statuses, NOW) == 130
+    assert in_force_watermark(["node1", "node2", "node3"], statuses, NOW) is None  # node3 never reported
+    assert in_force_watermark(["node1"], {"node1": status(rv="")}, NOW) is None
+    assert in_force_watermark([], statuses, NOW) is None
+    # Programmed everywhere but not verified in the path: nothing is in force.
+    assert in_force_watermark(["node1", "node2"], probed(statuses, ago=400), NOW) is None
 
 
 def test_newly_in_force_takes_the_versions_the_watermark_passed_and_no_refused_one() -> None:
