@@ -78,7 +78,7 @@ def _assert_metrics_serve_what_monitoring_uses(cluster: Cluster) -> None:
                 raise AssertionError((node, problems, [ln for ln in text.splitlines() if "drop" in ln], sets[-1500:]))
             return problems
 
-        eventually(served, timeout=30)
+        eventually(served, timeout=60)  # the canary gauge appears with the first probe (every 10 s)
 
 
 def test_helm_install_upgrade_uninstall(cluster: Cluster) -> None:

@@ -60,6 +60,14 @@ def _chart(*args: str) -> tuple[dict[Key, dict[str, Any]], dict[Key, dict[str, A
 
 
 NAMESPACE_OBJ: Key = ("v1", "Namespace", "", "nodeport-guard")
+CANARY_POLICY: Key = (
+    "networking.k8s.io/v1", "NetworkPolicy", "nodeport-guard-canary", "nodeport-guard-canary-deny-all"
+)
+
+
+def _canary() -> dict[Key, dict[str, Any]]:
+    """manifests/canary/, which `make deploy` applies once the webhook serves (its policy is admitted)."""
+    return {_key(o): o for o in _docs((REPO / "manifests" / "canary" / "canary.yaml").read_text())}
 
 
 @pytest.mark.parametrize(
@@ -68,6 +76,8 @@ NAMESPACE_OBJ: Key = ("v1", "Namespace", "", "nodeport-guard")
 )
 def test_chart_renders_the_kustomize_objects(kustomization: str, values: tuple[str, ...]) -> None:
     want = _kustomize(kustomization)
+    # The canary too; its policy is a post-install hook in the chart (admitted once the webhook serves).
+    want |= {k: o for k, o in _canary().items() if k != CANARY_POLICY}
     # The release namespace exists before the release (Helm stores the release in it): README's
     # `kubectl create namespace` + Pod Security label, not an object of the chart.
     want.pop(NAMESPACE_OBJ)
@@ -91,10 +101,16 @@ def test_hooks_are_the_certificate_jobs_the_uninstall_job_and_their_rbac_only() 
         ("ClusterRoleBinding", "nodeport-guard-certs"),
         *((kind, "nodeport-guard-uninstall") for kind in ("Job", "ConfigMap", "ServiceAccount", "Role", "RoleBinding")),
         *((kind, "nodeport-guard-uninstall") for kind in ("ClusterRole", "ClusterRoleBinding")),
+        ("NetworkPolicy", "nodeport-guard-canary-deny-all"),
     }
     jobs = {k[3]: o for k, o in hooks.items() if k[1] == "Job" and "certs" in k[3]}
     command = jobs["nodeport-guard-certs-bootstrap"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command == ["python3", "-m", "certs", "bootstrap", "--namespace", "nodeport-guard"]
+    policy = hooks[CANARY_POLICY]
+    assert policy["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    del policy["metadata"]["annotations"]
+    policy["metadata"]["labels"] = {k: v for k, v in policy["metadata"]["labels"].items() if k not in HELM_LABELS}
+    assert policy == _canary()[CANARY_POLICY]
     phases = {name: o["metadata"]["annotations"]["helm.sh/hook"] for name, o in jobs.items()}
     assert phases == {
         "nodeport-guard-certs-bootstrap": "pre-install,pre-upgrade",
