@@ -39,6 +39,8 @@ PURE = sorted(
         "enforcer/sets.py",
         "enforcer/incremental.py",
         "enforcer/settings.py",
+        "enforcer/heavy_hitters.py",
+        "enforcer/nflog.py",
     ]
 )
 IO_LIBRARIES = {
