@@ -25,16 +25,28 @@ class ServicePort:
     target: int | str  # targetPort, defaulted to the Service port
 
     def describe(self, service: str) -> str:
+        if not self.node_port:
+            return f"Service {service} port {self.service_port}/{self.protocol} (no NodePort, doors only)"
         return f"Service {service} port {self.service_port} (NodePort {self.node_port}/{self.protocol})"
 
-def nodeport_service_ports(service: Mapping[str, Any]) -> list[ServicePort]:
+def describe_target(sp: ServicePort) -> str:
+    """`target port 8080/TCP`, or `target port 'http' (TCP)` for a named one."""
+    if isinstance(sp.target, str):
+        return f"target port {sp.target!r} ({sp.protocol})"
+    return f"target port {sp.target}/{sp.protocol}"
+
+def nodeport_service_ports(service: Mapping[str, Any], doors: bool = False) -> list[ServicePort]:
+    """The ports nodeport-guard filters: those with a nodePort, and, when the Service has doors
+    (webhook/doors.py), every port (node_port 0 when it has none)."""
     spec = service.get("spec") or {}
     health = spec.get("healthCheckNodePort")
     out: list[ServicePort] = []
     for port in spec.get("ports") or []:
         node_port = port.get("nodePort")
         if not isinstance(node_port, int) or isinstance(node_port, bool) or node_port == health:
-            continue
+            if not doors or node_port is not None:
+                continue
+            node_port = 0
         protocol = port.get("protocol") or "TCP"
         service_port = port.get("port")
         if protocol not in PROTOCOLS or not isinstance(service_port, int):
@@ -100,8 +112,10 @@ def coverage_warnings(
     return out
 
 def is_nodeport_service(service: Mapping[str, Any]) -> bool:
+    """A Service whose ports nodeport-guard may filter: NodePort or LoadBalancer, or with externalIPs."""
     spec = service.get("spec") or {}
-    return spec.get("type") in NODEPORT_SERVICE_TYPES and bool(spec.get("selector"))
+    guarded = spec.get("type") in NODEPORT_SERVICE_TYPES or bool(spec.get("externalIPs"))
+    return guarded and bool(spec.get("selector"))
 
 def backing_pods(namespace: str, service: Mapping[str, Any], view: ClusterView) -> list[KubeObject]:
     selector = (service.get("spec") or {}).get("selector") or {}
