@@ -149,7 +149,8 @@ def test_a_new_enforcer_reading_old_annotations_and_a_bad_doors_pair() -> None:
     # Rewritten by the new webhook: the door appears.
     tracker.update({("shop", "allow"): _stored("allow", new)}, KEY.verifier())
     assert tracker.replan(frozenset())
-    assert [d.key for d in tracker.plan.doors] == [KEY4]
+    doors: tuple[ProtectedDoor, ...] = tracker.plan.doors  # mypy narrowed it to () above
+    assert [d.key for d in doors] == [KEY4]
     # A tampered doors pair: refused, it takes only its doors with it.
     bad = {**new, DOORS_KEY: new[DOORS_KEY].replace("198.51.100.0/24", "0.0.0.0/0")}
     tracker.update({("shop", "allow"): _stored("allow", bad)}, KEY.verifier())
