@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -96,6 +97,12 @@ def coverage_warnings(
             "the NodePort, and they never match external clients; add an ipBlock peer to allow them"
         )
     for version, cidr, path in sorted({(b.version, b.cidr, b.path) for b in blocks}):
+        meant = ipv4_meant(cidr) if version == 6 else None
+        if meant is not None:
+            out.append(
+                f"{prefix}: {path} {cidr} is an IPv4-mapped IPv6 range: it never matches an IPv4 client (they "
+                f"arrive as IPv4); write {meant} if you meant those clients"
+            )
         if _family_name(version) not in families:
             out.append(
                 f"{prefix}: {path} {cidr} is {_family_name(version)} but the Service is "
@@ -110,6 +117,15 @@ def coverage_warnings(
                     "the pods declare (with the same protocol) or use a number"
                 )
     return out
+
+def ipv4_meant(cidr: str) -> str | None:
+    """The IPv4 CIDR an IPv4-mapped IPv6 range (`::ffff:198.51.100.0/120`) stands for, else None."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    mapped = ipaddress.ip_network("::ffff:0:0/96")
+    if net.version != 6 or net.prefixlen < 96 or not net.subnet_of(mapped):  # type: ignore[arg-type]
+        return None
+    start = ipaddress.IPv4Address(int(net.network_address) & 0xFFFFFFFF)
+    return str(ipaddress.ip_network(f"{start}/{net.prefixlen - 96}", strict=False))
 
 def is_nodeport_service(service: Mapping[str, Any]) -> bool:
     """A Service whose ports nodeport-guard may filter: NodePort or LoadBalancer, or with externalIPs."""

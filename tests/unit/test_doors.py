@@ -347,3 +347,17 @@ def test_two_services_naming_one_door_fail_closed() -> None:
     a = source_intervals(OFFICE, 4)
     b_ = source_intervals(SourceSet(all_sources=False, cidrs=(CidrRule("198.51.100.0/25"),)), 4)
     assert intersect(a, b_) == b_
+
+
+def test_an_ipv4_mapped_ipblock_warns_naming_the_ipv4_cidr_meant() -> None:
+    from webhook.services import ipv4_meant
+
+    assert ipv4_meant("::ffff:198.51.100.0/120") == "198.51.100.0/24"
+    assert ipv4_meant("::ffff:198.51.100.7/128") == "198.51.100.7/32"
+    assert ipv4_meant("2001:db8::/64") is None and ipv4_meant("::/0") is None
+    svc = b.service("web", {"app": "web"}, [{"port": 8080, "nodePort": 30080}], ip_families=["IPv4", "IPv6"])
+    spec = {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "::ffff:198.51.100.0/120"}}]}]}
+    view = _view([svc], [spec])
+    obj = view.policies_in("default")[0]
+    warnings = resolve_contribution(compile_policy(obj), obj["spec"]["podSelector"], view).warnings
+    assert any("IPv4-mapped" in w and "write 198.51.100.0/24" in w for w in warnings), warnings
