@@ -115,6 +115,19 @@ class PodGroup:
     allow: SourceSet | None
 
 
+# Where a door's address comes from: status.loadBalancer.ingress[].ip, or spec.externalIPs.
+DoorSource = Literal["loadBalancer", "externalIP"]
+DOOR_SOURCES: tuple[DoorSource, ...] = get_args(DoorSource)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Door:
+    """Another address of a Service port, DNATed by kube-proxy like the NodePort (contract/doors.py)."""
+
+    ip: str  # compressed form (ipaddress), of a family of the entry's ipFamilies
+    source: DoorSource
+
+
 @dataclass(frozen=True, slots=True)
 class NodePortEntry:
     """One policy's own part in one NodePort (version 2), or a version-1 verdict (scope "verdict")."""
@@ -127,6 +140,9 @@ class NodePortEntry:
     scope: Scope
     allow: SourceSet = SourceSet(all_sources=False)  # scope all and verdict
     groups: tuple[PodGroup, ...] = ()  # scope some: every endpoint group, sorted by id
+    # The Service port's doors, sorted by ip (written only in the doors value, version 4); node_port
+    # is 0 when the port has doors and no NodePort (allocateLoadBalancerNodePorts: false).
+    doors: tuple[Door, ...] = ()
 
     def sources(self) -> tuple[SourceSet, ...]:
         """Every source set the entry names (for counting and display)."""
@@ -366,7 +382,7 @@ def _decode_group(obj: Any, field: str) -> PodGroup:
 _ENTRY_KEYS = {"nodePort", "protocol", "service", "servicePort", "ipFamilies"}
 
 
-def _decode_entry(obj: Any, field: str, version: int) -> NodePortEntry:
+def _decode_entry(obj: Any, field: str, version: int, *, no_node_port: bool = False) -> NodePortEntry:
     _expect(obj, dict, field)
     if version == 1:
         _exact_keys(obj, _ENTRY_KEYS | {"allow"}, field)
@@ -382,7 +398,7 @@ def _decode_entry(obj: Any, field: str, version: int) -> NodePortEntry:
         else:
             raise ContractError(f"{field}.pods", f"{pods!r} is not 'all' or 'some'")
     node_port = _expect(obj["nodePort"], int, f"{field}.nodePort")
-    if not 1 <= node_port <= 65535:
+    if not 1 <= node_port <= 65535 and not (no_node_port and node_port == 0):
         raise ContractError(f"{field}.nodePort", f"{node_port} is not a port number")
     protocol = _expect(obj["protocol"], str, f"{field}.protocol")
     if protocol not in PROTOCOLS:

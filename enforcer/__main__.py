@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from contract import field_managers
+from contract.doors import canonical_ip
 from contract.node_status import lease_name
 from contract.path_status import PathReport
 from contract.signing import PublicKey, VerifierKeys, parse_public_keys_pem, public_keys_from_data
@@ -260,6 +261,7 @@ def run(settings: EnforcerSettings) -> int:
         resync_seconds=settings.resync_seconds,
         debounce_seconds=settings.debounce_seconds,
         on_rejected=_event_recorder(api_client, settings.node_name),
+        node_addresses=_node_addresses(api_client, settings.node_name),
     )
     health = ApiHealth(lambda: client.VersionApi(api_client).get_code(_request_timeout=3),
                        on_recover=watch.reconnect)
@@ -288,6 +290,29 @@ def run(settings: EnforcerSettings) -> int:
 def _families(loop: SyncLoop) -> set[Literal[4, 6]]:
     """The families our skeleton is installed in: those with a protected port."""
     return {4 if family == 4 else 6 for family, _, _ in (loop.ports_view() or {})}
+
+
+def _node_addresses(api_client: Any, node_name: str, ttl: float = 30.0) -> Callable[[], frozenset[str]]:
+    """This node's own addresses (its Node's status.addresses), re-read at most every `ttl` seconds: a door
+    on one is never filtered (docs/semantics.md, "Doors"). The last answer stays on an API error."""
+    from kubernetes import client
+
+    last: list[Any] = [frozenset(), float("-inf")]
+
+    def read() -> frozenset[str]:
+        if not node_name or time.monotonic() - last[1] < ttl:
+            return frozenset(last[0])
+        try:
+            node = client.CoreV1Api(api_client).read_node(node_name, _request_timeout=5)
+            status = node.status
+            found = {canonical_ip(a.address) for a in ((status.addresses if status else None) or []) if a.address}
+            last[0] = frozenset(ip for ip in found if ip is not None)
+            last[1] = time.monotonic()
+        except Exception as exc:  # the webhook never names a node address either; keep the last answer
+            logger.warning("could not read this node's addresses", extra={"node": node_name, "error": str(exc)[:200]})
+        return frozenset(last[0])
+
+    return read
 
 
 def _status_publisher(

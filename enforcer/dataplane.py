@@ -257,7 +257,7 @@ class Dataplane:
             installed = rules[d.family]
             ours = sum(len(v) for v in installed.chain_hashes.values()) + len(installed.hook_rules)
             if d.rewrite_skeleton:
-                skeleton = diff.build_skeleton(d.family)
+                skeleton = diff.build_skeleton(d.family, d.doors)
                 self._write_skeleton(d.family, installed, skeleton)
                 rules_added += len(skeleton)
                 rules_removed += ours
@@ -435,10 +435,11 @@ def _write_skeleton_iptc(
                 for r in [r for r in hook.rules if _is_ours(r)]:
                     hook.delete_rule(r)
                 existing = {c.name for c in table.chains}
+                wanted = {r.chain for r in rules if r.chain != diff.HOOK_CHAIN}
                 for name in diff.OUR_CHAINS:
                     if name in existing:
                         table.flush_entries(name)
-                    elif rules:
+                    elif name in wanted:
                         table.create_chain(name)
                 if rules:
                     for rule in rules:
@@ -447,10 +448,11 @@ def _write_skeleton_iptc(
                             hook.insert_rule(ipr, 0)
                         else:
                             iptc.Chain(table, rule.chain).append_rule(ipr)
-                else:
-                    for name in diff.OUR_CHAINS:
-                        if name in existing:
-                            table.delete_chain(name)
+                # Our chains the skeleton does not use (NPG-DOOR once the last door is gone; all of them
+                # on removal): flushed above, so nothing references them any more.
+                for name in diff.OUR_CHAINS:
+                    if name in existing and name not in wanted:
+                        table.delete_chain(name)
                 table.commit()
             return
         except iptc.IPTCError as exc:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from contract.annotation import PROTOCOLS
+from enforcer.door_sets import door_allow_set_name, door_audit_set_name, doors_set_name
 from enforcer.plan import Family
 from enforcer.sets import (
     ALLOW_MAXELEM,
@@ -111,7 +112,8 @@ HOOK_CHAIN = "PREROUTING"
 INGRESS_CHAIN = "NPG-INGRESS"
 CHECK_CHAIN = "NPG-CHECK"
 AUDIT_CHAIN = "NPG-AUDIT"
-OUR_CHAINS: tuple[str, ...] = (INGRESS_CHAIN, CHECK_CHAIN, AUDIT_CHAIN)
+DOOR_CHAIN = "NPG-DOOR"
+OUR_CHAINS: tuple[str, ...] = (INGRESS_CHAIN, CHECK_CHAIN, AUDIT_CHAIN, DOOR_CHAIN)
 
 
 # --- skeleton rules --------------------------------------------------------------------------
@@ -147,7 +149,10 @@ class SkeletonRule:
         for m in self.matches:
             parts += ["-m", m.name]
             for opt, value in m.options:
-                parts += [f"--{opt}", *value.split(" ")]
+                # A value "!X" is the negated option, as iptables-save prints it ("! --opt X");
+                # python-iptables reads the same "!X" as the negation.
+                negated = value.startswith("!")
+                parts += [*(["!"] if negated else []), f"--{opt}", *value.lstrip("!").split(" ")]
         return parts
 
     def _jump(self) -> list[str]:
@@ -174,7 +179,7 @@ class SkeletonRule:
         return f"-A {self.chain} {self.body()}"
 
 
-def build_skeleton(family: Family) -> tuple[SkeletonRule, ...]:
+def build_skeleton(family: Family, doors: bool = False) -> tuple[SkeletonRule, ...]:
     """The fixed rules of one family, in order: the hook jump first, then our chains' rules.
 
     New connections to a node-local address whose (protocol, port) is protected go to
@@ -183,19 +188,20 @@ def build_skeleton(family: Family) -> tuple[SkeletonRule, ...]:
     rest of an enforced port is counted in the dropped counter set and dropped. A counter set
     counts a member's first packet when `SET --add-set` creates it, and every later one when the
     match before it finds the member; each denied packet therefore counts exactly once.
+
+    With `doors` (a family with a door, docs/dataplane.md "Doors"), the hook takes every new connection,
+    whatever its destination (a MetalLB L2 address is not local): NPG-INGRESS sends a door's to NPG-DOOR
+    and returns the others unless their destination is local, then the NodePort rules follow unchanged.
+    Without doors the skeleton is exactly what it was before doors existed (same rules, same hashes).
     """
-    rules = [
-        SkeletonRule(
-            family,
-            HOOK_CHAIN,
-            None,
-            (
-                Match("addrtype", (("dst-type", "LOCAL"),)),
-                Match("conntrack", (("ctstate", "NEW"),)),
-            ),
-            INGRESS_CHAIN,
-        )
-    ]
+    local = Match("addrtype", (("dst-type", "LOCAL"),))
+    new = Match("conntrack", (("ctstate", "NEW"),))
+    rules = [SkeletonRule(family, HOOK_CHAIN, None, (new,) if doors else (local, new), INGRESS_CHAIN)]
+    if doors:
+        door_match = Match("set", (("match-set", f"{doors_set_name(family)} dst,dst"),))
+        rules.append(SkeletonRule(family, INGRESS_CHAIN, None, (door_match,), DOOR_CHAIN, goto=True))
+        not_local = Match("addrtype", (("dst-type", "!LOCAL"),))
+        rules.append(SkeletonRule(family, INGRESS_CHAIN, None, (not_local,), "RETURN"))
     for proto in PROTOCOLS:
         rules.append(
             SkeletonRule(
@@ -214,6 +220,12 @@ def build_skeleton(family: Family) -> tuple[SkeletonRule, ...]:
     rules.append(SkeletonRule(family, CHECK_CHAIN, None, (Match("set", audited),), AUDIT_CHAIN, goto=True))
     rules.extend(_counting(family, CHECK_CHAIN, counter_set_name(family, "enforce"), "DROP"))
     rules.extend(_counting(family, AUDIT_CHAIN, counter_set_name(family, "audit"), "RETURN"))
+    if doors:
+        allowed = (("match-set", f"{door_allow_set_name(family)} dst,dst,src"),)
+        rules.append(SkeletonRule(family, DOOR_CHAIN, None, (Match("set", allowed),), "RETURN"))
+        audited_door = (("match-set", f"{door_audit_set_name(family)} dst,dst"),)
+        rules.append(SkeletonRule(family, DOOR_CHAIN, None, (Match("set", audited_door),), AUDIT_CHAIN, goto=True))
+        rules.extend(_counting(family, DOOR_CHAIN, counter_set_name(family, "enforce"), "DROP"))
     return tuple(rules)
 
 
@@ -316,6 +328,7 @@ class FamilyDiff:
     rewrite_skeleton: bool  # install or repair our rules
     remove_skeleton: bool  # family no longer used: remove our rules (then destroy its sets)
     skeleton_drift: bool  # a partial or altered skeleton of ours was found
+    doors: bool = False  # the family has doors: the skeleton with the door rules
 
 
 def plan_family_diff(
@@ -331,7 +344,8 @@ def plan_family_diff(
     have = {n: s for n, s in installed_sets.items() if n.startswith(prefix)}
     set_changes = plan_set_changes(want, have, nodeport_range)
     used = bool(want)
-    skeleton = build_skeleton(family)
+    doors = doors_set_name(family) in want
+    skeleton = build_skeleton(family, doors)
     present = not is_absent(installed_rules)
     matches = skeleton_matches(installed_rules, skeleton)
     return FamilyDiff(
@@ -340,4 +354,5 @@ def plan_family_diff(
         rewrite_skeleton=used and not matches,
         remove_skeleton=not used and present,
         skeleton_drift=present and not matches and used,
+        doors=doors,
     )

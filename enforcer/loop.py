@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from enforcer.dataplane import Dataplane, SyncReport
+from enforcer.door_tracker import DoorTracker
 from enforcer.drops import DropCollector, DropReader
 from enforcer.incremental import IncrementalPlanner
 from enforcer.plan import DesiredState, RejectedEntry
@@ -95,11 +96,14 @@ class SyncLoop:
     # When the first sync had to install our rules (canary probes before it prove nothing); None when it
     # found them in place (a pod restart leaves them).
     ready_since: datetime.datetime | None = None
+    # The node's own addresses (canonical text): a door on one is never filtered (enforcer/doors.py).
+    node_addresses: Callable[[], frozenset[str]] = frozenset
     _reported: set[tuple[str, str, str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._verification = VerificationCache()
         self._planner = IncrementalPlanner(self.nodeport_range)
+        self._doors = DoorTracker()
         self._need_full = True  # the first sync, and the one after a failure, recompute everything
         self._shown: tuple[object, object] = ((), ())  # the rejection tuples last reported
         # Node status (enforcer/status.py): held during each sync, so a reader sees a whole one.
@@ -109,8 +113,8 @@ class SyncLoop:
 
     @property
     def state(self) -> DesiredState:
-        """What the last sync programmed (built on demand: O(ports))."""
-        return self._planner.state()
+        """What the last sync programmed (built on demand: O(ports + doors))."""
+        return self._planner.state().with_doors(self._doors.plan.doors)
 
     @property
     def rejected_entries(self) -> tuple[RejectedEntry, ...]:
@@ -149,9 +153,13 @@ class SyncLoop:
                 if fresh != keys:  # new keys were read: everything is re-verified below with them
                     verified, keys = None, fresh
                 if verified is not None:  # None: the keys changed, everything is re-verified below
-                    report = self.dataplane.sync_ports(self._planner.apply(verified))
+                    self._doors.update(changes.policies, keys)
+                    doors_changed = self._doors.replan(self.node_addresses())
+                    port_changes = self._planner.apply(verified)
+                    # A door change is a full sync (its sets and the skeleton); NodePorts keep the fast path.
+                    report = None if doors_changed else self.dataplane.sync_ports(port_changes)
                     if report is None:  # the dataplane needs a full sync (sets or skeleton change)
-                        report = self.dataplane.sync(self._planner.state())
+                        report = self.dataplane.sync(self.state)
             if report is None:
                 snapshot = self.store.snapshot()
                 annotations, _ = self._verification.verify(snapshot, keys)
@@ -159,7 +167,9 @@ class SyncLoop:
                 if fresh != keys:
                     annotations, _ = self._verification.verify(snapshot, fresh)
                 self._planner.plan(annotations)
-                report = self.dataplane.sync(self._planner.state(), full_readback=full_readback)
+                self._doors.update_all(snapshot, keys)
+                self._doors.replan(self.node_addresses())
+                report = self.dataplane.sync(self.state, full_readback=full_readback)
         except Exception:
             self._need_full = True
             raise
@@ -176,7 +186,9 @@ class SyncLoop:
             logger.warning("repaired drift in our chains or sets", extra={"report": str(report)})
         if self._shown[0] is not rejected or self._shown[1] is not plan_rejected:
             self._shown = (rejected, plan_rejected)
-            self._report_rejections(rejected, [f"{r.namespace}/{r.name}: {r.reason}" for r in plan_rejected])
+            self._report_rejections(
+                rejected, [f"{r.namespace}/{r.name}: {r.reason}" for r in plan_rejected] + list(self._doors.refused)
+            )
         return report
 
     def programmed(self) -> Programmed | None:

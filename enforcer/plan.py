@@ -45,11 +45,32 @@ class ProtectedPort:
     mode: Mode = "enforce"
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class DoorKey:
+    """One door: new connections to (address, protocol, Service port) in one IP family (docs/dataplane.md)."""
+
+    family: Family
+    protocol: Protocol
+    address: str  # canonical text (ipaddress), of `family`
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectedDoor:
+    """A filtered door: only sources inside `allowed` may open new connections (empty = none)."""
+
+    key: DoorKey
+    allowed: tuple[Network, ...]
+    mode: Mode = "enforce"
+
+
 @dataclass(frozen=True, slots=True)
 class DesiredState:
-    """Every protected PortKey with its allowed prefixes; sorted by key, prefixes disjoint and sorted."""
+    """Every protected PortKey with its allowed prefixes; sorted by key, prefixes disjoint and sorted.
+    `doors`: every protected door (enforcer/doors.py), sorted by key, likewise."""
 
     ports: tuple[ProtectedPort, ...] = ()
+    doors: tuple[ProtectedDoor, ...] = ()
 
     def __post_init__(self) -> None:
         keys = [p.key for p in self.ports]
@@ -61,6 +82,14 @@ class DesiredState:
                 raise ValueError(f"DesiredState.ports[{p.key}]: prefix of the wrong IP family in {p.allowed}")
             if any(net.prefixlen == 0 for net in p.allowed):
                 raise ValueError(f"DesiredState.ports[{p.key}]: allows every source, so it must not be listed")
+        door_keys = [d.key for d in self.doors]
+        if door_keys != sorted(set(door_keys)):
+            raise ValueError("DesiredState.doors: keys must be unique and sorted")
+        for d in self.doors:
+            if ipaddress.ip_address(d.key.address).version != d.key.family or not 1 <= d.key.port <= 65535:
+                raise ValueError(f"DesiredState.doors[{d.key}]: address of the wrong family or no port number")
+            if any(net.version != d.key.family or net.prefixlen == 0 for net in d.allowed):
+                raise ValueError(f"DesiredState.doors[{d.key}]: a prefix of the wrong family, or every source")
 
     @staticmethod
     def from_mapping(
@@ -83,7 +112,12 @@ class DesiredState:
         """
         state = object.__new__(DesiredState)
         object.__setattr__(state, "ports", ports)
+        object.__setattr__(state, "doors", ())
         return state
+
+    def with_doors(self, doors: tuple[ProtectedDoor, ...]) -> DesiredState:
+        """The same ports with `doors` (checked); the planner builds ports and doors apart."""
+        return DesiredState(ports=self.ports, doors=doors) if doors else self
 
     def as_dict(self) -> dict[PortKey, tuple[Network, ...]]:
         return {p.key: p.allowed for p in self.ports}
@@ -221,7 +255,21 @@ def encode_state(state: DesiredState) -> str:
         }
         for p in state.ports
     ]
-    return json.dumps({"ports": ports}, sort_keys=True, separators=(",", ":"))
+    doors = [
+        {
+            "family": d.key.family,
+            "protocol": d.key.protocol,
+            "address": d.key.address,
+            "port": d.key.port,
+            "allowed": [str(n) for n in d.allowed],
+            "mode": d.mode,
+        }
+        for d in state.doors
+    ]
+    out: dict[str, object] = {"ports": ports}
+    if doors:
+        out["doors"] = doors
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))
 
 
 def decode_state(text: str) -> DesiredState:
@@ -243,4 +291,16 @@ def decode_state(text: str) -> DesiredState:
             raise ValueError(f"ports[{i}].mode: {mode!r} is not one of {list(MODES)}")
         mapping[PortKey(family, protocol, port)] = nets
         modes[PortKey(family, protocol, port)] = mode
-    return DesiredState.from_mapping(mapping, modes)
+    doors: list[ProtectedDoor] = []
+    for i, entry in enumerate(obj.get("doors", [])):
+        family, protocol, port = entry.get("family"), entry.get("protocol"), entry.get("port")
+        address = str(ipaddress.ip_address(entry.get("address", "")))
+        if family not in FAMILIES or protocol not in PROTOCOLS or not isinstance(port, int):
+            raise ValueError(f"doors[{i}]: need family 4|6, protocol {list(PROTOCOLS)}, an address and a port")
+        nets = to_prefixes(of_networks(ipaddress.ip_network(a, strict=True) for a in entry.get("allowed", [])), family)
+        mode = entry.get("mode", "enforce")
+        if mode not in MODES:
+            raise ValueError(f"doors[{i}].mode: {mode!r} is not one of {list(MODES)}")
+        if not _is_everything(nets, family):
+            doors.append(ProtectedDoor(DoorKey(family, protocol, address, port), tuple(nets), mode))
+    return DesiredState.from_mapping(mapping, modes).with_doors(tuple(sorted(doors, key=lambda d: d.key)))

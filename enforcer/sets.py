@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from contract.annotation import PROTOCOLS, Mode, Protocol
+from enforcer.door_sets import door_set_names, door_set_options, parse_installed_doors, render_door_members
 from enforcer.plan import FAMILIES, DesiredState, Family, Network, PortKey, ProtectedPort
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def retired_set_names(family: Family) -> tuple[str, ...]:
 
 def family_of_set(name: str) -> Family | None:
     for family in FAMILIES:
-        if name in set_names(family) or name in retired_set_names(family):
+        if name in set_names(family) or name in retired_set_names(family) or name in door_set_names(family):
             return family
     return None
 
@@ -96,6 +97,8 @@ def set_create_options(name: str, nodeport_range: tuple[int, int]) -> str:
     family = family_of_set(name)
     if family is None or name in retired_set_names(family):
         raise ValueError(f"set {name!r}: not one of ours")
+    if name in door_set_names(family):
+        return door_set_options(name, family)
     if name in counter_set_names(family):
         inet = "inet" if family == 4 else "inet6"
         return f"hash:ip,port family {inet} hashsize 1024 maxelem {COUNTER_MAXELEM} counters"
@@ -198,6 +201,12 @@ def render_members(
         current = {p.key for p in (state.ports if isinstance(state, DesiredState) else state)}
         for stale in [k for k in memo if k not in current]:
             del memo[stale]
+    if isinstance(state, DesiredState) and state.doors:
+        # A family with doors has the whole skeleton (docs/dataplane.md, "Doors"): every set of it exists.
+        for name, door_members in render_door_members(state.doors, audit_all).items():
+            members[name] = door_members
+            for base in set_names(family_of_set(name) or 4):
+                members.setdefault(base, set())
     return {k: frozenset(v) for k, v in sorted(members.items())}
 
 
@@ -278,7 +287,9 @@ def parse_installed_state(sets: Mapping[str, InstalledSet]) -> DesiredState:
         ProtectedPort(k, tuple(sorted(allowed[k], key=_net_order)), "audit" if k in audited else "enforce")
         for k in sorted(allowed)
     )
-    return DesiredState(ports=ports)
+    members = {n: s.members for n, s in sets.items()}
+    doors = tuple(d for fam in FAMILIES for d in parse_installed_doors(members, fam))
+    return DesiredState(ports=ports, doors=tuple(sorted(doors, key=lambda d: d.key)))
 
 
 def _net_order(net: Network) -> tuple[int, int]:

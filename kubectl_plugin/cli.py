@@ -29,6 +29,14 @@ from contract.annotation import (
 from contract.composition import Part, compose, part_of, render_intervals
 from contract.signing import SigningKeyError, VerifierKeys, public_keys_from_data
 from kubectl_plugin import status as status_command
+from kubectl_plugin.doors import (
+    DOOR_HEADER,
+    door_rows,
+    door_verdicts,
+    doors_json,
+    inspect_doors,
+    source_ranges,
+)
 
 DEFAULT_PUBLIC_KEYS = "nodeport-guard/nodeport-guard-signing-public-keys"
 
@@ -191,6 +199,27 @@ def _list_policies(api: Any, namespace: str) -> list[dict[str, Any]]:
     return items
 
 
+def _list_services(api: Any, namespace: str) -> list[dict[str, Any]]:
+    from kubernetes import client
+
+    raw: Any = client.CoreV1Api(api).list_namespaced_service(namespace, _preload_content=False)
+    items: list[dict[str, Any]] = json.loads(raw.data)["items"]
+    return items
+
+
+def _print_doors(report: Any, doors: Any, ranges: Any) -> None:
+    """The doors of one policy: each with the verdict, and kube-proxy's ranges beside a load-balancer IP."""
+    if report.status == "rejected":
+        print(f"doors: {report.detail}")
+    rows = door_rows(report, doors, ranges, describe_sources)
+    if rows:
+        print()
+        print(render_table(rows, DOOR_HEADER))
+        if any(r[-1] != "-" for r in rows):
+            print("A client needs both: inside the Service's loadBalancerSourceRanges (kube-proxy) and allowed "
+                  "by the policies (nodeport-guard).")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubectl nodeport-guard", description=__doc__)
     parser.add_argument("--kubeconfig", default=None)
@@ -213,20 +242,27 @@ def main(argv: list[str] | None = None) -> int:
     policies = _list_policies(api, args.namespace)
     reports = [inspect_policy(p, keys) for p in policies]
     verdicts = namespace_verdicts(reports)
+    door_reports = {(r.namespace, r.name): r for r in (inspect_doors(p, keys) for p in policies)}
+    doors = door_verdicts(list(door_reports.values()))
+    ranges = source_ranges(_list_services(api, args.namespace)) if doors else {}
     if args.command == "explain":
         found = [r for r in reports if r.name == args.policy]
         if not found:
             print(f"error: NetworkPolicy {args.namespace}/{args.policy} not found", file=sys.stderr)
             return 1
         report = found[0]
+        door_report = door_reports[(report.namespace, report.name)]
         if args.output == "json":
-            print(json.dumps(_report_json(report, verdicts), indent=2))
+            explained = _report_json(report, verdicts)
+            explained["doors"] = doors_json(door_report, doors, ranges, _allow_json)
+            print(json.dumps(explained, indent=2))
             return 0
         print(f"NetworkPolicy {report.namespace}/{report.name}: {report.status} ({report.detail})")
         rows = explain_rows(report, verdicts)
         if rows:
             header = ["NODEPORT", "PROTOCOL", "SERVICE", "FAMILIES", "ALLOWED SOURCES", "THIS POLICY ALLOWS"]
             print(render_table(rows, header))
+        _print_doors(door_report, doors, ranges)
         return 0
     by_port: dict[PortId, list[tuple[PolicyReport, Any]]] = {}
     for r in reports:
@@ -257,6 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         for (port, proto), entries in sorted(by_port.items())
     ]
     print(render_table(rows, ["NODEPORT", "PROTOCOL", "SERVICE", "POLICIES", "ALLOWED SOURCES"]))
+    seen: set[tuple[str, ...]] = set()
+    door_table = []
+    for dr in door_reports.values():
+        for row in door_rows(dr, doors, ranges, describe_sources):
+            if tuple(row) not in seen:
+                seen.add(tuple(row))
+                door_table.append(row)
+    if door_table:
+        print()
+        print(render_table(sorted(door_table), DOOR_HEADER))
     rejected = [r for r in reports if r.status == "rejected"]
     for r in rejected:
         print(f"warning: {r.namespace}/{r.name}: {r.detail}", file=sys.stderr)

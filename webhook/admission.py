@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.annotation import (
-    MAX_ANNOTATION_BYTES,
     MODE_KEY,
     NODEPORTS_KEY,
     SIGNATURE_KEY,
@@ -23,9 +22,9 @@ from contract.annotation import (
     owned_keys,
     read_mode,
     read_signed,
-    render_annotations,
     sign,
 )
+from contract.doors import DOORS_KEY, DOORS_SIGNATURE_KEY, render_all, render_doors
 from contract.signing import Signer
 from webhook.cluster_view import ClusterView
 from webhook.contribution import (
@@ -35,6 +34,7 @@ from webhook.contribution import (
     service_entries,
     service_key,
 )
+from webhook.limits import block_limit_problem, entry_limits_problem, size_problem
 from webhook.objects import SemanticsError
 from webhook.review import AdmissionRequest, JsonPatch, allowed, denied
 from webhook.semantics import Policy, PolicyMemo, compile_policy
@@ -52,6 +52,7 @@ class AdmissionConfig:
     signing_key: Signer  # the webhook's Ed25519 private key (contract/signing.py)
     max_cidrs_per_policy: int = 1000
     max_nodeports_per_policy: int = 1000
+    max_doors_per_policy: int = 1000
     # Compiled stored policies shared by every request; results do not depend on it.
     compiled: PolicyMemo = field(default_factory=PolicyMemo, compare=False, repr=False)
 
@@ -100,21 +101,14 @@ def _owned(obj: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: annotations[k] for k in owned_keys(annotations)}
 
 
-def count_cidrs(entries: tuple[NodePortEntry, ...]) -> int:
-    return sum(1 + len(rule.excepts) for e in entries for allow in e.sources() for rule in allow.cidrs)
-
-
-def _count_block_cidrs(policy: Policy) -> int:
-    return sum(1 + len(block.excepts) for rule in policy.rules for block in rule.ip_blocks)
-
-
 def render_policy_annotations(
     namespace: str, name: str, uid: str, entries: tuple[NodePortEntry, ...], key: Signer, mode: Mode = "enforce"
 ) -> dict[str, str]:
-    """Our annotations for a policy: none when it affects no NodePort."""
+    """Our annotations for a policy: the NodePort pair and the doors pair, each only when it has
+    something to say (contract/doors.py); none when the policy affects no NodePort and no door."""
     if not entries:
         return {}
-    return render_annotations(annotation_for(PolicyRef(namespace, name, uid), entries, mode), key)
+    return render_all(PolicyRef(namespace, name, uid), entries, mode, key)
 
 
 def _mode_of(obj: Mapping[str, Any] | None) -> Mode:
@@ -184,14 +178,9 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
         policy = compile_policy(obj, strict=True)
     except SemanticsError as exc:
         raise _Rejection(422, str(exc)) from exc
-    blocks = _count_block_cidrs(policy)
-    if blocks > config.max_cidrs_per_policy:
-        raise _Rejection(
-            422,
-            f"spec.ingress: the ipBlocks list {blocks} CIDRs (cidr and except entries), more than the "
-            f"limit of {config.max_cidrs_per_policy} (webhook setting NPG_MAX_CIDRS_PER_POLICY); split the policy or "
-            "aggregate the ranges",
-        )
+    problem = block_limit_problem(policy, config.max_cidrs_per_policy)
+    if problem is not None:
+        raise _Rejection(422, problem)
     # Only this policy's own spec, its Services and their pods count: never the other policies.
     contribution = resolve_contribution(policy, (obj.get("spec") or {}).get("podSelector"), view)
     entries = contribution.entries
@@ -201,21 +190,10 @@ def _compute(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
             "metadata.name: this policy affects NodePorts, and nodeport-guard binds its annotation to the "
             "policy name; set metadata.name instead of metadata.generateName",
         )
-    if len(entries) > config.max_nodeports_per_policy:
-        raise _Rejection(
-            422,
-            f"spec.podSelector: the policy affects {len(entries)} NodePorts, more than the limit of "
-            f"{config.max_nodeports_per_policy} (webhook setting NPG_MAX_NODEPORTS_PER_POLICY); narrow the podSelector "
-            "or raise the setting",
-        )
-    cidrs = count_cidrs(entries)
-    if cidrs > config.max_cidrs_per_policy:
-        raise _Rejection(
-            422,
-            f"{_annotation_field(NODEPORTS_KEY)}: the resulting annotation lists {cidrs} CIDRs, "
-            f"more than the limit of {config.max_cidrs_per_policy} (webhook setting NPG_MAX_CIDRS_PER_POLICY); "
-            "use fewer, larger ipBlocks or raise the setting",
-        )
+    problem = entry_limits_problem(entries, config.max_nodeports_per_policy, config.max_doors_per_policy,
+                                   config.max_cidrs_per_policy)
+    if problem is not None:
+        raise _Rejection(422, problem)
     uid = _meta_str(obj, "uid") or _meta_str(request.old_object, "uid")
     mode = _mode_of(obj)
     warnings = contribution.warnings
@@ -260,7 +238,16 @@ def mutate(request: AdmissionRequest, view: ClusterView, config: AdmissionConfig
     return allowed(request.uid, patch, computed.warnings)
 
 
-def _genuine(final: Mapping[str, Any], computed: _Computed, key: Signer, view: ClusterView) -> bool:
+_DOOR_KEYS = frozenset({DOORS_KEY, DOORS_SIGNATURE_KEY})
+
+
+def _genuine(
+    final: Mapping[str, Any],
+    computed: _Computed,
+    key: Signer,
+    view: ClusterView,
+    expected: Collection[Mapping[str, str]],
+) -> bool:
     """Our own signed output for this policy, computed against a moment earlier's Pods and Services.
 
     A Pod or Service change between one policy's mutation and its validation changes its part:
@@ -269,8 +256,14 @@ def _genuine(final: Mapping[str, Any], computed: _Computed, key: Signer, view: C
     such an annotation within its bound, as after any change just after admission. Kept only when
     every NodePort it names that the policy does not affect now is held by no Service at all: a
     stale entry must never reach a NodePort that another Service (of any namespace) holds now.
-    A dropped, unsigned or differently-moded annotation is still rejected.
+    A dropped, unsigned or differently-moded annotation is still rejected. The doors pair must be
+    exactly what is computed now (a load balancer's status written between mutation and validation
+    fails the request, which a retry admits).
     """
+    doors = {k: v for k, v in final.items() if k in _DOOR_KEYS}
+    if not any(doors == {k: v for k, v in e.items() if k in _DOOR_KEYS} for e in expected):
+        return False
+    final = {k: v for k, v in final.items() if k not in _DOOR_KEYS}
     if set(final) != {NODEPORTS_KEY, SIGNATURE_KEY} or not all(
         isinstance(v, str) for v in final.values()
     ):
@@ -302,7 +295,7 @@ def validate(request: AdmissionRequest, view: ClusterView, config: AdmissionConf
             for u in sorted(uids)
         ]
         final = _owned(request.object)
-        if final not in expected and not _genuine(final, computed, config.signing_key, view):
+        if final not in expected and not _genuine(final, computed, config.signing_key, view, expected):
             keys = sorted(set(final) | set(expected[0])) or [NODEPORTS_KEY]
             differing = [k for k in keys if all(final.get(k) != e.get(k) for e in expected)] or keys
             raise _Rejection(
@@ -410,9 +403,15 @@ def _render_parts(
     if not parts:
         return None
     ordered = sorted(parts, key=lambda p: (p[0].node_port, p[0].protocol, p[0].service, p[0].service_port))
-    annotation = annotation_for(PolicyRef(namespace, name, uid), tuple(e for e, _ in ordered), mode)
-    value = encode_texts(annotation, [t for _, t in ordered])
-    return {NODEPORTS_KEY: value, SIGNATURE_KEY: sign(value, key)}
+    ref = PolicyRef(namespace, name, uid)
+    out: dict[str, str] = {}
+    ports = [p for p in ordered if p[0].node_port]
+    if ports:
+        annotation = annotation_for(ref, tuple(e for e, _ in ports), mode)
+        value = encode_texts(annotation, [t for _, t in ports])
+        out = {NODEPORTS_KEY: value, SIGNATURE_KEY: sign(value, key)}
+    out.update(render_doors(ref, tuple(e for e, _ in ordered), mode, key))
+    return out or None
 
 
 def resolve_all_annotations(
@@ -494,12 +493,6 @@ def _desired_of(
 
 
 def _check_size(desired: Mapping[str, str]) -> None:
-    size = len(desired.get(NODEPORTS_KEY, ""))
-    if size > MAX_ANNOTATION_BYTES:
-        raise _Rejection(
-            422,
-            f"{_annotation_field(NODEPORTS_KEY)}: the annotation would be {size} bytes, more than the "
-            f"contract's limit of {MAX_ANNOTATION_BYTES} bytes (it grows with this policy's own CIDRs, "
-            "the NodePorts it affects and, under partial coverage, the distinct pod label sets behind them); split "
-            "the policy or select all pods of each Service",
-        )
+    problem = size_problem(desired)
+    if problem is not None:
+        raise _Rejection(422, problem)

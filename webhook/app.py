@@ -237,6 +237,7 @@ def start_cluster_runtime(
         signing_key=key,
         max_cidrs_per_policy=settings.max_cidrs_per_policy,
         max_nodeports_per_policy=settings.max_nodeports_per_policy,
+        max_doors_per_policy=settings.max_doors_per_policy,
     )
     reconciler: Reconciler | None = None
     if settings.reconcile:
@@ -267,6 +268,8 @@ def start_cluster_runtime(
     watches = [
         ListWatch("services", core.list_service_for_all_namespaces, cache, stop, TRIMMERS["services"]),
         ListWatch("pods", core.list_pod_for_all_namespaces, cache, stop, TRIMMERS["pods"]),
+        # Node addresses are never doors (webhook/doors.py).
+        ListWatch("nodes", core.list_node, cache, stop, TRIMMERS["nodes"]),
         ListWatch(
             "networkpolicies",
             networking.list_network_policy_for_all_namespaces,

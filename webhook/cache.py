@@ -14,10 +14,11 @@ from typing import Any
 
 from contract.annotation import ANNOTATION_PREFIX
 from kube.listwatch import EventType, Obj, ObjectSink
+from webhook.doors import node_address_set
 from webhook.objects import selector_matches
 from webhook.services import allocated_node_ports
 
-KINDS = ("services", "pods", "networkpolicies")
+KINDS = ("services", "pods", "networkpolicies", "nodes")
 Key = tuple[str, str]
 
 
@@ -59,8 +60,34 @@ def trim_pod(obj: Obj) -> Obj:
 
 def trim_service(obj: Obj) -> Obj:
     spec = obj.get("spec") or {}
-    keep = ("type", "selector", "ports", "ipFamilies", "ipFamilyPolicy", "healthCheckNodePort")
-    return {"metadata": _meta(obj), "spec": {k: spec[k] for k in keep if k in spec}}
+    keep = (
+        "type",
+        "selector",
+        "ports",
+        "ipFamilies",
+        "ipFamilyPolicy",
+        "healthCheckNodePort",
+        # The doors (webhook/doors.py) and what explain shows beside them.
+        "externalIPs",
+        "allocateLoadBalancerNodePorts",
+        "loadBalancerSourceRanges",
+    )
+    trimmed: Obj = {"metadata": _meta(obj), "spec": {k: spec[k] for k in keep if k in spec}}
+    ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+    if ingress:
+        trimmed["status"] = {
+            "loadBalancer": {"ingress": [{k: e[k] for k in ("ip", "ipMode") if k in e} for e in ingress]}
+        }
+    return trimmed
+
+
+def trim_node(obj: Obj) -> Obj:
+    """A Node's name and addresses: its addresses are never doors."""
+    addresses = (obj.get("status") or {}).get("addresses") or []
+    return {
+        "metadata": {"name": (obj.get("metadata") or {}).get("name", ""), "namespace": ""},
+        "status": {"addresses": [{"type": a.get("type"), "address": a.get("address")} for a in addresses]},
+    }
 
 
 def trim_policy(obj: Obj) -> Obj:
@@ -71,6 +98,7 @@ TRIMMERS: dict[str, Callable[[Obj], Obj]] = {
     "services": trim_service,
     "pods": trim_pod,
     "networkpolicies": trim_policy,
+    "nodes": trim_node,
 }
 
 
@@ -85,6 +113,7 @@ class ClusterCache(ObjectSink[Obj]):
         # NodePort number -> the Services (namespace, name) holding it, cluster-wide.
         self._node_ports: dict[int, set[tuple[str, str]]] = defaultdict(set)
         self._listeners: list[Callable[[str, str, str | None], None]] = []
+        self._node_addresses: frozenset[str] = frozenset()
 
     def add_listener(self, on_change: Callable[[str, str, str | None], None]) -> None:
         """Called with (kind, namespace, name) after every change, outside the cache lock; name is
@@ -112,8 +141,19 @@ class ClusterCache(ObjectSink[Obj]):
                 for ns, services in after.items():
                     for name, service in services.items():
                         self._index_service(ns, name, service)
+            if kind == "nodes":
+                changed = self._reindex_nodes()
         for ns in sorted(changed):
             self._notify(kind, ns, None)
+
+    def _reindex_nodes(self) -> set[str]:
+        """Recompute the Node addresses (under the lock); the namespaces to re-resolve when they
+        changed (every one with a Service: any door may be, or stop being, a Node address)."""
+        addresses = node_address_set(list(self._objects["nodes"].get("", {}).values()))
+        if addresses == self._node_addresses:
+            return set()
+        self._node_addresses = addresses
+        return set(self._objects["services"])
 
     def apply(self, kind: str, event: EventType, obj: Obj) -> None:
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
@@ -136,6 +176,11 @@ class ClusterCache(ObjectSink[Obj]):
                     self._index_service(ns, name, obj)
             if old == (None if event == "DELETED" else obj):
                 return
+            nodes_changed = self._reindex_nodes() if kind == "nodes" else set()
+        if kind == "nodes":
+            for namespace in sorted(nodes_changed):
+                self._notify(kind, namespace, None)
+            return
         self._notify(kind, ns, name)
 
     def record_write(self, kind: str, obj: Obj, based_on_resource_version: str) -> bool:
@@ -222,6 +267,10 @@ class ClusterCache(ObjectSink[Obj]):
         with self._lock:
             return bool(self._node_ports.get(port))
 
+    def node_addresses(self) -> frozenset[str]:
+        with self._lock:
+            return self._node_addresses
+
     # --- introspection -----------------------------------------------------------------
 
     def sizes(self) -> dict[str, int]:
@@ -230,7 +279,8 @@ class ClusterCache(ObjectSink[Obj]):
 
     def namespaces(self) -> list[str]:
         with self._lock:
-            return sorted(set().union(*(self._objects[k].keys() for k in KINDS)))
+            # Nodes are cluster-scoped (kept under ""): not a namespace.
+            return sorted(set().union(*(self._objects[k].keys() for k in KINDS if k != "nodes")))
 
     def policy(self, namespace: str, name: str) -> Obj | None:
         with self._lock:

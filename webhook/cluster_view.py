@@ -24,3 +24,7 @@ class ClusterView(Protocol):
     def node_port_in_use(self, port: int) -> bool:
         """Whether any Service of any namespace holds NodePort `port` (an O(1) index lookup)."""
         ...
+
+    def node_addresses(self) -> frozenset[str]:
+        """Every Node's addresses (canonical text): never a door (webhook/doors.py)."""
+        ...

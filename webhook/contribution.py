@@ -14,15 +14,17 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from contract.annotation import IPFamily, NodePortEntry, PodGroup, SourceSet, pod_group_id
+from contract.annotation import Door, IPFamily, NodePortEntry, PodGroup, SourceSet, pod_group_id
 from webhook.addresses import Addresses
 from webhook.cluster_view import ClusterView
+from webhook.doors import describe_doors, has_door_fields, service_doors
 from webhook.objects import labels_of, pod_named_ports, resolve_target_port
 from webhook.semantics import IpBlock, Policy, pod_accepts, render_source_set
 from webhook.services import (
     ServicePort,
     backing_pods,
     coverage_warnings,
+    describe_target,
     is_nodeport_service,
     nodeport_service_ports,
     service_ip_families,
@@ -56,6 +58,7 @@ class ServiceEndpoints:
     families: tuple[IPFamily, ...]
     ports: tuple[ServicePort, ...]
     groups: tuple[PodGroupInfo, ...]
+    doors: tuple[Door, ...] = ()  # every port's other addresses (webhook/doors.py)
 
     @property
     def pod_count(self) -> int:
@@ -77,12 +80,14 @@ def service_endpoints(namespace: str, service: Mapping[str, Any], view: ClusterV
         seen = found.get(group)
         found[group] = PodGroupInfo(labels, named, group, 1 if seen is None else seen.count + 1)
     selector = (service.get("spec") or {}).get("selector") or {}
+    doors = service_doors(service, view.node_addresses()) if has_door_fields(service) else ()
     return ServiceEndpoints(
         name=_name_of(service),
         selector=dict(selector),
         families=service_ip_families(service),
-        ports=tuple(nodeport_service_ports(service)),
+        ports=tuple(nodeport_service_ports(service, doors=bool(doors))),
         groups=tuple(found[g] for g in sorted(found)),
+        doors=doors,
     )
 
 
@@ -102,6 +107,7 @@ def service_key(service: ServiceEndpoints) -> str:
             service.families,
             service.ports,
             tuple(g.group for g in service.groups),
+            service.doors,
         )
     )
 
@@ -159,16 +165,17 @@ def _entry_for_port(
         ip_families=endpoints.families,
         scope="all",
         allow=SourceSet.nobody(),
+        doors=endpoints.doors,
     )
     if not answers:
         # Fail closed: no endpoint pod resolves the target port (every policy involved says so).
-        warnings.add(_drop_all_warning(prefix, sp))
+        warnings.add(_drop_all_warning(prefix, sp, endpoints.doors))
         return base
     mine = {gid: (a, b) for gid, (chosen, a, b) in answers.items() if chosen}
     if not mine:
         return None
     if any(a.is_empty() for a, _ in mine.values()):
-        warnings.add(_drop_all_warning(prefix, sp))
+        warnings.add(_drop_all_warning(prefix, sp, endpoints.doors))
     distinct = {a for a, _ in mine.values()}
     if len(mine) == len(answers) and len(distinct) == 1:
         return replace(base, allow=render_source_set(next(iter(distinct)), own_blocks))
@@ -179,12 +186,14 @@ def _entry_for_port(
     return replace(base, scope="some", groups=rendered)
 
 
-def _drop_all_warning(prefix: str, sp: ServicePort) -> str:
+def _drop_all_warning(prefix: str, sp: ServicePort, doors: tuple[Door, ...] = ()) -> str:
+    where = f" (also on its doors {describe_doors(doors, sp.service_port)})" if doors else ""
     return (
-        f"{prefix}: all external traffic will be dropped unless another policy selecting its pods allows "
-        f"it: no ingress rule of this policy allows an external source on target port {sp.target}/{sp.protocol}; "
+        f"{prefix}: all external traffic{where} will be dropped unless another policy selecting its pods allows "
+        f"it: no ingress rule of this policy allows an external source on {describe_target(sp)}; "
         "add an ipBlock peer (or omit 'from') on a rule covering that port to allow clients"
     )
+
 
 
 def resolve_contribution(

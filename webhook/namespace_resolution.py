@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from contract.annotation import NodePortVerdict
 from webhook.addresses import Addresses
+from webhook.doors import has_door_fields, service_doors
 from webhook.objects import labels_of, meta_str, pod_named_ports, resolve_target_port
 from webhook.semantics import IpBlock, Policy, PolicyMemo, compile_policy, pod_accepts, render_source_set
 from webhook.services import (
     backing_pods,
     coverage_warnings,
+    describe_target,
     is_nodeport_service,
     nodeport_service_ports,
     service_ip_families,
@@ -115,6 +117,7 @@ def _resolve_service(
     heads: Sequence[Policy],
     full: _Compiler,
     out: _Collector,
+    doors: bool = False,
 ) -> None:
     selecting = [[full.rules_of(p) for p in heads if p.selects(pod)] for pod in backing]
     if not any(selecting):
@@ -123,7 +126,8 @@ def _resolve_service(
     name = meta_str(service, "name")
     families = service_ip_families(service)
     involved = sorted({p.name: p for sel in selecting for p in sel}.values(), key=lambda p: p.name)
-    for sp in nodeport_service_ports(service):
+    # A door gets its Service port's verdict (webhook/doors.py): a port without a NodePort is judged too.
+    for sp in nodeport_service_ports(service, doors=doors):
         node_port, protocol, service_port, target = sp.node_port, sp.protocol, sp.service_port, sp.target
         prefix = sp.describe(name)
         result = Addresses.everyone()
@@ -165,7 +169,7 @@ def _resolve_service(
                 out.warn(
                     policy.name,
                     f"{prefix}: all external traffic will be dropped: no ingress rule of the policies "
-                    f"selecting its pods allows an external source on target port {target}/{protocol}; "
+                    f"selecting its pods allows an external source on {describe_target(sp)}; "
                     "add an ipBlock peer (or omit 'from') on a rule covering that port to allow clients",
                 )
             chosen = sum(1 for sel in selecting if any(q is policy for q in sel))
@@ -213,7 +217,8 @@ def _resolve(
                 if not any(wanted <= lb.items() for lb in focus_labels):
                     continue  # the focused policy selects no pod of this Service: no verdict for it
             backing = backing_pods(namespace, service, view)
-            _resolve_service(service, backing, ingress, full, out)
+            doors = has_door_fields(service) and bool(service_doors(service, view.node_addresses()))
+            _resolve_service(service, backing, ingress, full, out, doors)
     names = tuple(sorted(p.name for p in compiled)) if focus is None else (focus,)
     return NamespaceResolution(
         namespace=namespace,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,16 +26,28 @@ class ServicePort:
     target: int | str  # targetPort, defaulted to the Service port
 
     def describe(self, service: str) -> str:
+        if not self.node_port:
+            return f"Service {service} port {self.service_port}/{self.protocol} (no NodePort, doors only)"
         return f"Service {service} port {self.service_port} (NodePort {self.node_port}/{self.protocol})"
 
-def nodeport_service_ports(service: Mapping[str, Any]) -> list[ServicePort]:
+def describe_target(sp: ServicePort) -> str:
+    """`target port 8080/TCP`, or `target port 'http' (TCP)` for a named one."""
+    if isinstance(sp.target, str):
+        return f"target port {sp.target!r} ({sp.protocol})"
+    return f"target port {sp.target}/{sp.protocol}"
+
+def nodeport_service_ports(service: Mapping[str, Any], doors: bool = False) -> list[ServicePort]:
+    """The ports nodeport-guard filters: those with a nodePort, and, when the Service has doors
+    (webhook/doors.py), every port (node_port 0 when it has none)."""
     spec = service.get("spec") or {}
     health = spec.get("healthCheckNodePort")
     out: list[ServicePort] = []
     for port in spec.get("ports") or []:
         node_port = port.get("nodePort")
         if not isinstance(node_port, int) or isinstance(node_port, bool) or node_port == health:
-            continue
+            if not doors or node_port is not None:
+                continue
+            node_port = 0
         protocol = port.get("protocol") or "TCP"
         service_port = port.get("port")
         if protocol not in PROTOCOLS or not isinstance(service_port, int):
@@ -84,6 +97,12 @@ def coverage_warnings(
             "the NodePort, and they never match external clients; add an ipBlock peer to allow them"
         )
     for version, cidr, path in sorted({(b.version, b.cidr, b.path) for b in blocks}):
+        meant = ipv4_meant(cidr) if version == 6 else None
+        if meant is not None:
+            out.append(
+                f"{prefix}: {path} {cidr} is an IPv4-mapped IPv6 range: it never matches an IPv4 client (they "
+                f"arrive as IPv4); write {meant} if you meant those clients"
+            )
         if _family_name(version) not in families:
             out.append(
                 f"{prefix}: {path} {cidr} is {_family_name(version)} but the Service is "
@@ -99,9 +118,20 @@ def coverage_warnings(
                 )
     return out
 
+def ipv4_meant(cidr: str) -> str | None:
+    """The IPv4 CIDR an IPv4-mapped IPv6 range (`::ffff:198.51.100.0/120`) stands for, else None."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    mapped = ipaddress.ip_network("::ffff:0:0/96")
+    if net.version != 6 or net.prefixlen < 96 or not net.subnet_of(mapped):  # type: ignore[arg-type]
+        return None
+    start = ipaddress.IPv4Address(int(net.network_address) & 0xFFFFFFFF)
+    return str(ipaddress.ip_network(f"{start}/{net.prefixlen - 96}", strict=False))
+
 def is_nodeport_service(service: Mapping[str, Any]) -> bool:
+    """A Service whose ports nodeport-guard may filter: NodePort or LoadBalancer, or with externalIPs."""
     spec = service.get("spec") or {}
-    return spec.get("type") in NODEPORT_SERVICE_TYPES and bool(spec.get("selector"))
+    guarded = spec.get("type") in NODEPORT_SERVICE_TYPES or bool(spec.get("externalIPs"))
+    return guarded and bool(spec.get("selector"))
 
 def backing_pods(namespace: str, service: Mapping[str, Any], view: ClusterView) -> list[KubeObject]:
     selector = (service.get("spec") or {}).get("selector") or {}

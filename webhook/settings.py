@@ -19,6 +19,7 @@ class WebhookSettings:
     kubeconfig: Path | None = None
     max_cidrs_per_policy: int = 1000
     max_nodeports_per_policy: int = 1000
+    max_doors_per_policy: int = 1000
     reconcile: bool = True
     lease_namespace: str | None = None
     pod_name: str = "nodeport-guard-webhook"
@@ -55,6 +56,7 @@ class WebhookSettings:
             kubeconfig=Path(kubeconfig) if kubeconfig else None,
             max_cidrs_per_policy=integer("NPG_MAX_CIDRS_PER_POLICY", 1000),
             max_nodeports_per_policy=integer("NPG_MAX_NODEPORTS_PER_POLICY", 1000),
+            max_doors_per_policy=integer("NPG_MAX_DOORS_PER_POLICY", 1000),
             reconcile=env.get("NPG_RECONCILE", "true").lower() not in ("0", "false", "no"),
             lease_namespace=env.get("NPG_LEASE_NAMESPACE") or None,
             pod_name=env.get("NPG_POD_NAME") or "nodeport-guard-webhook",

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from webhook.doors import node_address_set
 from webhook.objects import compile_selector
 from webhook.services import allocated_node_ports
 
@@ -40,7 +41,7 @@ class StaticClusterView:
     once in the constructor and never change afterwards.
     """
 
-    __slots__ = ("_label_index", "_node_ports", "_pods", "_policies", "_services")
+    __slots__ = ("_label_index", "_node_addresses", "_node_ports", "_pods", "_policies", "_services")
 
     def __init__(
         self,
@@ -48,7 +49,9 @@ class StaticClusterView:
         pods: Iterable[KubeObject] = (),
         policies: Iterable[KubeObject] = (),
         default_namespace: str = "default",
+        nodes: Iterable[KubeObject] = (),
     ) -> None:
+        self._node_addresses = node_address_set(list(nodes))
         self._services = _by_namespace(services, default_namespace)
         self._pods = _by_namespace(pods, default_namespace)
         self._policies = _by_namespace(policies, default_namespace)
@@ -71,6 +74,9 @@ class StaticClusterView:
 
     def node_port_in_use(self, port: int) -> bool:
         return port in self._node_ports
+
+    def node_addresses(self) -> frozenset[str]:
+        return self._node_addresses
 
     def pods_matching(self, namespace: str, selector: KubeObject) -> Sequence[KubeObject]:
         match_labels = selector.get("matchLabels") or {}
