@@ -26,6 +26,7 @@ from types import ModuleType
 
 from bench import (
     admission,
+    doors_size,
     drop_scrape,
     end_to_end,
     enforcer_memory,
@@ -74,6 +75,7 @@ BENCHMARKS: tuple[Benchmark, ...] = tuple(
         enforcer_memory,
         node_status,
         drop_scrape,
+        doors_size,
     )
 )
 ORDER = tuple(b.name for b in BENCHMARKS)
