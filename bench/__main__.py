@@ -27,6 +27,7 @@ from types import ModuleType
 from bench import (
     admission,
     canary,
+    doors_size,
     drop_scrape,
     end_to_end,
     enforcer_memory,
@@ -76,6 +77,7 @@ BENCHMARKS: tuple[Benchmark, ...] = tuple(
         node_status,
         drop_scrape,
         canary,
+        doors_size,
     )
 )
 ORDER = tuple(b.name for b in BENCHMARKS)

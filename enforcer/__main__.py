@@ -307,9 +307,9 @@ def _node_addresses(api_client: Any, node_name: str, ttl: float = 30.0) -> Calla
             status = node.status
             found = {canonical_ip(a.address) for a in ((status.addresses if status else None) or []) if a.address}
             last[0] = frozenset(ip for ip in found if ip is not None)
-            last[1] = time.monotonic()
         except Exception as exc:  # the webhook never names a node address either; keep the last answer
             logger.warning("could not read this node's addresses", extra={"node": node_name, "error": str(exc)[:200]})
+        last[1] = time.monotonic()  # also after an error: at most one read per `ttl`, never one per sync
         return frozenset(last[0])
 
     return read

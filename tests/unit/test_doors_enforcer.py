@@ -162,3 +162,49 @@ def test_a_new_enforcer_reading_old_annotations_and_a_bad_doors_pair() -> None:
     assert tracker.replan(frozenset()) and tracker.replan({"198.51.100.200"}) and tracker.plan.doors == ()
     tracker.update({("shop", "allow"): None}, KEY.verifier())
     assert not tracker.replan({"198.51.100.200"})
+
+
+# --- the sync loop: doors are a full sync, NodePorts keep the fast path ----------------------------
+
+
+def test_the_sync_loop_programs_doors_and_keeps_the_fast_path_for_nodeports() -> None:
+    import threading
+    from typing import Any, cast
+
+    from enforcer.dataplane import Dataplane
+    from enforcer.loop import SyncLoop
+    from enforcer.policies import PolicyStore
+    from tests.unit.test_sync_loop import RecordingDataplane
+
+    class DoorsRecording(RecordingDataplane):
+        doors: tuple[ProtectedDoor, ...] = ()
+
+        def sync(self, state: Any, full_readback: bool = False) -> Any:
+            self.doors = state.doors
+            return super().sync(state, full_readback)
+
+    def policy_with(entry: NodePortEntry, rv: str) -> StoredPolicy:
+        annotations = render_all(PolicyRef("ns", "p", "uid-p"), (entry,), "enforce", KEY)
+        return StoredPolicy("ns", "p", "uid-p", rv, tuple(sorted(annotations.items())))
+
+    store, dp = PolicyStore(), DoorsRecording()
+    addresses = [frozenset[str]()]
+    loop = SyncLoop(store, cast(Dataplane, dp), KEY.verifier, (30000, 32767), threading.Event(),
+                    node_addresses=lambda: addresses[0])
+    store.replace("networkpolicies", [policy_with(_entry(), "1")], "1")
+    loop.sync_once()
+    assert [d.key for d in dp.doors] == [KEY4] and loop.state.doors == dp.doors
+    dp.calls.clear()
+    # A NodePort-only change (another NodePort, the same door and verdict): the fast path.
+    store.apply("networkpolicies", "MODIFIED", policy_with(_entry(node_port=30081), "2"))
+    loop.sync_once()
+    assert dp.calls == ["fast"]
+    # The door moves: a full sync with the new door.
+    moved = _entry(node_port=30081, doors=(Door("198.51.100.210", "loadBalancer"),))
+    store.apply("networkpolicies", "MODIFIED", policy_with(moved, "3"))
+    loop.sync_once()
+    assert dp.calls[-1] == "full" and [d.key.address for d in dp.doors] == ["198.51.100.210"]
+    # The node learns it holds that address (its Node object): the door is released at the next full sync.
+    addresses[0] = frozenset({"198.51.100.210"})
+    loop.sync_once(full_readback=True)
+    assert dp.doors == ()
