@@ -202,3 +202,20 @@ def paused_enforcer(cluster: Cluster, node: str) -> Iterator[None]:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+
+CANARY_NODEPORT = 32767  # manifests/canary/: protected on every node while nodeport-guard is deployed
+
+
+def protected_nodeports(cluster: Cluster, node: str) -> set[int]:
+    """The NodePorts in our protected-port sets on `node` (both families, every protocol), canary included."""
+    from contract.annotation import PROTOCOLS
+    from enforcer.sets import port_set_name
+
+    names = {port_set_name(4, p) for p in PROTOCOLS} | {port_set_name(6, p) for p in PROTOCOLS}
+    ports = set()
+    for line in cluster.on_node(node, ["ipset", "save"], check=False).stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "add" and parts[1] in names:
+            ports.add(int(parts[2].rsplit(":", 1)[-1]))
+    return ports

@@ -10,6 +10,7 @@ import pytest
 from localcluster.backends import SERVICES
 from localcluster.cluster import Cluster
 from tests.cluster.helpers import (
+    CANARY_NODEPORT,
     Deployment,
     apply_backends,
     apply_policy,
@@ -17,6 +18,7 @@ from tests.cluster.helpers import (
     expect,
     matrix,
     our_dataplane,
+    protected_nodeports,
 )
 
 ALLOW_A = [{"from": [{"ipBlock": {"cidr": "198.51.100.64/26"}}, {"ipBlock": {"cidr": "2001:db8:a::/64"}}]}]
@@ -59,8 +61,8 @@ def test_allow_from_cidr_lets_one_client_back_on_both_nodes(cluster: Cluster, ba
     finally:
         delete_policies(cluster)
     expect(cluster, "client-b", matrix(cluster), answered=True)
-    for node in ("node1", "node2"):
-        assert our_dataplane(cluster, node) == [], node
+    for node in ("node1", "node2"):  # only the canary's NodePort stays protected (manifests/canary/)
+        assert protected_nodeports(cluster, node) == {CANARY_NODEPORT}, node
 
 
 def test_a_bad_policy_is_rejected_with_the_field_and_the_fix(cluster: Cluster, backends: None) -> None:
