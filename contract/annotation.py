@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -472,36 +473,48 @@ def decode(value: str) -> Annotation:
 
 
 def read_signed(
-    annotations: Mapping[str, str] | None,
-    namespace: str,
-    name: str,
-    uid: str,
-    keys: VerifierKeys,
+    annotations: Mapping[str, str] | None, namespace: str, name: str, uid: str, keys: VerifierKeys
 ) -> Annotation | None:
-    """The verified annotation of a stored policy, or None when it carries none.
+    """The verified annotation of a stored policy, or None when it carries none. Raises ContractError
+    when one is present but forged, stale, malformed or bound to another object. A signature made
+    before the uid existed (uid "") is accepted. `keys` holds the current and, during a rotation,
+    the previous public key, so a rotation opens no window (docs/operations.md)."""
+    return read_signed_pair(annotations, (NODEPORTS_KEY, SIGNATURE_KEY), (namespace, name, uid), keys, decode, encode)
 
-    Raises ContractError when an annotation is present but forged, stale, malformed or
-    bound to another object. A signature made before the uid existed (uid "") is accepted.
-    `keys` holds the current and, during a rotation, the previous public key, so a rotation
-    opens no window (docs/operations.md).
-    """
-    annotations = annotations or {}
-    value = annotations.get(NODEPORTS_KEY)
-    signature = annotations.get(SIGNATURE_KEY)
+
+class _Bound(typing.Protocol):
+    @property
+    def policy(self) -> PolicyRef: ...
+
+
+_Value = typing.TypeVar("_Value", bound=_Bound)
+
+
+def read_signed_pair(
+    annotations: Mapping[str, str] | None,
+    pair: tuple[str, str],
+    bound_to: tuple[str, str, str],
+    keys: VerifierKeys,
+    decode_value: Callable[[str], _Value],
+    encode_value: Callable[[_Value], str],
+) -> _Value | None:
+    """A signed pair (value key, signature key) verified as `read_signed` says; also the doors pair's."""
+    (value_key, signature_key), (namespace, name, uid) = pair, bound_to
+    value, signature = (annotations or {}).get(value_key), (annotations or {}).get(signature_key)
     if value is None and signature is None:
         return None
     if value is None or signature is None:
-        missing = NODEPORTS_KEY if value is None else SIGNATURE_KEY
+        missing = value_key if value is None else signature_key
         raise ContractError(missing, "annotation missing (the pair must be written together by the webhook)")
     problem = keys.problem(value.encode("utf-8"), signature)
     if problem is not None:
-        raise ContractError(SIGNATURE_KEY, problem)
-    annotation = decode(value)
-    ref = annotation.policy
+        raise ContractError(signature_key, problem)
+    decoded = decode_value(value)
+    ref = decoded.policy
     if (ref.namespace, ref.name) != (namespace, name):
         raise ContractError("$.policy", f"bound to {ref.namespace}/{ref.name}, not {namespace}/{name}")
     if ref.uid and ref.uid != uid:
         raise ContractError("$.policy.uid", f"bound to uid {ref.uid}, not {uid} (stale copy)")
-    if encode(annotation) != value:
+    if encode_value(decoded) != value:
         raise ContractError("$", "not in canonical form")
-    return annotation
+    return decoded

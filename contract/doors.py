@@ -35,6 +35,7 @@ from contract.annotation import (
     _expect,
     annotation_for,
     encode,
+    read_signed_pair,
     sign,
 )
 from contract.signing import Signer, VerifierKeys
@@ -168,26 +169,9 @@ def read_signed_doors(
 
     The same checks as `read_signed` for the NodePort pair: both keys, the signature, the schema,
     the binding to namespace, name and uid, the canonical form."""
-    annotations = annotations or {}
-    value = annotations.get(DOORS_KEY)
-    signature = annotations.get(DOORS_SIGNATURE_KEY)
-    if value is None and signature is None:
-        return None
-    if value is None or signature is None:
-        missing = DOORS_KEY if value is None else DOORS_SIGNATURE_KEY
-        raise ContractError(missing, "annotation missing (the pair must be written together by the webhook)")
-    problem = keys.problem(value.encode("utf-8"), signature)
-    if problem is not None:
-        raise ContractError(DOORS_SIGNATURE_KEY, problem)
-    doors = decode_doors(value)
-    ref = doors.policy
-    if (ref.namespace, ref.name) != (namespace, name):
-        raise ContractError("$.policy", f"bound to {ref.namespace}/{ref.name}, not {namespace}/{name}")
-    if ref.uid and ref.uid != uid:
-        raise ContractError("$.policy.uid", f"bound to uid {ref.uid}, not {uid} (stale copy)")
-    if encode_doors(doors) != value:
-        raise ContractError("$", "not in canonical form")
-    return doors
+    return read_signed_pair(
+        annotations, (DOORS_KEY, DOORS_SIGNATURE_KEY), (namespace, name, uid), keys, decode_doors, encode_doors
+    )
 
 
 def count_doors(entries: tuple[NodePortEntry, ...]) -> int:
