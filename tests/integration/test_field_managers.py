@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from certs.install import PUBLIC_KEYS_CONFIGMAP, SIGNING_SECRET, TLS_SECRET
+from certs.install import PUBLIC_KEYS_CONFIGMAP, SIGNING_SECRET, TLS_SECRET, inject_ca_bundle, load_api_client
 from contract import field_managers
 from contract.annotation import MODE_KEY, owned_keys, read_signed
 from tests.components import NAMESPACE, WebhookServer
@@ -87,6 +87,17 @@ def test_certs_install_and_reconciler_lease_name_their_managers(
     ):
         obj = control_plane.kubectl_json("get", kind, name, "-n", NAMESPACE, "--show-managed-fields")
         assert field_managers.CERTS in _managers(obj), f"{kind} {name}: managers {_managers(obj)}"
+    # Other tests' fixtures remove and recreate the webhook configurations (kubectl create), so inject the
+    # CA here as `certs install` does, into the configurations as they are stored now, from an empty bundle.
+    for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+        patch = {"webhooks": [{"name": w["name"], "clientConfig": {"caBundle": None}}
+                              for w in control_plane.kubectl_json("get", kind, "nodeport-guard")["webhooks"]]}
+        control_plane.kubectl("patch", kind, "nodeport-guard", "--type=strategic", "-p", json.dumps(patch))
+    api = load_api_client(control_plane.kubeconfig)
+    try:
+        inject_ca_bundle(api, (installation.certs_dir / "ca.crt").read_bytes())
+    finally:
+        api.close()
     for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
         obj = control_plane.kubectl_json("get", kind, "nodeport-guard", "--show-managed-fields")
         assert field_managers.CERTS in _managers(obj), f"{kind}: managers {_managers(obj)}"
